@@ -1,0 +1,13 @@
+// Subcommands of the `kvstash` CLI. Each lives in its own file and registers itself on the app;
+// main.cc calls every Register function. A command's callback returns through the exit code it
+// stores in `*exit_code` (0 ok, 1 runtime error, 2 usage error).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvstash::cli {
+
+void RegisterRunCommand(CLI::App& app, int* exit_code);        // run_cmd.cc
+void RegisterTokenizeCommands(CLI::App& app, int* exit_code);  // tokenize_cmd.cc (tokenize, detokenize)
+
+}  // namespace kvstash::cli
