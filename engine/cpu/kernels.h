@@ -1,0 +1,57 @@
+// CPU compute kernels behind a dispatch table chosen once at startup from the CPU's features
+// (AVX-512 VNNI, AVX2+FMA+F16C, or portable scalar). All tables compute the same functions;
+// results differ between tables only by float rounding.
+//
+// Determinism contract (prefix invariance): for a given table, the value written for one
+// (weight row, token) pair depends only on that row and that token's activations — never on how
+// many tokens or rows were computed in the same call. Every dot product accumulates its blocks
+// in order in one accumulator whatever the tile shape.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "engine/ggml_types.h"
+
+namespace kvstash::engine::cpu {
+
+// Activation block for dot products with the 32-element quant types.
+struct BlockQ8A {
+  float d;       // scale
+  float s;       // d * sum(qs), for types with a min (Q5_1)
+  int8_t qs[32];
+};
+static_assert(sizeof(BlockQ8A) == 40);
+
+// What a weight type's activations are converted to before the dot products.
+enum class ActFormat { kF32, kQ8A, kQ8K };
+ActFormat ActFormatFor(GgmlType weight_type);
+// Bytes of one converted activation row of n elements.
+size_t ActRowBytes(ActFormat f, int64_t n);
+
+struct KernelTable {
+  const char* name;
+  // Converts one f32 row of n elements into `fmt` at dst.
+  void (*quantize_act)(ActFormat fmt, const float* x, void* dst, int64_t n);
+  // y[t * ldy + r] = dot(weight row r, activation row t) for r < n_rows, t < n_tok.
+  // w: first row, w_stride bytes between rows; x: first converted activation row, x_stride bytes
+  // between rows; n: row length in elements.
+  void (*gemm)(GgmlType type, const uint8_t* w, size_t w_stride, int n_rows, const uint8_t* x,
+               size_t x_stride, int n_tok, int64_t n, float* y, size_t ldy);
+  // Converts n f32 values to f16 / from f16.
+  void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
+  void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
+  // sum_i a[i] * b[i] in f32 (n arbitrary).
+  float (*dot_f32)(const float* a, const float* b, int64_t n);
+  // y[i] += a * x[i].
+  void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
+};
+
+// The best table for this CPU (can be forced with KVSTASH_CPU_KERNELS=scalar|avx2|avx512).
+const KernelTable& Kernels();
+const KernelTable& ScalarKernels();
+// nullptr when not compiled in or not supported by this CPU.
+const KernelTable* Avx2Kernels();
+const KernelTable* Avx512Kernels();
+
+}  // namespace kvstash::engine::cpu

@@ -1,0 +1,13 @@
+// AVX2 + FMA + F16C kernel table (the x86 baseline).
+#define KV_X86_NS avx2
+#define KV_X86_NAME "avx2"
+#define KV_X86_VNNI 0
+#include "engine/cpu/kernels_x86.inc"
+
+namespace kvstash::engine::cpu {
+const KernelTable* Avx2Kernels() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
+  return ok ? &avx2::kTable : nullptr;
+}
+}  // namespace kvstash::engine::cpu

@@ -1,0 +1,14 @@
+// AVX-512 (VL + VNNI) kernel table: the AVX2 code with vpdpbusd int8 dot products.
+#define KV_X86_NS avx512
+#define KV_X86_NAME "avx512-vnni"
+#define KV_X86_VNNI 1
+#include "engine/cpu/kernels_x86.inc"
+
+namespace kvstash::engine::cpu {
+const KernelTable* Avx512Kernels() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return ok ? &avx512::kTable : nullptr;
+}
+}  // namespace kvstash::engine::cpu
