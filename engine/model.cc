@@ -46,7 +46,7 @@ Result<std::unique_ptr<Model>> Model::FromGguf(std::unique_ptr<GgufFile> file) {
 
 Status Model::Init() {
   const GgufFile& f = *file_;
-  ModelConfig& c = config_;
+  HParams& c = config_;
   KV_ASSIGN_OR_RETURN(c.arch_name, f.GetString("general.architecture"));
   if (c.arch_name == "llama") {
     c.arch = Arch::kLlama;
@@ -80,27 +80,32 @@ Status Model::Init() {
   KV_RETURN_IF_ERROR(get_int("attention.head_count", &c.n_head));
   KV_RETURN_IF_ERROR(get_int("feed_forward_length", &c.n_ff));
   c.n_head_kv = c.n_head;
-  if (f.Find(a + "attention.head_count_kv")) KV_RETURN_IF_ERROR(get_int("attention.head_count_kv", &c.n_head_kv));
+  if (f.Find(a + "attention.head_count_kv"))
+    KV_RETURN_IF_ERROR(get_int("attention.head_count_kv", &c.n_head_kv));
   if (c.n_head % c.n_head_kv != 0) {
     return Status::InvalidArgument("head_count " + std::to_string(c.n_head) +
                                    " is not a multiple of head_count_kv " +
                                    std::to_string(c.n_head_kv));
   }
   c.head_dim = c.n_embd / c.n_head;
-  if (f.Find(a + "attention.key_length")) KV_RETURN_IF_ERROR(get_int("attention.key_length", &c.head_dim));
+  if (f.Find(a + "attention.key_length"))
+    KV_RETURN_IF_ERROR(get_int("attention.key_length", &c.head_dim));
   if (f.Find(a + "attention.value_length")) {
     int vl = 0;
     KV_RETURN_IF_ERROR(get_int("attention.value_length", &vl));
-    if (vl != c.head_dim) return Status::Incompatible("value_length != key_length is not supported");
+    if (vl != c.head_dim)
+      return Status::Incompatible("value_length != key_length is not supported");
   }
   if (c.head_dim % 2 != 0) return Status::InvalidArgument("head dimension must be even");
   c.n_ctx_train = 4096;
   if (f.Find(a + "context_length")) KV_RETURN_IF_ERROR(get_int("context_length", &c.n_ctx_train));
   c.n_rot = c.head_dim;
-  if (f.Find(a + "rope.dimension_count")) KV_RETURN_IF_ERROR(get_int("rope.dimension_count", &c.n_rot));
+  if (f.Find(a + "rope.dimension_count"))
+    KV_RETURN_IF_ERROR(get_int("rope.dimension_count", &c.n_rot));
   if (c.n_rot > c.head_dim || c.n_rot % 2 != 0) {
     return Status::InvalidArgument("rope.dimension_count " + std::to_string(c.n_rot) +
-                                   " must be even and <= head dimension " + std::to_string(c.head_dim));
+                                   " must be even and <= head dimension " +
+                                   std::to_string(c.head_dim));
   }
   KV_ASSIGN_OR_RETURN(double eps, f.GetFloatOr(a + "attention.layer_norm_rms_epsilon", 1e-5));
   KV_ASSIGN_OR_RETURN(double base, f.GetFloatOr(a + "rope.freq_base", 10000.0));
@@ -210,7 +215,7 @@ uint64_t Model::weight_bytes() const {
 }
 
 std::string Model::Describe() const {
-  const ModelConfig& c = config_;
+  const HParams& c = config_;
   return c.arch_name + " " + std::to_string(c.n_embd) + "d " + std::to_string(c.n_layer) + "L " +
          std::to_string(c.n_head) + "h/" + std::to_string(c.n_head_kv) + "kv ff" +
          std::to_string(c.n_ff) + " vocab " + std::to_string(c.n_vocab) + " " +

@@ -18,22 +18,22 @@ namespace kvstash::engine {
 enum class Arch { kLlama, kQwen2, kQwen3 };
 enum class RopeStyle { kNormal /* interleaved pairs (2i, 2i+1) */, kNeox /* (i, i + n_rot/2) */ };
 
-struct ModelConfig {
+struct HParams {
   Arch arch = Arch::kLlama;
-  std::string arch_name;      // general.architecture
-  std::string name;           // general.name
+  std::string arch_name;  // general.architecture
+  std::string name;       // general.name
   int n_embd = 0;
   int n_layer = 0;
   int n_head = 0;
   int n_head_kv = 0;
-  int head_dim = 0;           // {arch}.attention.key_length or n_embd / n_head
+  int head_dim = 0;  // {arch}.attention.key_length or n_embd / n_head
   int n_ff = 0;
   int n_vocab = 0;
   int n_ctx_train = 0;
-  int n_rot = 0;              // rotary dimensions (<= head_dim)
+  int n_rot = 0;  // rotary dimensions (<= head_dim)
   float rms_eps = 1e-5f;
   float rope_base = 10000.0f;
-  float rope_scale = 1.0f;    // linear position scaling (rope.scaling.type = linear)
+  float rope_scale = 1.0f;  // linear position scaling (rope.scaling.type = linear)
   RopeStyle rope_style = RopeStyle::kNormal;
   bool has_qkv_bias = false;  // qwen2
   bool has_qk_norm = false;   // qwen3
@@ -51,11 +51,11 @@ struct WeightMatrix {
 };
 
 struct LayerWeights {
-  std::vector<float> attn_norm;           // [n_embd]
+  std::vector<float> attn_norm;  // [n_embd]
   WeightMatrix wq, wk, wv, wo;
-  std::vector<float> bq, bk, bv;          // qwen2 only
-  std::vector<float> q_norm, k_norm;      // qwen3 only, [head_dim]
-  std::vector<float> ffn_norm;            // [n_embd]
+  std::vector<float> bq, bk, bv;      // qwen2 only
+  std::vector<float> q_norm, k_norm;  // qwen3 only, [head_dim]
+  std::vector<float> ffn_norm;        // [n_embd]
   WeightMatrix w_gate, w_up, w_down;
 };
 
@@ -67,7 +67,7 @@ class Model {
   // Same over an already-open file (takes ownership).
   static Result<std::unique_ptr<Model>> FromGguf(std::unique_ptr<GgufFile> file);
 
-  const ModelConfig& config() const { return config_; }
+  const HParams& config() const { return config_; }
   const GgufFile& gguf() const { return *file_; }
   const WeightMatrix& token_embd() const { return token_embd_; }
   const WeightMatrix& output() const { return output_; }
@@ -85,7 +85,7 @@ class Model {
   Status Init();
 
   std::unique_ptr<GgufFile> file_;
-  ModelConfig config_;
+  HParams config_;
   WeightMatrix token_embd_, output_;
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;

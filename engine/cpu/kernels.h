@@ -17,8 +17,8 @@ namespace kvstash::engine::cpu {
 
 // Activation block for dot products with the 32-element quant types.
 struct BlockQ8A {
-  float d;       // scale
-  float s;       // d * sum(qs), for types with a min (Q5_1)
+  float d;  // scale
+  float s;  // d * sum(qs), for types with a min (Q5_1)
   int8_t qs[32];
 };
 static_assert(sizeof(BlockQ8A) == 40);

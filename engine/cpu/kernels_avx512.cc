@@ -7,8 +7,9 @@
 namespace kvstash::engine::cpu {
 const KernelTable* Avx512Kernels() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+                         __builtin_cpu_supports("avx512vnni") &&
+                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
   return ok ? &avx512::kTable : nullptr;
 }
 }  // namespace kvstash::engine::cpu

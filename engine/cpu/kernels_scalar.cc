@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <string>
 #include <cstring>
+#include <string>
 
 #include "engine/cpu/fp16.h"
 #include "engine/cpu/kernels.h"
@@ -252,18 +252,24 @@ ActFormat ActFormatFor(GgmlType t) {
     case GgmlType::kQ8_0:
     case GgmlType::kQ4_0:
     case GgmlType::kQ5_0:
-    case GgmlType::kQ5_1: return ActFormat::kQ8A;
+    case GgmlType::kQ5_1:
+      return ActFormat::kQ8A;
     case GgmlType::kQ4_K:
-    case GgmlType::kQ6_K: return ActFormat::kQ8K;
-    default: return ActFormat::kF32;
+    case GgmlType::kQ6_K:
+      return ActFormat::kQ8K;
+    default:
+      return ActFormat::kF32;
   }
 }
 
 size_t ActRowBytes(ActFormat f, int64_t n) {
   switch (f) {
-    case ActFormat::kF32: return n * sizeof(float);
-    case ActFormat::kQ8A: return (n / 32) * sizeof(BlockQ8A);
-    case ActFormat::kQ8K: return (n / kQK_K) * sizeof(BlockQ8_K);
+    case ActFormat::kF32:
+      return n * sizeof(float);
+    case ActFormat::kQ8A:
+      return (n / 32) * sizeof(BlockQ8A);
+    case ActFormat::kQ8K:
+      return (n / kQK_K) * sizeof(BlockQ8_K);
   }
   return 0;
 }

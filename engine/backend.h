@@ -1,0 +1,59 @@
+// The compute interface the forward pass (engine/runner.cc) is written against, once, for every
+// backend (ARCHITECTURE.md §6). The CPU backend (engine/cpu/) is the oracle; a CUDA backend
+// (engine/cuda/, built only when nvcc is found) implements the same calls on device buffers.
+//
+// Buffers are row-major f32 activations [n_tok][dim] unless stated. KV lives in a KvPool whose
+// pages follow KvLayout. A backend instance is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+
+namespace kvstash::engine {
+
+struct RopeParams {
+  int n_rot = 0;
+  int head_dim = 0;
+  RopeStyle style = RopeStyle::kNormal;
+  const float* inv_freq = nullptr;  // [n_rot / 2] per-pair frequency, scaling folded in
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual int n_threads() const = 0;
+
+  // y[t][o] = dot(w row o, x[t]) for t < n_tok, o < w.n_out.
+  virtual void MatMul(const WeightMatrix& w, const float* x, int n_tok, float* y) = 0;
+  // y[t] = x[t] / rms(x[t]) * weight, per row of `dim`. y may alias x.
+  virtual void RmsNorm(const float* x, const float* weight, int n_tok, int dim, float eps,
+                       float* y) = 0;
+  // Rotates n_heads heads of head_dim in each row of x ([n_tok][n_heads * head_dim]) in place
+  // for the given absolute positions.
+  virtual void Rope(float* x, int n_tok, int n_heads, const int32_t* positions,
+                    const RopeParams& p) = 0;
+  // Writes K and V rows ([n_tok][n_kv_heads * head_dim]) for positions pos0.. of a sequence
+  // into its pages (converted to the KV dtype).
+  virtual void StoreKv(KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok,
+                       const float* k, const float* v) = 0;
+  // Causal attention of n_tok queries at positions pos0.. over positions [0, pos0 + t] of seq.
+  // q: [n_tok][n_head * head_dim]; out: same shape.
+  virtual void Attention(const KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok,
+                         int n_head, const float* q, float* out) = 0;
+  // out[i] = silu(gate[i]) * up[i].
+  virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // y[i] += x[i].
+  virtual void Add(const float* x, int64_t n, float* y) = 0;
+  // Token embedding rows: out[t] = row tokens[t] of w, dequantized.
+  virtual Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) = 0;
+};
+
+// The CPU backend with n_threads workers (0 = all cores).
+std::unique_ptr<Backend> CreateCpuBackend(int n_threads);
+
+}  // namespace kvstash::engine

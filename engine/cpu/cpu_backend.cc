@@ -1,0 +1,249 @@
+// CPU implementation of engine/backend.h over the thread pool and the kernel tables.
+//
+// Work split: MatMul converts the activations once (parallel over tokens), then hands out
+// chunks of weight rows; each chunk walks all tokens in tiles so the chunk's rows stay in cache.
+// Attention hands out (kv head, tile of queries) pairs; each page of K/V is converted to f32 once
+// per tile and used by every query head of the group (GQA) and every query in the tile.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "base/check.h"
+#include "engine/backend.h"
+#include "engine/cpu/fp16.h"
+#include "engine/cpu/kernels.h"
+#include "engine/cpu/thread_pool.h"
+#include "engine/quant.h"
+
+namespace kvstash::engine {
+namespace {
+
+using cpu::ActFormat;
+using cpu::KernelTable;
+
+constexpr int kAttnQueryTile = 16;
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads) : pool_(n_threads), k_(cpu::Kernels()) {
+    scratch_.resize(pool_.size());
+  }
+  const char* name() const override { return k_.name; }
+  int n_threads() const override { return pool_.size(); }
+
+  void MatMul(const WeightMatrix& w, const float* x, int n_tok, float* y) override {
+    const ActFormat fmt = cpu::ActFormatFor(w.type);
+    const size_t x_stride = cpu::ActRowBytes(fmt, w.n_in);
+    const uint8_t* xa;
+    if (fmt == ActFormat::kF32) {
+      xa = reinterpret_cast<const uint8_t*>(x);
+    } else {
+      act_.resize(x_stride * n_tok);
+      uint8_t* dst = act_.data();
+      pool_.ParallelFor(n_tok, [&](int64_t t, int) {
+        k_.quantize_act(fmt, x + t * w.n_in, dst + t * x_stride, w.n_in);
+      });
+      xa = dst;
+    }
+    const int n_out = static_cast<int>(w.n_out);
+    // Chunks of rows: enough chunks for load balance, multiples of 4 so tiles stay whole.
+    int chunk = n_tok == 1 ? std::max(4, (n_out / (pool_.size() * 8)) & ~3)
+                           : std::max(16, (n_out / (pool_.size() * 4)) & ~3);
+    chunk = std::min(chunk, n_tok == 1 ? 256 : 128);
+    const int n_chunks = (n_out + chunk - 1) / chunk;
+    pool_.ParallelFor(n_chunks, [&](int64_t c, int) {
+      const int r0 = static_cast<int>(c) * chunk;
+      const int rows = std::min(chunk, n_out - r0);
+      k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, rows, xa, x_stride, n_tok, w.n_in,
+              y + r0, w.n_out);
+    });
+  }
+
+  void RmsNorm(const float* x, const float* weight, int n_tok, int dim, float eps,
+               float* y) override {
+    for (int t = 0; t < n_tok; ++t) {
+      const float* xr = x + static_cast<size_t>(t) * dim;
+      float* yr = y + static_cast<size_t>(t) * dim;
+      double ss = 0;
+      for (int i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+      const float scale = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+      for (int i = 0; i < dim; ++i) yr[i] = xr[i] * scale * weight[i];
+    }
+  }
+
+  void Rope(float* x, int n_tok, int n_heads, const int32_t* positions,
+            const RopeParams& p) override {
+    const int half = p.n_rot / 2;
+    std::vector<float> cs(half), sn(half);
+    for (int t = 0; t < n_tok; ++t) {
+      for (int i = 0; i < half; ++i) {
+        const double theta = static_cast<double>(positions[t]) * p.inv_freq[i];
+        cs[i] = static_cast<float>(std::cos(theta));
+        sn[i] = static_cast<float>(std::sin(theta));
+      }
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + (static_cast<size_t>(t) * n_heads + h) * p.head_dim;
+        for (int i = 0; i < half; ++i) {
+          const int a = p.style == RopeStyle::kNormal ? 2 * i : i;
+          const int b = p.style == RopeStyle::kNormal ? 2 * i + 1 : i + half;
+          const float x0 = v[a], x1 = v[b];
+          v[a] = x0 * cs[i] - x1 * sn[i];
+          v[b] = x0 * sn[i] + x1 * cs[i];
+        }
+      }
+    }
+  }
+
+  void StoreKv(KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok, const float* k,
+               const float* v) override {
+    const KvLayout& L = pool.layout();
+    const int bt = L.block_tokens;
+    for (int t = 0; t < n_tok; ++t) {
+      const int pos = pos0 + t;
+      uint8_t* page = pool.page(seq.block_table[pos / bt]);
+      for (int kv = 0; kv < 2; ++kv) {
+        const float* src = (kv == 0 ? k : v) + static_cast<size_t>(t) * L.n_kv_heads * L.head_dim;
+        for (int h = 0; h < L.n_kv_heads; ++h) {
+          const size_t off = L.RowOffset(layer, kv, h, pos % bt);
+          if (L.dtype == KvDtype::kF16) {
+            k_.f32_to_f16(src + h * L.head_dim, reinterpret_cast<uint16_t*>(page) + off,
+                          L.head_dim);
+          } else {
+            std::memcpy(reinterpret_cast<float*>(page) + off, src + h * L.head_dim,
+                        L.head_dim * sizeof(float));
+          }
+        }
+      }
+    }
+  }
+
+  void Attention(const KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok,
+                 int n_head, const float* q, float* out) override {
+    const KvLayout& L = pool.layout();
+    const int hd = L.head_dim;
+    const int group = n_head / L.n_kv_heads;
+    const int n_tiles = (n_tok + kAttnQueryTile - 1) / kAttnQueryTile;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    pool_.ParallelFor(static_cast<int64_t>(n_tiles) * L.n_kv_heads, [&](int64_t task, int thread) {
+      const int g = static_cast<int>(task % L.n_kv_heads);
+      const int tile = static_cast<int>(task / L.n_kv_heads);
+      const int t0 = tile * kAttnQueryTile;
+      const int nq = std::min(kAttnQueryTile, n_tok - t0);
+      AttentionTile(pool, seq, layer, pos0 + t0, nq, g, group, n_head, scale,
+                    q + static_cast<size_t>(t0) * n_head * hd,
+                    out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
+    });
+  }
+
+  void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {
+    for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
+
+  void Add(const float* x, int64_t n, float* y) override {
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+
+  Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) override {
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      if (tokens[t] < 0 || tokens[t] >= w.n_out) {
+        return Status::InvalidArgument("token id " + std::to_string(tokens[t]) +
+                                       " out of range [0, " + std::to_string(w.n_out) + ")");
+      }
+      KV_RETURN_IF_ERROR(
+          DequantizeRow(w.type, w.data + tokens[t] * w.row_bytes, out + t * w.n_in, w.n_in));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  struct Scratch {
+    std::vector<float> k, v;    // [block_tokens][head_dim] converted page rows
+    std::vector<float> scores;  // [block_tokens]
+    std::vector<float> acc;     // [nq * group][head_dim]
+    std::vector<float> m, l;    // [nq * group] running max and sum
+  };
+
+  // Online-softmax attention for nq consecutive queries (absolute positions p0..p0+nq-1) and the
+  // `group` query heads sharing kv head g. Keys are visited in position order, so each query's
+  // result does not depend on the tile it was computed in.
+  void AttentionTile(const KvPool& pool, const Sequence& seq, int layer, int p0, int nq, int g,
+                     int group, int n_head, float scale, const float* q, float* out, Scratch& s) {
+    const KvLayout& L = pool.layout();
+    const int hd = L.head_dim, bt = L.block_tokens;
+    const int nqh = nq * group;
+    s.k.resize(static_cast<size_t>(bt) * hd);
+    s.v.resize(static_cast<size_t>(bt) * hd);
+    s.scores.resize(bt);
+    s.acc.assign(static_cast<size_t>(nqh) * hd, 0.0f);
+    s.m.assign(nqh, -INFINITY);
+    s.l.assign(nqh, 0.0f);
+    const int last_pos = p0 + nq - 1;
+    const int n_blocks = last_pos / bt + 1;
+    for (int b = 0; b < n_blocks; ++b) {
+      const uint8_t* page = pool.page(seq.block_table[b]);
+      const int slots = std::min(bt, last_pos + 1 - b * bt);
+      for (int kv = 0; kv < 2; ++kv) {
+        const size_t off = L.RowOffset(layer, kv, g, 0);
+        float* dst = kv == 0 ? s.k.data() : s.v.data();
+        if (L.dtype == KvDtype::kF16) {
+          k_.f16_to_f32(reinterpret_cast<const uint16_t*>(page) + off, dst,
+                        static_cast<int64_t>(slots) * hd);
+        } else {
+          std::memcpy(dst, reinterpret_cast<const float*>(page) + off, sizeof(float) * slots * hd);
+        }
+      }
+      for (int i = 0; i < nq; ++i) {
+        const int pos = p0 + i;
+        const int n_valid = std::min(slots, pos + 1 - b * bt);
+        if (n_valid <= 0) continue;
+        for (int j = 0; j < group; ++j) {
+          const int h = g * group + j;
+          const float* qv = q + (static_cast<size_t>(i) * n_head + h) * hd;
+          const int qi = i * group + j;
+          float bmax = -INFINITY;
+          for (int sl = 0; sl < n_valid; ++sl) {
+            s.scores[sl] = k_.dot_f32(qv, s.k.data() + static_cast<size_t>(sl) * hd, hd) * scale;
+            bmax = std::max(bmax, s.scores[sl]);
+          }
+          float* acc = s.acc.data() + static_cast<size_t>(qi) * hd;
+          const float m_new = std::max(s.m[qi], bmax);
+          const float corr = std::exp(s.m[qi] - m_new);
+          if (corr != 1.0f) {
+            for (int d = 0; d < hd; ++d) acc[d] *= corr;
+          }
+          float lsum = s.l[qi] * corr;
+          for (int sl = 0; sl < n_valid; ++sl) {
+            const float p = std::exp(s.scores[sl] - m_new);
+            lsum += p;
+            k_.axpy_f32(p, s.v.data() + static_cast<size_t>(sl) * hd, acc, hd);
+          }
+          s.m[qi] = m_new;
+          s.l[qi] = lsum;
+        }
+      }
+    }
+    for (int i = 0; i < nq; ++i) {
+      for (int j = 0; j < group; ++j) {
+        const int qi = i * group + j;
+        const float inv = 1.0f / s.l[qi];
+        const float* acc = s.acc.data() + static_cast<size_t>(qi) * hd;
+        float* o = out + (static_cast<size_t>(i) * n_head + g * group + j) * hd;
+        for (int d = 0; d < hd; ++d) o[d] = acc[d] * inv;
+      }
+    }
+  }
+
+  cpu::ThreadPool pool_;
+  const KernelTable& k_;
+  std::vector<uint8_t> act_;
+  std::vector<Scratch> scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCpuBackend(int n_threads) {
+  return std::make_unique<CpuBackend>(n_threads);
+}
+
+}  // namespace kvstash::engine

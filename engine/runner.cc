@@ -1,0 +1,161 @@
+#include "engine/runner.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace kvstash::engine {
+
+Result<std::unique_ptr<Runner>> Runner::Create(const Model& model, const RunnerOptions& options) {
+  const HParams& c = model.config();
+  RunnerOptions o = options;
+  if (o.n_ctx == 0) o.n_ctx = c.n_ctx_train;
+  if (o.n_ctx < 1 || o.n_ctx > (1 << 24)) {
+    return Status::InvalidArgument("context size " + std::to_string(o.n_ctx) + " out of range");
+  }
+  if (o.block_tokens < 1 || o.block_tokens > 4096) {
+    return Status::InvalidArgument("block_tokens must be in [1, 4096]");
+  }
+  if (o.n_batch < 1) o.n_batch = 256;
+  auto r = std::unique_ptr<Runner>(new Runner(model, o));
+  r->backend_ = CreateCpuBackend(o.n_threads);
+  KvLayout layout{o.kv_dtype, c.n_layer, c.n_head_kv, c.head_dim, o.block_tokens};
+  const int pages = o.n_pages > 0 ? o.n_pages : (o.n_ctx + o.block_tokens - 1) / o.block_tokens;
+  KV_ASSIGN_OR_RETURN(r->pool_, KvPool::Create(layout, pages));
+  // Per-pair inverse frequencies with linear scaling and rope_freqs divisors folded in.
+  const auto& factors = model.rope_freq_factors();
+  r->inv_freq_.resize(c.n_rot / 2);
+  for (int i = 0; i < c.n_rot / 2; ++i) {
+    double f = std::pow(static_cast<double>(c.rope_base), -2.0 * i / c.n_rot) * c.rope_scale;
+    if (!factors.empty()) f /= factors[i];
+    r->inv_freq_[i] = static_cast<float>(f);
+  }
+  return r;
+}
+
+void Runner::Release(Sequence& seq) {
+  for (int32_t p : seq.block_table) pool_->Unref(p);
+  seq.block_table.clear();
+  seq.tokens.clear();
+}
+
+Status Runner::Prefill(Sequence& seq, std::span<const int32_t> tokens, LogitsMode mode,
+                       std::vector<float>* logits) {
+  const HParams& c = model_.config();
+  if (tokens.empty()) return Status::InvalidArgument("no tokens to process");
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= c.n_vocab) {
+      return Status::InvalidArgument("token id " + std::to_string(t) + " out of range [0, " +
+                                     std::to_string(c.n_vocab) + ")");
+    }
+  }
+  const int64_t end = seq.n_past() + static_cast<int64_t>(tokens.size());
+  if (end > options_.n_ctx) {
+    return Status::ResourceExhausted("context full: " + std::to_string(end) +
+                                     " positions requested, context size is " +
+                                     std::to_string(options_.n_ctx));
+  }
+  // Allocate every page up front so a full pool fails before any state changes.
+  const int bt = options_.block_tokens;
+  const size_t blocks_needed = static_cast<size_t>((end + bt - 1) / bt);
+  const size_t old_blocks = seq.block_table.size();
+  while (seq.block_table.size() < blocks_needed) {
+    int p = pool_->Allocate();
+    if (p < 0) {
+      while (seq.block_table.size() > old_blocks) {
+        pool_->Unref(seq.block_table.back());
+        seq.block_table.pop_back();
+      }
+      return Status::ResourceExhausted("KV pool exhausted (" + std::to_string(pool_->n_pages()) +
+                                       " pages of " + std::to_string(bt) + " tokens)");
+    }
+    seq.block_table.push_back(p);
+  }
+  if (logits != nullptr) {
+    const size_t rows =
+        mode == LogitsMode::kAll ? tokens.size() : (mode == LogitsMode::kLast ? 1 : 0);
+    logits->assign(rows * c.n_vocab, 0.0f);
+  }
+  size_t done = 0;
+  while (done < tokens.size()) {
+    const size_t n = std::min<size_t>(options_.n_batch, tokens.size() - done);
+    const bool last_chunk = done + n == tokens.size();
+    LogitsMode chunk_mode = mode == LogitsMode::kAll                    ? LogitsMode::kAll
+                            : (mode == LogitsMode::kLast && last_chunk) ? LogitsMode::kLast
+                                                                        : LogitsMode::kNone;
+    float* out = nullptr;
+    if (logits != nullptr && chunk_mode == LogitsMode::kAll)
+      out = logits->data() + done * c.n_vocab;
+    if (logits != nullptr && chunk_mode == LogitsMode::kLast) out = logits->data();
+    Status s = ForwardChunk(seq, tokens.subspan(done, n), chunk_mode, out);
+    if (!s.ok()) return s;
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status Runner::ForwardChunk(Sequence& seq, std::span<const int32_t> tokens, LogitsMode mode,
+                            float* logits) {
+  const HParams& c = model_.config();
+  Backend& be = *backend_;
+  const int n = static_cast<int>(tokens.size());
+  const int pos0 = seq.n_past();
+  const int64_t q_dim = int64_t{c.n_head} * c.head_dim;
+  const int64_t kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  const size_t nn = static_cast<size_t>(n);
+  x_.resize(nn * c.n_embd);
+  xn_.resize(nn * std::max<int64_t>(c.n_embd, q_dim));
+  q_.resize(nn * q_dim);
+  k_.resize(nn * kv_dim);
+  v_.resize(nn * kv_dim);
+  att_.resize(nn * q_dim);
+  tmp_.resize(nn * c.n_embd);
+  gate_.resize(nn * c.n_ff);
+  up_.resize(nn * c.n_ff);
+  positions_.resize(n);
+  for (int i = 0; i < n; ++i) positions_[i] = pos0 + i;
+  RopeParams rope{c.n_rot, c.head_dim, c.rope_style, inv_freq_.data()};
+
+  KV_RETURN_IF_ERROR(be.Embed(model_.token_embd(), tokens, x_.data()));
+  for (int l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& L = model_.layers()[l];
+    be.RmsNorm(x_.data(), L.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    be.MatMul(L.wq, xn_.data(), n, q_.data());
+    be.MatMul(L.wk, xn_.data(), n, k_.data());
+    be.MatMul(L.wv, xn_.data(), n, v_.data());
+    if (c.has_qkv_bias) {
+      for (int t = 0; t < n; ++t) {
+        be.Add(L.bq.data(), q_dim, q_.data() + t * q_dim);
+        be.Add(L.bk.data(), kv_dim, k_.data() + t * kv_dim);
+        be.Add(L.bv.data(), kv_dim, v_.data() + t * kv_dim);
+      }
+    }
+    if (c.has_qk_norm) {
+      be.RmsNorm(q_.data(), L.q_norm.data(), n * c.n_head, c.head_dim, c.rms_eps, q_.data());
+      be.RmsNorm(k_.data(), L.k_norm.data(), n * c.n_head_kv, c.head_dim, c.rms_eps, k_.data());
+    }
+    be.Rope(q_.data(), n, c.n_head, positions_.data(), rope);
+    be.Rope(k_.data(), n, c.n_head_kv, positions_.data(), rope);
+    // The sequence's length is advanced only after the last layer; StoreKv/Attention take the
+    // absolute positions explicitly.
+    be.StoreKv(*pool_, seq, l, pos0, n, k_.data(), v_.data());
+    be.Attention(*pool_, seq, l, pos0, n, c.n_head, q_.data(), att_.data());
+    be.MatMul(L.wo, att_.data(), n, tmp_.data());
+    be.Add(tmp_.data(), nn * c.n_embd, x_.data());
+    be.RmsNorm(x_.data(), L.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
+    be.MatMul(L.w_gate, xn_.data(), n, gate_.data());
+    be.MatMul(L.w_up, xn_.data(), n, up_.data());
+    be.SwiGlu(gate_.data(), up_.data(), nn * c.n_ff, gate_.data());
+    be.MatMul(L.w_down, gate_.data(), n, tmp_.data());
+    be.Add(tmp_.data(), nn * c.n_embd, x_.data());
+  }
+  seq.tokens.insert(seq.tokens.end(), tokens.begin(), tokens.end());
+  if (mode == LogitsMode::kNone || logits == nullptr) return Status::Ok();
+  const int first = mode == LogitsMode::kAll ? 0 : n - 1;
+  const int rows = n - first;
+  be.RmsNorm(x_.data() + static_cast<size_t>(first) * c.n_embd, model_.output_norm().data(), rows,
+             c.n_embd, c.rms_eps, xn_.data());
+  be.MatMul(model_.output(), xn_.data(), rows, logits);
+  return Status::Ok();
+}
+
+}  // namespace kvstash::engine
