@@ -1,0 +1,27 @@
+// Byte-level BPE tokenizer for `tokenizer.ggml.model = "gpt2"` vocabs (GPT-2, Llama 3, Qwen2/3,
+// SmolLM). Encoding: split out added/special tokens, NFC-normalize when the vocab asks (Qwen),
+// pre-tokenize with the vocab's `pre` regex family (engine/unicode_split.h), then merge each
+// pre-token's bytes by merge rank (lowest first, leftmost on ties) over a linked list with a
+// priority queue, so a word costs O(n log n). With `ignore_merges` (Llama 3) a pre-token that is
+// itself a token is emitted whole. Decoding maps GPT-2's printable byte stand-ins back to bytes,
+// so Decode(Encode(x)) == x for any byte string x.
+//
+// Pre-token results are memoized in a bounded, sharded, mutex-guarded cache (cleared shard by
+// shard when full); source code repeats its words, so most pre-tokens hit it.
+//
+// Thread safety: Encode/Decode are const and may run concurrently.
+#pragma once
+
+#include <memory>
+
+#include "base/status.h"
+#include "engine/tokenizer.h"
+#include "engine/vocab.h"
+
+namespace kvstash::engine {
+
+// `vocab.kind` must be kBpe; the vocab is assumed validated by Tokenizer::Create. Fails with
+// Incompatible for an unknown `vocab.pre`.
+Result<std::unique_ptr<Tokenizer>> CreateBpeTokenizer(Vocab vocab);
+
+}  // namespace kvstash::engine
