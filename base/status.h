@@ -68,7 +68,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT
     if (std::get<Status>(v_).ok()) v_ = Status::Internal("Result constructed from OK status");
   }
@@ -83,6 +83,7 @@ class [[nodiscard]] Result {
   T&& value() && { return std::get<T>(std::move(v_)); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::get<T>(std::move(v_)); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 
@@ -96,10 +97,10 @@ class [[nodiscard]] Result {
 #define KVSTASH_CONCAT_(a, b) KVSTASH_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function when `expr` (a Status) is not OK.
-#define KV_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::kvstash::Status kv_status_ = (expr);        \
-    if (!kv_status_.ok()) return kv_status_;      \
+#define KV_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::kvstash::Status kv_status_ = (expr);   \
+    if (!kv_status_.ok()) return kv_status_; \
   } while (0)
 
 // `KV_ASSIGN_OR_RETURN(auto x, MakeX())` — unwraps a Result or returns its Status.

@@ -1,0 +1,116 @@
+// CPU kernel tables against the definitions: for every weight type, gemm over quantized rows and
+// quantized activations equals the float dot of the dequantized weights and dequantized
+// activations (exact integer arithmetic, so only float rounding differs), for every tile shape;
+// and the tables (scalar, AVX2, AVX-512) agree with each other.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "engine/cpu/kernels.h"
+#include "engine/quant.h"
+
+namespace kvstash::engine::cpu {
+namespace {
+
+std::vector<float> RandomRow(std::mt19937& rng, int64_t n, float scale) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Dequantized activations, as the kernels see them.
+std::vector<float> DequantAct(ActFormat f, const uint8_t* a, int64_t n) {
+  std::vector<float> out(n);
+  if (f == ActFormat::kF32) {
+    std::memcpy(out.data(), a, n * 4);
+  } else if (f == ActFormat::kQ8A) {
+    const auto* b = reinterpret_cast<const BlockQ8A*>(a);
+    for (int64_t i = 0; i < n; ++i) out[i] = b[i / 32].d * b[i / 32].qs[i % 32];
+  } else {
+    const auto* b = reinterpret_cast<const BlockQ8_K*>(a);
+    for (int64_t i = 0; i < n; ++i) out[i] = b[i / 256].d * b[i / 256].qs[i % 256];
+  }
+  return out;
+}
+
+std::vector<const KernelTable*> Tables() {
+  std::vector<const KernelTable*> t = {&ScalarKernels()};
+  if (Avx2Kernels()) t.push_back(Avx2Kernels());
+  if (Avx512Kernels()) t.push_back(Avx512Kernels());
+  return t;
+}
+
+class KernelTest : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(KernelTest, GemmEqualsDequantizedDotForEveryTileShape) {
+  const GgmlType type = GetParam();
+  const int64_t n =
+      Traits(type).block_elems == 256 ? 512 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
+  const int rows = 7, toks = 6;  // odd sizes exercise every tile remainder
+  std::mt19937 rng(42);
+  const size_t row_bytes = RowBytes(type, n);
+  std::vector<uint8_t> w(row_bytes * rows);
+  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
+  for (int r = 0; r < rows; ++r) {
+    auto v = RandomRow(rng, n, 0.05f);
+    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
+    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
+  }
+  const ActFormat fmt = ActFormatFor(type);
+  const size_t xs = ActRowBytes(fmt, n);
+  std::vector<uint8_t> x(xs * toks);
+  std::vector<std::vector<float>> xf;
+  for (int t = 0; t < toks; ++t) {
+    auto v = RandomRow(rng, n, 1.0f);
+    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
+    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
+  }
+  for (const KernelTable* k : Tables()) {
+    SCOPED_TRACE(k->name);
+    for (int nt : {1, toks}) {
+      std::vector<float> y(static_cast<size_t>(toks) * rows, NAN);
+      k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, nt, n, y.data(), rows);
+      for (int t = 0; t < nt; ++t) {
+        for (int r = 0; r < rows; ++r) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            ref += double{wf[r][i]} * xf[t][i];
+            mag += std::fabs(double{wf[r][i]} * xf[t][i]);
+          }
+          EXPECT_NEAR(y[t * rows + r], ref, 1e-5 * mag + 1e-6) << "row " << r << " tok " << t;
+        }
+      }
+    }
+    // A token's result never depends on how many tokens shared the call.
+    std::vector<float> all(static_cast<size_t>(toks) * rows), one(rows);
+    k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, toks, n, all.data(), rows);
+    for (int t = 0; t < toks; ++t) {
+      k->gemm(type, w.data(), row_bytes, rows, x.data() + t * xs, xs, 1, n, one.data(), rows);
+      for (int r = 0; r < rows; ++r) EXPECT_EQ(one[r], all[t * rows + r]);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
+                         ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
+                                           GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0,
+                                           GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K),
+                         [](const auto& info) { return std::string(Traits(info.param).name); });
+
+TEST(KernelTableTest, SimdTablesMatchScalarOnFp16Conversion) {
+  std::mt19937 rng(1);
+  auto v = RandomRow(rng, 1003, 100.0f);
+  std::vector<uint16_t> a(v.size()), b(v.size());
+  ScalarKernels().f32_to_f16(v.data(), a.data(), v.size());
+  for (const KernelTable* k : Tables()) {
+    k->f32_to_f16(v.data(), b.data(), v.size());
+    EXPECT_EQ(a, b) << k->name;
+  }
+  EXPECT_NE(Kernels().name, nullptr);
+}
+
+}  // namespace
+}  // namespace kvstash::engine::cpu

@@ -1,0 +1,106 @@
+// The engine against golden outputs of a real trained model (stories260K, see
+// shared/models/MANIFEST.md): 256 greedy ids from BOS, and logits at positions 0..2.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "tests/engine/engine_test_util.h"
+#include "tests/fixtures.h"
+
+namespace kvstash::engine {
+namespace {
+
+using testutil::LoadOrDie;
+using testutil::MakeRunner;
+
+struct Golden {
+  std::vector<int32_t> greedy;
+  struct Pos {
+    std::vector<int> top_ids;
+    std::vector<double> top_values, first5;
+    double sum = 0, l2 = 0;
+  };
+  std::vector<Pos> pos;
+};
+
+std::vector<double> Numbers(const std::string& s) {
+  std::vector<double> v;
+  static const std::regex num(R"(-?\d+(\.\d+)?)");
+  for (auto it = std::sregex_iterator(s.begin(), s.end(), num); it != std::sregex_iterator(); ++it)
+    v.push_back(std::stod(it->str()));
+  return v;
+}
+
+Golden ReadGolden(const std::string& path) {
+  Golden g;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("ids:", 0) == 0) {
+      for (double d : Numbers(line.substr(4))) g.greedy.push_back(static_cast<int32_t>(d));
+    } else if (line.rfind("pos ", 0) == 0) {
+      // pos N: top5 ids [..] values [..] | sum=S l2=L logit[0..4]=[..]
+      Golden::Pos p;
+      auto section = [&](const std::string& from, const std::string& to) {
+        size_t a = line.find(from) + from.size();
+        return line.substr(a, line.find(to, a) - a);
+      };
+      for (double d : Numbers(section("ids [", "]"))) p.top_ids.push_back(static_cast<int>(d));
+      p.top_values = Numbers(section("values [", "]"));
+      p.sum = std::stod(section("sum=", " "));
+      p.l2 = std::stod(section("l2=", " "));
+      p.first5 = Numbers(section("logit[0..4]=[", "]"));
+      g.pos.push_back(p);
+    }
+  }
+  return g;
+}
+
+class GoldenTest : public ::testing::TestWithParam<KvDtype> {};
+
+TEST_P(GoldenTest, Stories260KMatchesGoldenLogitsAndGreedy) {
+  KV_REQUIRE_FIXTURE("stories260K.gguf");
+  KV_REQUIRE_FIXTURE("stories260K.greedy-from-BOS.txt");
+  Golden g = ReadGolden(testing::FixturePath("stories260K.greedy-from-BOS.txt"));
+  ASSERT_EQ(g.greedy.size(), 256u);
+  ASSERT_EQ(g.pos.size(), 3u);
+  auto model = LoadOrDie(testing::FixturePath("stories260K.gguf"));
+  ASSERT_TRUE(model);
+  auto runner = MakeRunner(*model, GetParam(), 16);
+  const int V = model->config().n_vocab;
+  // f32 KV must match the float64 golden values to 1e-3; f16 KV rounds K/V to 11 bits, so its
+  // logits are checked to 3e-2 (the greedy continuation must still match exactly).
+  const double tol = GetParam() == KvDtype::kF32 ? 1e-3 : 3e-2;
+
+  Sequence seq;
+  std::vector<float> logits;
+  const std::vector<int32_t> input = {1, 403, 407};
+  ASSERT_TRUE(runner->Prefill(seq, input, LogitsMode::kAll, &logits).ok());
+  for (int p = 0; p < 3; ++p) {
+    const float* row = logits.data() + p * V;
+    double sum = 0, l2 = 0;
+    for (int i = 0; i < V; ++i) sum += row[i], l2 += double{row[i]} * row[i];
+    for (int k = 0; k < 5; ++k) {
+      EXPECT_NEAR(row[g.pos[p].top_ids[k]], g.pos[p].top_values[k], tol) << "pos " << p;
+      EXPECT_NEAR(row[k], g.pos[p].first5[k], tol) << "pos " << p << " logit " << k;
+    }
+    EXPECT_EQ(testutil::Argmax(row, V), g.pos[p].top_ids[0]);
+    EXPECT_NEAR(sum, g.pos[p].sum, tol * V) << "pos " << p;
+    EXPECT_NEAR(std::sqrt(l2), g.pos[p].l2, tol * 10) << "pos " << p;
+  }
+  runner->Release(seq);
+
+  const std::vector<int32_t> bos = {1};
+  ASSERT_TRUE(runner->Prefill(seq, bos, LogitsMode::kLast, &logits).ok());
+  std::vector<int32_t> got = testutil::Greedy(*runner, seq, logits, 256);
+  EXPECT_EQ(got, g.greedy);
+}
+
+INSTANTIATE_TEST_SUITE_P(KvTypes, GoldenTest, ::testing::Values(KvDtype::kF32, KvDtype::kF16),
+                         [](const auto& info) { return std::string(KvDtypeName(info.param)); });
+
+}  // namespace
+}  // namespace kvstash::engine
