@@ -399,6 +399,16 @@ TEST(MkModelFile, BigTensorsSplitAcrossThreadsAreDeterministic) {
   EXPECT_EQ(a.bytes, b.bytes);
 }
 
+TEST(MkModelFile, CustomAlignmentIsWritten) {
+  MkModelOptions o = Options("tiny-llama", "q6_k");
+  o.alignment = 256;
+  const Built b = Build(o);
+  ASSERT_NE(b.file, nullptr);
+  EXPECT_EQ(*b.file->GetUint("general.alignment"), 256u);
+  EXPECT_EQ(b.file->alignment(), 256u);
+  for (const GgufTensorInfo& t : b.file->tensors()) EXPECT_EQ(t.offset % 256, 0u) << t.name;
+}
+
 TEST(MkModelFile, WeightScalesAreWellConditioned) {
   const Built b = Build(Options("tiny-llama", "f32"));
   ASSERT_NE(b.file, nullptr);
