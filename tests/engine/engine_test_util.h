@@ -80,7 +80,9 @@ inline std::vector<int32_t> Greedy(Runner& r, Sequence& seq, std::vector<float> 
   for (int i = 0; i < n; ++i) {
     int32_t t = Argmax(logits.data(), V);
     out.push_back(t);
-    if (i + 1 < n) EXPECT_TRUE(r.Decode(seq, t, &logits).ok());
+    if (i + 1 < n) {
+      EXPECT_TRUE(r.Decode(seq, t, &logits).ok());
+    }
   }
   return out;
 }

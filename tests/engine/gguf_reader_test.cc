@@ -103,8 +103,12 @@ TEST(GgufReaderTest, UnsupportedVersionsAreRefused) {
     std::memcpy(b.data() + 4, &v, 4);
     Status s = Parse(b);
     EXPECT_EQ(s.code(), StatusCode::kIncompatible) << v;
-    if (v == 1) EXPECT_NE(s.message().find("version 1"), std::string::npos) << s.ToString();
-    if (v == 0x03000000u) EXPECT_NE(s.message().find("big-endian"), std::string::npos);
+    if (v == 1) {
+      EXPECT_NE(s.message().find("version 1"), std::string::npos) << s.ToString();
+    }
+    if (v == 0x03000000u) {
+      EXPECT_NE(s.message().find("big-endian"), std::string::npos);
+    }
   }
 }
 
