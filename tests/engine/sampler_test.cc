@@ -12,6 +12,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kvstash::engine {
@@ -367,6 +368,28 @@ TEST(SamplerTest, SameSeedGivesTheSameSequence) {
   std::vector<int32_t> sc;
   for (int i = 0; i < 500; ++i) sc.push_back(*c.Sample(kLogits));
   EXPECT_NE(sc, sa);
+}
+
+// Samplers share nothing: running them on other threads, concurrently, changes nothing.
+TEST(SamplerTest, SequenceDoesNotDependOnTheThreadItRunsOn) {
+  SamplerOptions o;
+  o.seed = 7;
+  o.repeat_penalty = 1.2f;
+  auto run = [&] {
+    Sampler s = Make(o);
+    std::vector<int32_t> out;
+    for (int i = 0; i < 300; ++i) {
+      out.push_back(*s.Sample(kLogits));
+      s.Accept(out.back());
+    }
+    return out;
+  };
+  const std::vector<int32_t> want = run();
+  std::vector<std::vector<int32_t>> got(4);
+  std::vector<std::thread> threads;
+  for (auto& g : got) threads.emplace_back([&g, &run] { g = run(); });
+  for (std::thread& t : threads) t.join();
+  for (const auto& g : got) EXPECT_EQ(g, want);
 }
 
 // std::mt19937_64 and the 53-bit conversion are fully specified, so this sequence is the same on
