@@ -1,0 +1,59 @@
+#include "storage/aligned_buffer.h"
+
+#include <cstdlib>
+#include <utility>
+
+#include "base/check.h"
+#include "storage/format.h"
+
+namespace kvstash::storage {
+
+AlignedBuffer::AlignedBuffer(size_t size_bytes) {
+  size_ = format::AlignUp(size_bytes == 0 ? 1 : size_bytes);
+  data_ = static_cast<std::byte*>(std::aligned_alloc(format::kIoAlignment, size_));
+  KV_CHECK_MSG(data_ != nullptr, "aligned allocation failed");
+}
+
+AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+
+AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
+  if (this != &other) {
+    std::free(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+namespace {
+constexpr size_t kGranule = 64 * 1024;
+size_t RoundToGranule(size_t n) { return (n + kGranule - 1) / kGranule * kGranule; }
+}  // namespace
+
+AlignedBuffer BufferPool::Get(size_t size_bytes) {
+  const size_t size = RoundToGranule(size_bytes);
+  {
+    std::lock_guard lock(mu_);
+    auto it = free_.find(size);
+    if (it != free_.end() && !it->second.empty()) {
+      AlignedBuffer b = std::move(it->second.back());
+      it->second.pop_back();
+      cached_bytes_ -= b.size();
+      return b;
+    }
+  }
+  return AlignedBuffer(size);
+}
+
+void BufferPool::Release(AlignedBuffer buffer) {
+  if (buffer.empty() || buffer.size() % kGranule != 0) return;
+  std::lock_guard lock(mu_);
+  if (cached_bytes_ + buffer.size() > max_cached_bytes_) return;
+  cached_bytes_ += buffer.size();
+  free_[buffer.size()].push_back(std::move(buffer));
+}
+
+}  // namespace kvstash::storage
