@@ -70,6 +70,7 @@ class BpeTokenizer final : public Tokenizer {
  public:
   BpeTokenizer(Vocab vocab, PreTokenizer pre)
       : vocab_(std::move(vocab)), pre_(pre), specials_(SpecialTokenMatcher::ForVocab(vocab_)) {
+    unicode::ClassOf(0);  // builds the class table now rather than in the first Encode
     const int32_t n = vocab_.size();
     pieces_.resize(n);
     raw_keys_.resize(n);
@@ -168,16 +169,6 @@ class BpeTokenizer final : public Tokenizer {
   const Vocab& vocab() const override { return vocab_; }
 
  private:
-  // Words longer than this are tokenized without the cache (rare; keeps entries small).
-  static constexpr size_t kMaxCachedWordBytes = 256;
-  static constexpr size_t kCacheShards = 16;
-  static constexpr size_t kCacheEntriesPerShard = 8192;
-
-  struct CacheShard {
-    std::mutex mu;
-    std::unordered_map<std::string, std::vector<int32_t>> map;
-  };
-
   int32_t FindText(std::string_view text) const {
     auto it = text_to_id_.find(text);
     return it == text_to_id_.end() ? -1 : it->second;
@@ -188,26 +179,14 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void EncodeWord(std::string_view word, std::vector<int32_t>* out) const {
-    if (word.size() > kMaxCachedWordBytes) {
+    if (word.size() > WordIdCache::kMaxWordBytes) {
       MergeWord(word, out);
       return;
     }
-    const size_t h = std::hash<std::string_view>{}(word);
-    CacheShard& shard = cache_[h % kCacheShards];
-    {
-      std::lock_guard<std::mutex> lock(shard.mu);
-      auto it = shard.map.find(std::string(word));
-      if (it != shard.map.end()) {
-        out->insert(out->end(), it->second.begin(), it->second.end());
-        return;
-      }
-    }
+    if (cache_.Lookup(word, out)) return;
     const size_t first = out->size();
     MergeWord(word, out);
-    std::vector<int32_t> ids(out->begin() + static_cast<ptrdiff_t>(first), out->end());
-    std::lock_guard<std::mutex> lock(shard.mu);
-    if (shard.map.size() >= kCacheEntriesPerShard) shard.map.clear();
-    shard.map.emplace(std::string(word), std::move(ids));
+    cache_.Insert(word, std::span<const int32_t>(*out).subspan(first));
   }
 
   void MergeWord(std::string_view word, std::vector<int32_t>* out) const {
@@ -287,10 +266,26 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<std::string> pieces_;
   std::unordered_map<uint64_t, Merge, PairHash> merges_;
   int32_t byte_ids_[256];
-  mutable std::array<CacheShard, kCacheShards> cache_;
+  WordIdCache cache_;
 };
 
 }  // namespace
+
+bool WordIdCache::Lookup(std::string_view word, std::vector<int32_t>* out) const {
+  Shard& shard = shards_[Hash{}(word) % kShards];
+  std::lock_guard<std::mutex> lock(shard.mu);
+  auto it = shard.map.find(word);
+  if (it == shard.map.end()) return false;
+  out->insert(out->end(), it->second.begin(), it->second.end());
+  return true;
+}
+
+void WordIdCache::Insert(std::string_view word, std::span<const int32_t> ids) const {
+  Shard& shard = shards_[Hash{}(word) % kShards];
+  std::lock_guard<std::mutex> lock(shard.mu);
+  if (shard.map.size() >= kEntriesPerShard) shard.map.clear();
+  shard.map.emplace(std::string(word), std::vector<int32_t>(ids.begin(), ids.end()));
+}
 
 Result<std::unique_ptr<Tokenizer>> CreateBpeTokenizer(Vocab vocab) {
   if (vocab.kind != TokenizerKind::kBpe) {

@@ -12,7 +12,16 @@
 // Thread safety: Encode/Decode are const and may run concurrently.
 #pragma once
 
+#include <array>
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
 
 #include "base/status.h"
 #include "engine/tokenizer.h"
@@ -23,5 +32,29 @@ namespace kvstash::engine {
 // `vocab.kind` must be kBpe; the vocab is assumed validated by Tokenizer::Create. Fails with
 // Incompatible for an unknown `vocab.pre`.
 Result<std::unique_ptr<Tokenizer>> CreateBpeTokenizer(Vocab vocab);
+
+// Bounded memo of word -> token ids, shared by the BPE and SPM encoders. Sharded by hash, each
+// shard behind its own mutex and cleared wholesale when full (no LRU bookkeeping on the hot
+// path). Thread-safe.
+class WordIdCache {
+ public:
+  static constexpr size_t kMaxWordBytes = 256;  // longer words are not cached
+  // Appends the ids cached for `word` to `out` and returns true; false on a miss.
+  bool Lookup(std::string_view word, std::vector<int32_t>* out) const;
+  void Insert(std::string_view word, std::span<const int32_t> ids) const;
+
+ private:
+  static constexpr size_t kShards = 16;
+  static constexpr size_t kEntriesPerShard = 8192;
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::vector<int32_t>, Hash, std::equal_to<>> map;
+  };
+  mutable std::array<Shard, kShards> shards_;
+};
 
 }  // namespace kvstash::engine

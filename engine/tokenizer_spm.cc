@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/tokenizer_bpe.h"  // WordIdCache
 #include "engine/unicode.h"
 #include "engine/unicode_split.h"
 
@@ -14,6 +15,12 @@
 // A popped pair is stale when either side has been merged since it was pushed; the size check
 // detects that because merging only ever grows a symbol. Merged symbols are always tokens, so
 // only never-merged characters can need the byte fallback.
+//
+// Speed: merging a whole 100 KiB fragment as one symbol list is slow (one big heap, a string
+// hash per candidate pair). When no token has "▁" after a non-"▁" character (true of
+// SentencePiece vocabs, whose pieces never straddle a word start), no token can span the point
+// just before a "▁" that follows another character, so no merge crosses it: cutting the text
+// there and merging the words separately gives the same tokens. Words are then memoized.
 
 namespace kvstash::engine {
 namespace {
@@ -32,6 +39,12 @@ int ParseByteToken(std::string_view t) {
   const int hi = hex(t[3]);
   const int lo = hex(t[4]);
   return (hi < 0 || lo < 0) ? -1 : hi * 16 + lo;
+}
+
+// Is the character before byte offset `pos` a "▁"?
+bool FollowsSpaceMark(std::string_view s, size_t pos) {
+  return pos >= kSpaceMark.size() &&
+         s.substr(pos - kSpaceMark.size(), kSpaceMark.size()) == kSpaceMark;
 }
 
 std::string ReplaceAll(std::string_view s, std::string_view from, std::string_view to) {
@@ -77,6 +90,13 @@ class SpmTokenizer final : public Tokenizer {
           break;  // unused/undefined tokens render as nothing
       }
     }
+    split_words_ = true;
+    for (const std::string& t : vocab_.tokens) {
+      for (size_t k = t.find(kSpaceMark, 1); k != std::string::npos;
+           k = t.find(kSpaceMark, k + 1)) {
+        if (!FollowsSpaceMark(t, k)) split_words_ = false;
+      }
+    }
     for (int b = 0; b < 256; ++b) {
       static constexpr char kHex[] = "0123456789ABCDEF";
       const std::string hex = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'};
@@ -102,7 +122,7 @@ class SpmTokenizer final : public Tokenizer {
       std::string s;
       if (vocab_.add_space_prefix && after_special) s = " ";
       s.append(f.text);
-      EncodeEscaped(ReplaceAll(s, " ", kSpaceMark), &out);
+      EncodeFragment(ReplaceAll(s, " ", kSpaceMark), &out);
       after_special = false;
     }
     return out;
@@ -161,7 +181,36 @@ class SpmTokenizer final : public Tokenizer {
 
   float Score(int32_t id) const { return vocab_.scores.empty() ? 0.0f : vocab_.scores[id]; }
 
-  void EncodeEscaped(const std::string& s, std::vector<int32_t>* out) const {
+  // Cuts before every "▁" that follows a non-"▁" character (when that is safe, see above).
+  void EncodeFragment(std::string_view s, std::vector<int32_t>* out) const {
+    if (!split_words_) {
+      EncodeWord(s, out);
+      return;
+    }
+    size_t begin = 0;
+    size_t pos = s.find(kSpaceMark, 1);
+    while (pos != std::string_view::npos) {
+      if (!FollowsSpaceMark(s, pos)) {
+        EncodeCachedWord(s.substr(begin, pos - begin), out);
+        begin = pos;
+      }
+      pos = s.find(kSpaceMark, pos + kSpaceMark.size());
+    }
+    EncodeCachedWord(s.substr(begin), out);
+  }
+
+  void EncodeCachedWord(std::string_view word, std::vector<int32_t>* out) const {
+    if (word.size() > WordIdCache::kMaxWordBytes) {
+      EncodeWord(word, out);
+      return;
+    }
+    if (cache_.Lookup(word, out)) return;
+    const size_t first = out->size();
+    EncodeWord(word, out);
+    cache_.Insert(word, std::span<const int32_t>(*out).subspan(first));
+  }
+
+  void EncodeWord(std::string_view s, std::vector<int32_t>* out) const {
     if (s.empty()) return;
     std::vector<Symbol> sym;
     sym.reserve(s.size());
@@ -176,7 +225,7 @@ class SpmTokenizer final : public Tokenizer {
     auto try_add = [&](int32_t left, int32_t right) {
       if (left < 0 || right < 0) return;
       const uint32_t len = sym[left].len + sym[right].len;
-      const int32_t id = Find(std::string_view(s).substr(sym[left].begin, len));
+      const int32_t id = Find(s.substr(sym[left].begin, len));
       if (id >= 0) queue.push({Score(id), left, right, len});
     };
     for (int32_t i = 1; i < static_cast<int32_t>(sym.size()); ++i) try_add(i - 1, i);
@@ -196,7 +245,7 @@ class SpmTokenizer final : public Tokenizer {
     }
 
     for (int32_t i = 0; i >= 0; i = sym[i].next) {
-      const std::string_view text = std::string_view(s).substr(sym[i].begin, sym[i].len);
+      const std::string_view text = s.substr(sym[i].begin, sym[i].len);
       const int32_t id = Find(text);
       if (id >= 0) {
         out->push_back(id);
@@ -215,6 +264,8 @@ class SpmTokenizer final : public Tokenizer {
   std::unordered_map<std::string_view, int32_t> text_to_id_;
   std::vector<std::string> pieces_;
   int32_t byte_ids_[256];
+  bool split_words_ = false;  // see the note at the top
+  WordIdCache cache_;
 };
 
 }  // namespace

@@ -50,9 +50,20 @@ bool IntElement(const GgufArray& a, uint64_t i, int64_t* out) {
   }
 }
 
+// Absent keys keep the default. -1 written as an unsigned sentinel (0xFFFFFFFF, as some
+// converters do for "no such token") or as a negative integer also means "none".
 Status ReadTokenId(const GgufFile& file, std::string_view key, int32_t n, int32_t* id) {
-  if (file.Find(key) == nullptr) return Status::Ok();
+  const GgufValue* value = file.Find(key);
+  if (value == nullptr) return Status::Ok();
+  if (const auto* s = std::get_if<int64_t>(&value->v); s != nullptr && *s < 0) {
+    *id = -1;
+    return Status::Ok();
+  }
   KV_ASSIGN_OR_RETURN(const uint64_t v, file.GetUint(key));
+  if (v == UINT32_MAX || v == UINT64_MAX) {
+    *id = -1;
+    return Status::Ok();
+  }
   if (v >= static_cast<uint64_t>(n)) {
     return Status::Corruption(std::string(key) + " = " + std::to_string(v) + " is outside the " +
                               std::to_string(n) + "-token vocabulary");
