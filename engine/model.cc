@@ -96,7 +96,10 @@ Status Model::Init() {
     if (vl != c.head_dim)
       return Status::Incompatible("value_length != key_length is not supported");
   }
-  if (c.head_dim % 2 != 0) return Status::InvalidArgument("head dimension must be even");
+  if (c.head_dim % 2 != 0 || c.head_dim > 1024) {
+    return Status::InvalidArgument("head dimension " + std::to_string(c.head_dim) +
+                                   " must be even and at most 1024");
+  }
   c.n_ctx_train = 4096;
   if (f.Find(a + "context_length")) KV_RETURN_IF_ERROR(get_int("context_length", &c.n_ctx_train));
   c.n_rot = c.head_dim;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "base/check.h"
@@ -23,6 +24,7 @@ using cpu::ActFormat;
 using cpu::KernelTable;
 
 constexpr int kAttnQueryTile = 16;
+constexpr int kMaxRopePairs = 512;
 
 class CpuBackend final : public Backend {
  public:
@@ -62,21 +64,21 @@ class CpuBackend final : public Backend {
 
   void RmsNorm(const float* x, const float* weight, int n_tok, int dim, float eps,
                float* y) override {
-    for (int t = 0; t < n_tok; ++t) {
+    ForRows(n_tok, dim, [&](int64_t t) {
       const float* xr = x + static_cast<size_t>(t) * dim;
       float* yr = y + static_cast<size_t>(t) * dim;
       double ss = 0;
       for (int i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
       const float scale = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
       for (int i = 0; i < dim; ++i) yr[i] = xr[i] * scale * weight[i];
-    }
+    });
   }
 
   void Rope(float* x, int n_tok, int n_heads, const int32_t* positions,
             const RopeParams& p) override {
     const int half = p.n_rot / 2;
-    std::vector<float> cs(half), sn(half);
-    for (int t = 0; t < n_tok; ++t) {
+    ForRows(n_tok, int64_t{n_heads} * p.head_dim, [&](int64_t t) {
+      float cs[kMaxRopePairs], sn[kMaxRopePairs];
       for (int i = 0; i < half; ++i) {
         const double theta = static_cast<double>(positions[t]) * p.inv_freq[i];
         cs[i] = static_cast<float>(std::cos(theta));
@@ -92,7 +94,7 @@ class CpuBackend final : public Backend {
           v[b] = x0 * sn[i] + x1 * cs[i];
         }
       }
-    }
+    });
   }
 
   void StoreKv(KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok, const float* k,
@@ -137,11 +139,15 @@ class CpuBackend final : public Backend {
   }
 
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {
-    for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    ForChunks(n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    });
   }
 
   void Add(const float* x, int64_t n, float* y) override {
-    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+    ForChunks(n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+    });
   }
 
   Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) override {
@@ -157,6 +163,25 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Element-wise work is split into chunks of at least kMinParallelElems elements; smaller jobs
+  // run on the calling thread (a pool round trip costs more than they do).
+  static constexpr int64_t kMinParallelElems = 16384;
+
+  void ForChunks(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t n_chunks = std::min<int64_t>(pool_.size() * 4, n / kMinParallelElems);
+    if (n_chunks <= 1) return fn(0, n);
+    const int64_t per = (n + n_chunks - 1) / n_chunks;
+    pool_.ParallelFor(n_chunks, [&](int64_t c, int) { fn(c * per, std::min(n, (c + 1) * per)); });
+  }
+
+  void ForRows(int64_t n_rows, int64_t row_elems, const std::function<void(int64_t)>& fn) {
+    if (n_rows == 1 || n_rows * row_elems < kMinParallelElems) {
+      for (int64_t r = 0; r < n_rows; ++r) fn(r);
+      return;
+    }
+    pool_.ParallelFor(n_rows, [&](int64_t r, int) { fn(r); });
+  }
+
   struct Scratch {
     std::vector<float> k, v;    // [block_tokens][head_dim] converted page rows
     std::vector<float> scores;  // [block_tokens]

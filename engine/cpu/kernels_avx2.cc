@@ -2,6 +2,7 @@
 #define KV_X86_NS avx2
 #define KV_X86_NAME "avx2"
 #define KV_X86_VNNI 0
+#define KV_X86_RM 2
 #include "engine/cpu/kernels_x86.inc"
 
 namespace kvstash::engine::cpu {

@@ -2,6 +2,7 @@
 #define KV_X86_NS avx512
 #define KV_X86_NAME "avx512-vnni"
 #define KV_X86_VNNI 1
+#define KV_X86_RM 4
 #include "engine/cpu/kernels_x86.inc"
 
 namespace kvstash::engine::cpu {

@@ -64,7 +64,7 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
     scale = std::max(scale, std::sqrt(ss / V));
     argmax_agree += testutil::Argmax(e, V) == testutil::Argmax(r.data(), V);
   }
-  const double rms_diff = std::sqrt(sq_diff / (double{V} * prompt.size()));
+  const double rms_diff = std::sqrt(sq_diff / (static_cast<double>(V) * prompt.size()));
   std::printf("[ %s %s ] rms |diff| %.3g (%.2e of logit rms)\n", c.preset.c_str(), c.type.c_str(),
               rms_diff, rms_diff / scale);
   // Float types: same math in f32. Quantized types: 8-bit activations add ~1-3% rms error
