@@ -5,6 +5,7 @@
 #include <unicode/ustring.h>
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -162,20 +163,40 @@ std::string Nfc(std::string_view text) {
   }
   if (!may_change) return std::string(text);
 
+  // Only runs of code points that normalization can touch (non-"inert" ones, all >= U+0300) go
+  // through ICU, together with the starter just before them, which they may compose with.
+  // Everything between such runs is copied: it has normalization boundaries on both sides.
+  UErrorCode err = U_ZERO_ERROR;
+  const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
+  if (U_FAILURE(err)) return std::string(text);
+  auto touchable = [&](uint32_t cp) {
+    return cp >= 0x300 && cp != kInvalidCodepoint && !unorm2_isInert(nfc, static_cast<UChar32>(cp));
+  };
   std::string out;
   out.reserve(text.size());
-  size_t run_begin = 0;
+  size_t copied = 0;             // text[0, copied) is in `out`
+  size_t prev_start = SIZE_MAX;  // start of the previous valid code point not yet copied
   size_t pos = 0;
   while (pos < text.size()) {
     const Decoded d = DecodeUtf8(text, pos);
-    if (d.cp == kInvalidCodepoint) {
-      AppendNfcOfValidRun(text.substr(run_begin, pos - run_begin), &out);
-      out.push_back(text[pos]);
-      run_begin = pos + 1;
+    if (!touchable(d.cp)) {
+      prev_start = d.cp == kInvalidCodepoint ? SIZE_MAX : pos;
+      pos += d.len;
+      continue;
     }
-    pos += d.len;
+    const size_t begin = (prev_start != SIZE_MAX && prev_start >= copied) ? prev_start : pos;
+    size_t end = pos + d.len;
+    while (end < text.size()) {
+      const Decoded next = DecodeUtf8(text, end);
+      if (!touchable(next.cp)) break;
+      end += next.len;
+    }
+    out.append(text.substr(copied, begin - copied));
+    AppendNfcOfValidRun(text.substr(begin, end - begin), &out);
+    copied = pos = end;
+    prev_start = SIZE_MAX;
   }
-  AppendNfcOfValidRun(text.substr(run_begin), &out);
+  out.append(text.substr(copied));
   return out;
 }
 

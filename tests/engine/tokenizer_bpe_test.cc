@@ -1,6 +1,8 @@
 // Byte-level BPE: merge order by rank, ignore_merges, added/special tokens, NFC, byte-exact
 // round trips, thread safety, on a hand-built vocab and on the GPT-2 / Llama 3 / Qwen3 fixtures.
 #include <gtest/gtest.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
 
 #include <map>
 #include <memory>
@@ -100,6 +102,51 @@ TEST(TokenizerBpeTest, NfcNormalizationWhenTheVocabAsksForIt) {
   EXPECT_EQ(nfc->Encode(decomposed, false, false), nfc->Encode(composed, false, false));
   EXPECT_EQ(unicode::Nfc("A\xCC\x8A \xE1\x84\x80\xE1\x85\xA1"), "\xC3\x85 \xEA\xB0\x80");
   EXPECT_EQ(unicode::Nfc("bad \xFF byte e\xCC\x81"), "bad \xFF byte \xC3\xA9");
+}
+
+// unicode::Nfc normalizes only the runs that can change; it must agree with ICU normalizing the
+// whole string.
+TEST(TokenizerBpeTest, PiecewiseNfcMatchesWholeStringNormalization) {
+  auto whole = [](const std::string& s) {
+    UErrorCode err = U_ZERO_ERROR;
+    const UNormalizer2* nfc = unorm2_getNFCInstance(&err);
+    std::vector<UChar> u16(s.size() + 1), out(s.size() * 3 + 16);
+    int32_t n16 = 0;
+    u_strFromUTF8(u16.data(), static_cast<int32_t>(u16.size()), &n16, s.data(),
+                  static_cast<int32_t>(s.size()), &err);
+    const int32_t n =
+        unorm2_normalize(nfc, u16.data(), n16, out.data(), static_cast<int32_t>(out.size()), &err);
+    std::string utf8(static_cast<size_t>(n) * 3 + 4, '\0');
+    int32_t n8 = 0;
+    u_strToUTF8(utf8.data(), static_cast<int32_t>(utf8.size()), &n8, out.data(), n, &err);
+    EXPECT_TRUE(U_SUCCESS(err));
+    utf8.resize(static_cast<size_t>(n8));
+    return utf8;
+  };
+  // Starters, combining marks (in and out of canonical order), Hangul jamo, singletons.
+  const std::string alphabet[] = {"a",
+                                  "e",
+                                  "A",
+                                  " ",
+                                  "\xC3\xA9",
+                                  "\xCC\x81",
+                                  "\xCC\xA3",
+                                  "\xCC\x8A",
+                                  "\xE1\x84\x80",
+                                  "\xE1\x85\xA1",
+                                  "\xE1\x86\xA8",
+                                  "\xEA\xB0\x80",
+                                  "\xE2\x84\xAB",
+                                  "\xE0\xA6\xBE",
+                                  "\xE0\xA7\x87",
+                                  "\xE4\xBD\xA0"};
+  std::mt19937 rng(11);
+  for (int i = 0; i < 2000; ++i) {
+    std::string s;
+    const int n = static_cast<int>(rng() % 12);
+    for (int j = 0; j < n; ++j) s += alphabet[rng() % std::size(alphabet)];
+    ASSERT_EQ(unicode::Nfc(s), whole(s)) << "input '" << s << "'";
+  }
 }
 
 TEST(TokenizerBpeTest, UnknownPreTokenizerIsIncompatible) {

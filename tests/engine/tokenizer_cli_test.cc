@@ -1,0 +1,109 @@
+// `kvstash tokenize` / `kvstash detokenize` end to end: runs the built binary (skips when it has
+// not been built) on the vocab fixtures and checks output bytes and exit codes.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "tests/fixtures.h"
+
+namespace kvstash {
+namespace {
+
+#ifdef KVSTASH_BIN_DIR
+const std::string kBinary = std::string(KVSTASH_BIN_DIR) + "/kvstash";
+#else
+const std::string kBinary = "kvstash";
+#endif
+
+constexpr char kSpm[] = "vocab/ggml-vocab-llama-spm.gguf";
+
+struct Output {
+  int exit_code = -1;
+  std::string out;
+};
+
+std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+// Runs `kvstash <args>` through the shell with `input` on stdin; stderr is discarded.
+Output RunKvstash(const std::string& args, const std::string& input = "") {
+  Output o;
+  const std::string cmd =
+      "printf '%s' " + Quote(input) + " | " + kBinary + " " + args + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return o;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) o.out.append(buf, n);
+  const int status = pclose(p);
+  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return o;
+}
+
+class TokenizerCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kBinary)) GTEST_SKIP() << kBinary << " not built";
+    KV_REQUIRE_FIXTURE(kSpm);
+    model_ = Quote(testing::FixturePath(kSpm));
+  }
+  std::string model_;
+};
+
+TEST_F(TokenizerCliTest, TokenizeJsonHasIdsAndPieces) {
+  const Output o = RunKvstash("tokenize -m " + model_ + " -p 'Hello world' --json");
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_EQ(o.out, "{\"ids\":[1,15043,3186],\"pieces\":[\"<s>\",\" Hello\",\" world\"]}\n");
+  const Output no_bos = RunKvstash("tokenize -m " + model_ + " -p 'Hello world' --json --no-bos");
+  EXPECT_EQ(no_bos.out, "{\"ids\":[15043,3186],\"pieces\":[\" Hello\",\" world\"]}\n");
+}
+
+TEST_F(TokenizerCliTest, TokenizeHumanOutputListsIdsPiecesAndCount) {
+  const Output o = RunKvstash("tokenize -m " + model_ + " -p 'Hello world'");
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_NE(o.out.find("15043 -> ' Hello'"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("3 tokens"), std::string::npos) << o.out;
+}
+
+TEST_F(TokenizerCliTest, FileBytesAreTokenizedExactlyIncludingTheTrailingNewline) {
+  const std::string path = ::testing::TempDir() + "/kvstash_tokenize_input.txt";
+  {
+    std::ofstream f(path, std::ios::binary);
+    f << "Hello world\n";
+  }
+  const Output o = RunKvstash("tokenize -m " + model_ + " -f " + Quote(path) + " --json --no-bos");
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_EQ(o.out, "{\"ids\":[15043,3186,13],\"pieces\":[\" Hello\",\" world\",\"\\n\"]}\n");
+}
+
+TEST_F(TokenizerCliTest, DetokenizePrintsExactTextFromIdsOrStdin) {
+  const Output o = RunKvstash("detokenize -m " + model_ + " --ids '1 15043 3186'");
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_EQ(o.out, "Hello world");  // piped: no newline added
+  const Output in = RunKvstash("detokenize -m " + model_ + " --json", "[1, 15043, 3186]\n");
+  EXPECT_EQ(in.exit_code, 0);
+  EXPECT_EQ(in.out, "{\"text\":\"Hello world\"}\n");
+}
+
+TEST_F(TokenizerCliTest, BadInvocationsExitWithUsageOrRuntimeErrors) {
+  EXPECT_EQ(RunKvstash("tokenize -m " + model_).exit_code, 2);                     // no text
+  EXPECT_EQ(RunKvstash("tokenize -p hi").exit_code, 2);                            // no model
+  EXPECT_EQ(RunKvstash("detokenize -m " + model_ + " --ids '1 x'").exit_code, 2);  // not an id
+  EXPECT_EQ(RunKvstash("detokenize -m " + model_ + " --ids 99999").exit_code, 1);  // out of range
+  EXPECT_EQ(RunKvstash("tokenize -m /nonexistent.gguf -p hi").exit_code, 1);       // unreadable
+}
+
+TEST_F(TokenizerCliTest, TokenizerJsonInsteadOfModel) {
+  KV_REQUIRE_FIXTURE("tokenizers/qwen3/tokenizer.json");
+  const std::string json = Quote(testing::FixturePath("tokenizers/qwen3/tokenizer.json"));
+  const Output o = RunKvstash("tokenize --tokenizer-json " + json +
+                              " -p '<|im_start|>user' --parse-special --json");
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_EQ(o.out, "{\"ids\":[151644,872],\"pieces\":[\"<|im_start|>\",\"user\"]}\n");
+}
+
+}  // namespace
+}  // namespace kvstash
