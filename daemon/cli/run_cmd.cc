@@ -14,9 +14,11 @@
 #include "base/clock.h"
 #include "daemon/cli/commands.h"
 #include "daemon/cli/default_model.h"
+#include "engine/chat_template.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/runner.h"
+#include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "engine/vocab.h"
 
@@ -40,6 +42,18 @@ struct RunArgs {
   bool no_bos = false;
   bool ignore_eos = false;
   int n_batch = 256;
+  int top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repeat_penalty = 1.0f;
+  int repeat_last_n = 64;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::vector<std::string> stop;
+  bool chat = false;
+  std::string system;
+  std::string chat_template;
+  int think = -1;  // -1 template default, 0 off, 1 on (Qwen3)
 };
 
 Result<std::vector<int32_t>> ParseIds(const std::string& s) {
@@ -59,37 +73,27 @@ Result<std::vector<int32_t>> ParseIds(const std::string& s) {
   return ids;
 }
 
-// Temperature sampling over softmax(logits / temp); temp <= 0 is greedy (lowest id on ties).
-int32_t Sample(const std::vector<float>& logits, float temp, std::mt19937_64& rng) {
-  int32_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i) {
-    if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-  }
-  if (temp <= 0) return best;
-  std::vector<double> p(logits.size());
-  double sum = 0;
-  for (size_t i = 0; i < logits.size(); ++i) {
-    p[i] = std::exp((static_cast<double>(logits[i]) - logits[best]) / temp);
-    sum += p[i];
-  }
-  double r = std::uniform_real_distribution<double>(0.0, sum)(rng);
-  for (size_t i = 0; i < p.size(); ++i) {
-    r -= p[i];
-    if (r <= 0) return static_cast<int32_t>(i);
-  }
-  return best;
-}
-
-// Length of the longest prefix of s that does not end inside a UTF-8 sequence.
-size_t CompleteUtf8Prefix(const std::string& s) {
-  size_t n = s.size();
-  for (size_t back = 1; back <= 4 && back <= n; ++back) {
-    unsigned char c = static_cast<unsigned char>(s[n - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-    return len > back ? n - back : n;
-  }
-  return n;
+// Renders the prompt through the model's chat template (or the one named by --chat-template).
+Result<std::string> RenderChatPrompt(const RunArgs& a, const std::string& user,
+                                     const engine::Tokenizer& tok) {
+  const engine::Vocab& v = tok.vocab();
+  Result<engine::ChatTemplate> tmpl =
+      !a.chat_template.empty() ? engine::ChatTemplateFromName(a.chat_template)
+      : !v.chat_template.empty()
+          ? engine::DetectChatTemplate(v.chat_template)
+          : Result<engine::ChatTemplate>(Status::InvalidArgument(
+                "the model has no tokenizer.chat_template; pick one with --chat-template "
+                "(chatml, qwen3, llama3, llama2, mistral, zephyr)"));
+  if (!tmpl.ok()) return tmpl.status();
+  std::vector<engine::ChatMessage> messages;
+  if (!a.system.empty()) messages.push_back({"system", a.system});
+  messages.push_back({"user", user});
+  engine::ChatOptions o;
+  o.add_generation_prompt = true;
+  if (a.think >= 0) o.enable_thinking = a.think == 1;
+  if (v.bos_id >= 0) o.bos_token = tok.TokenToPiece(v.bos_id, true);
+  if (v.eos_id >= 0) o.eos_token = tok.TokenToPiece(v.eos_id, true);
+  return engine::RenderChat(*tmpl, messages, o);
 }
 
 int Run(const RunArgs& a) {
@@ -150,7 +154,19 @@ int Run(const RunArgs& a) {
       if (!in) return fail(Status::NotFound("cannot read prompt file " + a.file));
       text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     }
-    prompt = tokenizer->Encode(text, !a.no_bos && tokenizer->vocab().add_bos, false);
+    bool add_bos = !a.no_bos && tokenizer->vocab().add_bos;
+    if (a.chat) {
+      auto rendered = RenderChatPrompt(a, text, *tokenizer);
+      if (!rendered.ok()) return fail(rendered.status(), 2);
+      // Templates that write the BOS text themselves must not get a second BOS.
+      const int32_t bos = tokenizer->vocab().bos_id;
+      if (bos >= 0 && rendered->rfind(tokenizer->TokenToPiece(bos, true), 0) == 0) add_bos = false;
+      text = std::move(*rendered);
+    }
+    prompt = tokenizer->Encode(text, add_bos, /*parse_special=*/a.chat);
+  }
+  if ((a.chat || !a.system.empty()) && !a.prompt_ids.empty()) {
+    return fail(Status::InvalidArgument("--chat/--system need a text prompt, not --prompt-ids"), 2);
   }
   if (prompt.empty()) {
     if (tokenizer && tokenizer->vocab().bos_id >= 0) {
@@ -177,7 +193,28 @@ int Run(const RunArgs& a) {
   }
 
   const uint64_t seed = a.seed >= 0 ? static_cast<uint64_t>(a.seed) : std::random_device{}();
-  std::mt19937_64 rng(seed);
+  engine::SamplerOptions so;
+  so.temperature = a.temp;
+  so.top_k = a.top_k;
+  so.top_p = a.top_p;
+  so.min_p = a.min_p;
+  so.repeat_penalty = a.repeat_penalty;
+  so.penalty_last_n = a.repeat_last_n;
+  so.presence_penalty = a.presence_penalty;
+  so.frequency_penalty = a.frequency_penalty;
+  so.seed = seed;
+  auto sampler = engine::Sampler::Create(so);
+  if (!sampler.ok()) return fail(sampler.status(), 2);
+  engine::GenerationLimits limits;
+  limits.max_tokens = a.n_predict;
+  limits.ignore_eog = a.ignore_eos;
+  limits.stop_strings = a.stop;
+  if (tokenizer) {
+    for (int32_t id : {tokenizer->vocab().eos_id, tokenizer->vocab().eot_id}) {
+      if (id >= 0) limits.eog_tokens.push_back(id);
+    }
+  }
+  engine::StopChecker stop(limits);
   engine::Sequence seq;
   std::vector<float> logits;
   Stopwatch prefill_watch;
@@ -198,31 +235,33 @@ int Run(const RunArgs& a) {
   }
 
   std::vector<int32_t> generated;
+  std::string text;
   double ttft_ms = 0;
-  std::string printed;
   Stopwatch decode_watch;
+  engine::StopReason reason = engine::StopReason::kNone;
   for (int i = 0; i < a.n_predict; ++i) {
-    const int32_t tok = Sample(logits, a.temp, rng);
+    auto tok = sampler->Sample(logits);
+    if (!tok.ok()) return fail(tok.status());
     if (i == 0) {
       ttft_ms = ttft_watch.ElapsedMs();
       decode_watch.Reset();
     }
-    if (!a.ignore_eos && tokenizer && tokenizer->IsEog(tok)) break;
-    generated.push_back(tok);
-    if (!a.json && tokenizer) {
-      std::string text = tokenizer->Decode(generated, false);
-      size_t upto = CompleteUtf8Prefix(text);
-      if (upto > printed.size()) {
-        std::fwrite(text.data() + printed.size(), 1, upto - printed.size(), stdout);
-        std::fflush(stdout);
-        printed = text.substr(0, upto);
-      }
+    sampler->Accept(*tok);
+    const std::string piece = tokenizer ? tokenizer->TokenToPiece(*tok, false) : "";
+    engine::StopChecker::Step step = stop.Push(*tok, piece);
+    if (step.reason != engine::StopReason::kEndOfGeneration) generated.push_back(*tok);
+    text += step.text;
+    if (!a.json && !step.text.empty()) {
+      std::fwrite(step.text.data(), 1, step.text.size(), stdout);
+      std::fflush(stdout);
     }
-    if (i + 1 == a.n_predict) break;
-    if (Status s = (*runner)->Decode(seq, tok, &logits); !s.ok()) return fail(s);
+    if (step.reason != engine::StopReason::kNone) {
+      reason = step.reason;
+      break;
+    }
+    if (Status s = (*runner)->Decode(seq, *tok, &logits); !s.ok()) return fail(s);
   }
   const double decode_ms = a.n_predict > 0 ? decode_watch.ElapsedMs() : 0.0;
-  const std::string text = tokenizer ? tokenizer->Decode(generated, false) : "";
   const double pp_tps = prompt.size() / std::max(prefill_ms, 1e-6) * 1e3;
   const int n_decoded = generated.empty() ? 0 : static_cast<int>(generated.size()) - 1;
   const double tg_tps = n_decoded > 0 ? n_decoded / std::max(decode_ms, 1e-6) * 1e3 : 0.0;
@@ -239,6 +278,9 @@ int Run(const RunArgs& a) {
     j["prompt_ids"] = prompt;
     j["generated_ids"] = generated;
     j["text"] = text;
+    j["stop_reason"] = reason == engine::StopReason::kEndOfGeneration ? "eog"
+                       : reason == engine::StopReason::kStopString    ? "stop_string"
+                                                                      : "max_tokens";
     j["top_logits"] = top;
     j["timings"] = {{"load_ms", load_ms},
                     {"ttft_ms", ttft_ms},
@@ -302,6 +344,29 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--top-logits", args->top_logits,
                   "Report the K highest logits at the last prompt position")
+      ->capture_default_str();
+  cmd->add_option("--top-k", args->top_k, "Keep the K most likely tokens; 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass; 1 = off")->capture_default_str();
+  cmd->add_option("--min-p", args->min_p, "Drop tokens below min-p x p(best); 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--repeat-penalty", args->repeat_penalty, "Repetition penalty; 1 = off")
+      ->capture_default_str();
+  cmd->add_option("--repeat-last-n", args->repeat_last_n, "Tokens the penalties look back over")
+      ->capture_default_str();
+  cmd->add_option("--presence-penalty", args->presence_penalty, "Presence penalty; 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--frequency-penalty", args->frequency_penalty, "Frequency penalty; 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--stop", args->stop, "Stop when this text is generated (repeatable)");
+  cmd->add_flag("--chat", args->chat,
+                "Treat the prompt as a user message and apply the model's chat template");
+  cmd->add_option("--system", args->system, "System message for --chat");
+  cmd->add_option("--chat-template", args->chat_template,
+                  "Chat template to use instead of the model's: chatml, qwen3, llama3, llama2, "
+                  "mistral, zephyr");
+  cmd->add_option("--think", args->think,
+                  "Qwen3 thinking switch for --chat: 1 on, 0 off, -1 template default")
       ->capture_default_str();
   cmd->add_flag("--no-bos", args->no_bos, "Do not prepend BOS to a text prompt");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
