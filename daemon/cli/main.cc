@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help/--version exit 0; every usage error exits 2, like other Unix tools.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   return exit_code;
 }
