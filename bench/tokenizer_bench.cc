@@ -183,7 +183,10 @@ int main(int argc, char** argv) {
       t0 = Clock::now();
       const std::string back = (*tok)->Decode(ids, false);
       dec.push_back(Seconds(Clock::now() - t0));
-      if (back != text) {
+      // SentencePiece cannot tell a literal U+2581 from an escaped space; anything else is a bug.
+      const bool spm_lossy = (*tok)->vocab().kind == kvstash::engine::TokenizerKind::kSpm &&
+                             text.find("\xE2\x96\x81") != std::string::npos;
+      if (back != text && !spm_lossy) {
         std::fprintf(stderr, "%s: decode(encode(text)) != text\n", s.name.c_str());
         return 1;
       }
