@@ -1,0 +1,243 @@
+// engine_bench: prefill and decode throughput of the CPU engine on synthetic models in real
+// shapes, optionally beside llama.cpp's llama-bench on the same GGUF files, thread counts and
+// prompt lengths, in the same run. Human table by default; --json for scripts.
+//
+//   build/bin/engine_bench --llama-bench /path/to/llama-bench
+//
+// Rows: one per (preset, weight type, threads, test), tests pp<N> (prefill N tokens into an
+// empty context) and tg<N> (decode N tokens one at a time from an empty context), as
+// llama-bench defines them, so the ratio column compares like with like.
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/clock.h"
+#include "engine/mkmodel.h"
+#include "engine/model.h"
+#include "engine/runner.h"
+
+namespace kvstash::bench {
+namespace {
+
+using engine::KvDtype;
+
+struct Row {
+  std::string preset, type, test;
+  int threads = 0;
+  double tokens_per_s = 0;
+  double peer_tokens_per_s = 0;  // 0 when not measured
+  double peak_rss_mb = 0;
+};
+
+double PeakRssMb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;
+}
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(3, vocab - 1);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = d(rng);
+  return t;
+}
+
+Result<double> MeasurePrefill(const engine::Model& m, int threads, int n, int reps) {
+  engine::RunnerOptions o;
+  o.n_threads = threads;
+  o.n_ctx = n + 8;
+  o.n_batch = 512;
+  KV_ASSIGN_OR_RETURN(auto runner, engine::Runner::Create(m, o));
+  const auto tokens = RandomTokens(n, m.config().n_vocab, 1);
+  std::vector<double> tps;
+  for (int r = 0; r < reps; ++r) {
+    engine::Sequence seq;
+    std::vector<float> logits;
+    Stopwatch sw;
+    KV_RETURN_IF_ERROR(runner->Prefill(seq, tokens, engine::LogitsMode::kLast, &logits));
+    tps.push_back(n / sw.ElapsedMs() * 1e3);
+    runner->Release(seq);
+  }
+  std::sort(tps.begin(), tps.end());
+  return tps[tps.size() / 2];
+}
+
+Result<double> MeasureDecode(const engine::Model& m, int threads, int n, int reps) {
+  engine::RunnerOptions o;
+  o.n_threads = threads;
+  o.n_ctx = n + 8;
+  KV_ASSIGN_OR_RETURN(auto runner, engine::Runner::Create(m, o));
+  const auto tokens = RandomTokens(n, m.config().n_vocab, 2);
+  std::vector<double> tps;
+  for (int r = 0; r < reps; ++r) {
+    engine::Sequence seq;
+    std::vector<float> logits;
+    Stopwatch sw;
+    for (int i = 0; i < n; ++i) KV_RETURN_IF_ERROR(runner->Decode(seq, tokens[i], &logits));
+    tps.push_back(n / sw.ElapsedMs() * 1e3);
+    runner->Release(seq);
+  }
+  std::sort(tps.begin(), tps.end());
+  return tps[tps.size() / 2];
+}
+
+// Runs llama-bench on `path` and returns avg tokens/s keyed by "pp512" / "tg64".
+std::map<std::string, double> RunLlamaBench(const std::string& bin, const std::string& path,
+                                            int threads, const std::vector<int>& prompts,
+                                            int decode, int reps) {
+  std::string p;
+  for (int n : prompts) p += (p.empty() ? "" : ",") + std::to_string(n);
+  const std::string cmd = bin + " -m " + path + " -p " + p + " -n " + std::to_string(decode) +
+                          " -t " + std::to_string(threads) + " -r " + std::to_string(reps) +
+                          " -o json 2>/dev/null";
+  std::fprintf(stderr, "  peer: %s\n", cmd.c_str());
+  std::map<std::string, double> out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) return out;
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  pclose(f);
+  try {
+    for (const auto& t : nlohmann::json::parse(text)) {
+      const int np = t.value("n_prompt", 0), ng = t.value("n_gen", 0);
+      const std::string key = np > 0 ? "pp" + std::to_string(np) : "tg" + std::to_string(ng);
+      out[key] = t.value("avg_ts", 0.0);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "  peer: could not parse llama-bench output: %s\n", e.what());
+  }
+  return out;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"Prefill/decode throughput of the kvstash CPU engine (optionally vs llama-bench)"};
+  std::string models_dir = "bench-models";
+  std::vector<std::string> presets = {"smollm2-135m", "qwen3-0.6b"};
+  std::vector<std::string> types = {"f16", "q8_0", "q4_k"};
+  std::vector<int> threads = {1, 2};
+  std::vector<int> prompts = {128, 512, 2048};
+  int decode = 64;
+  int reps = 2;
+  std::string llama_bench;
+  bool json = false;
+  app.add_option("--models-dir", models_dir, "Where synthetic models are written and reused")
+      ->capture_default_str();
+  app.add_option("--presets", presets, "kvstash-mkmodel presets")->capture_default_str();
+  app.add_option("--types", types, "Weight types")->capture_default_str();
+  app.add_option("--threads", threads, "Thread counts")->capture_default_str();
+  app.add_option("--prompts", prompts, "Prompt lengths (pp tests)")->capture_default_str();
+  app.add_option("--decode", decode, "Tokens to decode (tg test)")->capture_default_str();
+  app.add_option("--reps", reps, "Repetitions per test (median reported)")->capture_default_str();
+  app.add_option("--llama-bench", llama_bench,
+                 "Path of llama.cpp's llama-bench: measure it on the same files in this run");
+  app.add_flag("--json", json, "Print {\"rows\": [...]} on stdout instead of a table");
+  CLI11_PARSE(app, argc, argv);
+
+  std::filesystem::create_directories(models_dir);
+  std::vector<Row> rows;
+  for (const std::string& preset : presets) {
+    for (const std::string& type : types) {
+      const std::string path = models_dir + "/" + preset + "-" + type + ".gguf";
+      if (!std::filesystem::exists(path)) {
+        std::fprintf(stderr, "engine_bench: writing %s\n", path.c_str());
+        engine::MkModelOptions o;
+        auto cfg = engine::FindPreset(preset);
+        auto wt = engine::ParseWeightType(type);
+        if (!cfg.ok() || !wt.ok()) {
+          std::fprintf(stderr, "engine_bench: %s\n",
+                       (!cfg.ok() ? cfg.status() : wt.status()).ToString().c_str());
+          return 2;
+        }
+        o.config = *cfg;
+        o.weight_type = *wt;
+        o.seed = 1;
+        if (auto r = engine::WriteSyntheticModel(path, o); !r.ok()) {
+          std::fprintf(stderr, "engine_bench: %s\n", r.status().ToString().c_str());
+          return 1;
+        }
+      }
+      auto model = engine::Model::Load(path);
+      if (!model.ok()) {
+        std::fprintf(stderr, "engine_bench: %s\n", model.status().ToString().c_str());
+        return 1;
+      }
+      for (int t : threads) {
+        std::map<std::string, double> peer;
+        if (!llama_bench.empty()) peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps);
+        for (int n : prompts) {
+          std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
+                       n);
+          auto tps = MeasurePrefill(**model, t, n, n >= 2048 ? 1 : reps);
+          if (!tps.ok()) {
+            std::fprintf(stderr, "engine_bench: %s\n", tps.status().ToString().c_str());
+            return 1;
+          }
+          const std::string test = "pp" + std::to_string(n);
+          rows.push_back(
+              {preset, type, test, t, *tps, peer.count(test) ? peer[test] : 0.0, PeakRssMb()});
+        }
+        std::fprintf(stderr, "engine_bench: %s %s t=%d tg%d\n", preset.c_str(), type.c_str(), t,
+                     decode);
+        auto tps = MeasureDecode(**model, t, decode, reps);
+        if (!tps.ok()) {
+          std::fprintf(stderr, "engine_bench: %s\n", tps.status().ToString().c_str());
+          return 1;
+        }
+        const std::string test = "tg" + std::to_string(decode);
+        rows.push_back(
+            {preset, type, test, t, *tps, peer.count(test) ? peer[test] : 0.0, PeakRssMb()});
+      }
+    }
+  }
+
+  if (json) {
+    nlohmann::json j = {{"rows", nlohmann::json::array()}};
+    for (const Row& r : rows) {
+      nlohmann::json o = {
+          {"name", r.preset + "/" + r.type + "/" + r.test + "/t" + std::to_string(r.threads)},
+          {"preset", r.preset},
+          {"type", r.type},
+          {"test", r.test},
+          {"threads", r.threads},
+          {"tokens_per_s", r.tokens_per_s},
+          {"peak_rss_mb", r.peak_rss_mb}};
+      if (r.peer_tokens_per_s > 0) {
+        o["llama_cpp_tokens_per_s"] = r.peer_tokens_per_s;
+        o["ratio_to_llama_cpp"] = r.tokens_per_s / r.peer_tokens_per_s;
+      }
+      j["rows"].push_back(o);
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf(
+      "| model | type | threads | test | kvstash tok/s | llama.cpp tok/s | ratio | peak RSS MiB "
+      "|\n");
+  std::printf("|---|---|---:|---|---:|---:|---:|---:|\n");
+  for (const Row& r : rows) {
+    char peer[32] = "-", ratio[32] = "-";
+    if (r.peer_tokens_per_s > 0) {
+      std::snprintf(peer, sizeof(peer), "%.1f", r.peer_tokens_per_s);
+      std::snprintf(ratio, sizeof(ratio), "%.2f", r.tokens_per_s / r.peer_tokens_per_s);
+    }
+    std::printf("| %s | %s | %d | %s | %.1f | %s | %s | %.0f |\n", r.preset.c_str(), r.type.c_str(),
+                r.threads, r.test.c_str(), r.tokens_per_s, peer, ratio, r.peak_rss_mb);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvstash::bench
+
+int main(int argc, char** argv) { return kvstash::bench::Main(argc, argv); }
