@@ -5,7 +5,8 @@
 // Tolerances, relative to the rms of the reference logits: float weight types (f32, f16, bf16)
 // run the same math in f32 — max error 2e-3, rms 2e-4 (measured: ~5e-7). Quantized types also
 // quantize the activations to 8 bits (as llama.cpp does) where the reference keeps them exact —
-// max 15%, rms 4% (measured: rms 1.5-2.6%), and the argmax agrees at all but <= 2 positions.
+// max 15%, rms 4% (measured: rms 1.5-2.6%), and the argmax agrees wherever the reference's
+// winner leads the runner-up by more than 5% of the logit scale.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -62,7 +63,18 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
       ss += double{r[i]} * r[i];
     }
     scale = std::max(scale, std::sqrt(ss / V));
-    argmax_agree += testutil::Argmax(e, V) == testutil::Argmax(r.data(), V);
+    // Where the reference has a clear winner (margin over the runner-up above 5% of the logit
+    // scale, beyond the quantized error), the engine must pick it too.
+    const int best = testutil::Argmax(r.data(), V);
+    float second = -1e30f;
+    for (int i = 0; i < V; ++i)
+      if (i != best) second = std::max(second, r[i]);
+    const bool clear = r[best] - second > 0.05 * std::sqrt(ss / V);
+    const bool agree = testutil::Argmax(e, V) == best;
+    argmax_agree += agree;
+    if (clear) {
+      EXPECT_TRUE(agree) << "position " << p << ": margin " << r[best] - second;
+    }
   }
   const double rms_diff = std::sqrt(sq_diff / (static_cast<double>(V) * prompt.size()));
   std::printf("[ %s %s ] rms |diff| %.3g (%.2e of logit rms)\n", c.preset.c_str(), c.type.c_str(),
@@ -74,7 +86,9 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
   EXPECT_LE(max_diff, max_tol * scale)
       << "max |engine - reference| " << max_diff << ", logit rms " << scale;
   EXPECT_LE(rms_diff, rms_tol * scale) << "rms |engine - reference| " << rms_diff;
-  EXPECT_GE(argmax_agree, static_cast<int>(prompt.size()) - (quantized ? 2 : 0));
+  if (!quantized) {
+    EXPECT_EQ(argmax_agree, static_cast<int>(prompt.size()));
+  }
   RecordProperty("max_diff", std::to_string(max_diff));
   std::printf("[ %s %s ] max |diff| %.3g, logit rms %.3g, ratio %.2e, argmax agree %d/%zu\n",
               c.preset.c_str(), c.type.c_str(), max_diff, scale, max_diff / scale, argmax_agree,
