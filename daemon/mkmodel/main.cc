@@ -14,7 +14,9 @@
 #include <optional>
 #include <string>
 
+#include "engine/hf_tokenizer.h"
 #include "engine/mkmodel.h"
+#include "engine/vocab_gguf.h"
 
 namespace {
 
@@ -83,6 +85,7 @@ int main(int argc, char** argv) {
   std::string type = "f16";
   uint64_t seed = 0;
   std::string tokenizer_from;
+  std::string tokenizer_json;
   std::string name;
   bool list_presets = false;
   bool json = false;
@@ -109,8 +112,10 @@ int main(int argc, char** argv) {
                  "Copy every tokenizer.* key from this GGUF file; the vocabulary size follows it "
                  "(default: built-in byte-fallback SentencePiece vocab of --n-vocab tokens)")
       ->check(CLI::ExistingFile);
-  // Hook: a `--tokenizer tokenizer.json` importer plugs in here by setting
-  // MkModelOptions::tokenizer to an emitter that writes the tokenizer.* keys.
+  app.add_option("--tokenizer", tokenizer_json,
+                 "Import a Hugging Face tokenizer.json (and tokenizer_config.json beside it); "
+                 "the vocabulary size follows the tokenizer")
+      ->check(CLI::ExistingFile);
   app.add_option("--name", name, "general.name (default: the preset's name)");
   app.add_option("--arch", arch, "Architecture: llama | qwen2 (q/k/v biases) | qwen3 (q/k norms)")
       ->check(CLI::IsMember({"llama", "qwen2", "qwen3"}));
@@ -184,6 +189,20 @@ int main(int argc, char** argv) {
   opts.weight_type = *wt;
   opts.seed = seed;
   opts.tokenizer_gguf = tokenizer_from;
+  if (!tokenizer_json.empty()) {
+    if (!tokenizer_from.empty()) {
+      std::fprintf(stderr, "kvstash-mkmodel: give only one of --tokenizer and --tokenizer-from\n");
+      return 2;
+    }
+    auto vocab = eng::LoadHfVocab(tokenizer_json);
+    if (!vocab.ok()) {
+      std::fprintf(stderr, "kvstash-mkmodel: %s\n", vocab.status().ToString().c_str());
+      return 1;
+    }
+    opts.tokenizer = [v = std::move(*vocab)](eng::GgufWriter& w) -> kvstash::Result<int64_t> {
+      return eng::AddVocabToGguf(w, v);
+    };
+  }
   opts.n_threads = threads;
 
   const bool tty = ::isatty(STDERR_FILENO) != 0;

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -97,6 +98,27 @@ TEST(RunCliTest, ErrorsAreClearWithDistinctExitCodes) {
   Output too_long = Kvstash("run -m " + Stories() + " -c 8 -n 16 --json");
   EXPECT_EQ(too_long.rc, 2);
   EXPECT_NE(too_long.out.find("context size"), std::string::npos) << too_long.out;
+}
+
+TEST(RunCliTest, MkModelImportsTokenizerJsonAndChatWorks) {
+  KV_REQUIRE_FIXTURE("tokenizers/qwen3/tokenizer.json");
+  const std::string tj = testing::FixturePath("tokenizers/qwen3/tokenizer.json");
+  const std::string model = "/tmp/kvstash-cli-test-q3tok.gguf";
+  const std::string mk = std::string(KVSTASH_BIN_DIR) +
+                         "/kvstash-mkmodel --preset tiny-qwen3 -q --tokenizer " + tj + " -o " +
+                         model;
+  ASSERT_EQ(std::system(mk.c_str()), 0);
+  Output a = Kvstash("tokenize -m " + model + " -p 'Hello world, 你好' --json");
+  Output b = Kvstash("tokenize --tokenizer-json " + tj + " -p 'Hello world, 你好' --json");
+  ASSERT_EQ(a.rc, 0);
+  EXPECT_EQ(nlohmann::json::parse(a.out)["ids"], nlohmann::json::parse(b.out)["ids"]);
+  // --chat renders the model's own (imported) template; its special tokens are parsed.
+  Output c = Kvstash("run -m " + model + " --chat --system 'Be brief.' -p Hi -n 2 --temp 0 --json");
+  ASSERT_EQ(c.rc, 0) << c.out;
+  auto ids = nlohmann::json::parse(c.out)["prompt_ids"];
+  EXPECT_EQ(ids[0], 151644);  // <|im_start|>
+  EXPECT_EQ(ids[ids.size() - 3], 151644);
+  std::remove(model.c_str());
 }
 
 TEST(RunCliTest, HelpDocumentsEveryFlag) {
