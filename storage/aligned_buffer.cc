@@ -1,5 +1,7 @@
 #include "storage/aligned_buffer.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <utility>
 
@@ -8,10 +10,20 @@
 
 namespace kvstash::storage {
 
+namespace {
+// Buffers of MiBs are touched once per use by a copy or a DMA. Backing them with transparent
+// huge pages turns 512 page faults per 2 MiB into one, which matters most in VMs where a fault
+// is expensive.
+constexpr size_t kHugePage = 2 << 20;
+}  // namespace
+
 AlignedBuffer::AlignedBuffer(size_t size_bytes) {
   size_ = format::AlignUp(size_bytes == 0 ? 1 : size_bytes);
-  data_ = static_cast<std::byte*>(std::aligned_alloc(format::kIoAlignment, size_));
-  KV_CHECK_MSG(data_ != nullptr, "aligned allocation failed");
+  const size_t alignment = size_ >= kHugePage ? kHugePage : format::kIoAlignment;
+  void* p = nullptr;
+  KV_CHECK_MSG(posix_memalign(&p, alignment, size_) == 0, "aligned allocation failed");
+  data_ = static_cast<std::byte*>(p);
+  if (alignment == kHugePage) ::madvise(p, size_, MADV_HUGEPAGE);  // advisory; errors ignored
 }
 
 AlignedBuffer::~AlignedBuffer() { std::free(data_); }

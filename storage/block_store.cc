@@ -13,7 +13,7 @@ Status Options::Validate() const {
   if (segment_bytes < (64u << 10) || segment_bytes % format::kIoAlignment != 0) {
     return bad("segment_bytes must be a multiple of 4 KiB and at least 64 KiB");
   }
-  if (capacity_bytes < 2 * segment_bytes) return bad("capacity_bytes must be >= 2 * segment_bytes");
+  if (capacity_bytes < 4 * segment_bytes) return bad("capacity_bytes must be >= 4 * segment_bytes");
   if (read_queue_depth < 1 || read_queue_depth > 4096)
     return bad("read_queue_depth not in 1..4096");
   if (write_queue_depth < 1 || write_queue_depth > 4096) {

@@ -159,6 +159,8 @@ class BlockStoreImpl final : public BlockStore {
   void CommitBatch(std::vector<WorkItem>& batch);
   // Makes room in the active segment for `w`, rolling over (and evicting) as needed.
   Status PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order);
+  bool NeedsRoll(const PendingWrite& w) const;
+  void Roll(std::deque<WorkItem>& order);
   Status CreateSegment();
   void EnsureBudget(uint64_t incoming_bytes);
   // Requires index_write_mu_. Drops the segment's index entries and record in one batch, then
@@ -210,6 +212,12 @@ class BlockStoreImpl final : public BlockStore {
   std::condition_variable commit_cv_;
   std::vector<WorkItem> commit_queue_;
   bool stop_committer_ = false;
+
+  // Segments rolled over but not yet sealed by the commit thread. The writer waits before rolling
+  // past kMaxSealingSegments: it bounds how far writes run ahead of durability, hence the tail a
+  // recovery must scan and how far the budget can be overshot. Changed under queue_mu_.
+  static constexpr int kMaxSealingSegments = 2;
+  std::atomic<int> sealing_segments_{0};
 
   // Writer thread state.
   std::unique_ptr<IoQueue> write_io_;

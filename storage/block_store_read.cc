@@ -164,7 +164,9 @@ Status BlockStoreImpl::GetMany(std::span<const BlockKey> keys,
   std::vector<IoCompletion> completions;
   size_t next = 0;
   bool queue_ok = true;
-  while (next < slots.size() || q->in_flight() > 0) {
+  // Keeps the queue full: refills as soon as completions are reaped, and only then verifies
+  // them, so checksumming overlaps with the reads still in flight.
+  auto refill = [&] {
     ops.clear();
     while (next < slots.size() && q->in_flight() + ops.size() < depth) {
       ReadSlot& slot = slots[next];
@@ -176,24 +178,31 @@ Status BlockStoreImpl::GetMany(std::span<const BlockKey> keys,
                      .tag = next});
       ++next;
     }
-    if (!ops.empty()) {
-      Status s = q->Submit(ops);
-      if (!s.ok()) {
-        for (const IoOp& op : ops) finish(slots[op.tag], -EIO);
-      }
+    if (ops.empty()) return;
+    Status s = q->Submit(ops);
+    if (!s.ok()) {
+      for (const IoOp& op : ops) finish(slots[op.tag], -EIO);
     }
-    if (q->in_flight() == 0) continue;
+  };
+  for (;;) {
+    if (q->in_flight() == 0) {
+      if (next >= slots.size()) break;
+      refill();  // the first round, or after a failed submission
+      continue;
+    }
     completions.clear();
     Status s = q->Reap(1, &completions);
-    for (const IoCompletion& c : completions) finish(slots[c.tag], c.result);
     if (!s.ok()) {
       // The queue is unusable; its destructor waits out what is in flight. Fail the rest.
       log_->error("storage: read queue: {}", s.ToString());
+      for (const IoCompletion& c : completions) finish(slots[c.tag], c.result);
       queue_ok = false;
       q.reset();
       for (; next < slots.size(); ++next) finish(slots[next], -EIO);
       break;
     }
+    refill();
+    for (const IoCompletion& c : completions) finish(slots[c.tag], c.result);
   }
   if (queue_ok) ReleaseReadQueue(std::move(q));
 

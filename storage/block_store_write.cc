@@ -172,13 +172,29 @@ void BlockStoreImpl::WriterLoop() {
   std::vector<IoCompletion> completions;
   std::vector<WorkItem> ready;
   const unsigned depth = write_io_->depth();
+  // A record's staging buffer is free as soon as its write completed (the bytes are in the file
+  // or the device; durability is the commit thread's business). Releasing it here, not after the
+  // fdatasync, keeps Put's back-pressure about memory only: a slow sync does not starve the
+  // writer of work.
+  uint64_t released = 0;
+  auto release = [&](PendingWrite& w) {
+    released += w.record_bytes;
+    pool_.Release(std::move(w.record));
+  };
 
+  bool blocked_on_seal = false;  // the next write needs a roll but too many segments are sealing
   for (;;) {
     {
       std::unique_lock lock(queue_mu_);
-      if (staged.empty() && write_io_->in_flight() == 0) {
-        queue_cv_.wait(lock, [&] { return !queue_.empty() || stop_writer_; });
-        if (queue_.empty() && stop_writer_) break;
+      if (write_io_->in_flight() == 0 && (staged.empty() || blocked_on_seal)) {
+        // Nothing in flight, so everything placed has been handed to the committer, including
+        // the seal markers we may be waiting for: this wait always ends.
+        queue_cv_.wait(lock, [&] {
+          if (stop_writer_) return true;
+          if (blocked_on_seal) return sealing_segments_ < kMaxSealingSegments;
+          return !queue_.empty();
+        });
+        if (stop_writer_ && queue_.empty() && staged.empty()) break;
       }
       while (!queue_.empty()) {
         staged.push_back(std::move(queue_.front()));
@@ -187,7 +203,13 @@ void BlockStoreImpl::WriterLoop() {
     }
 
     ops.clear();
+    blocked_on_seal = false;
     while (!staged.empty() && write_io_->in_flight() + ops.size() < depth) {
+      if (staged.front().write && NeedsRoll(*staged.front().write) &&
+          sealing_segments_ >= kMaxSealingSegments) {
+        blocked_on_seal = true;
+        break;
+      }
       WorkItem item = std::move(staged.front());
       staged.pop_front();
       if (!item.write) {
@@ -206,6 +228,7 @@ void BlockStoreImpl::WriterLoop() {
       if (!s.ok()) {
         w.status = std::move(s);
         w.io_done = true;
+        release(w);
       } else {
         w.iov = {w.record.data(), w.record_bytes};
         ops.push_back({.kind = IoOp::Kind::kWrite,
@@ -225,6 +248,7 @@ void BlockStoreImpl::WriterLoop() {
           w->status = s;
           w->io_done = true;
           w->segment->broken = true;
+          release(*w);
         }
       }
     }
@@ -248,7 +272,16 @@ void BlockStoreImpl::WriterLoop() {
           if (w->status.code() == StatusCode::kResourceExhausted) PauseWrites(w->status);
         }
         w->io_done = true;
+        release(*w);
       }
+    }
+    if (released > 0) {
+      {
+        std::lock_guard lock(queue_mu_);
+        queued_bytes_ -= released;
+      }
+      released = 0;
+      space_cv_.notify_all();
     }
 
     ready.clear();
@@ -272,22 +305,30 @@ void BlockStoreImpl::WriterLoop() {
       std::unique_lock seg_lock(mu_);
       active_->state = Segment::State::kSealing;
     }
+    sealing_segments_++;
     commit_queue_.push_back(WorkItem{.seal = std::move(active_)});
   }
   stop_committer_ = true;
   commit_cv_.notify_one();
 }
 
-Status BlockStoreImpl::PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order) {
-  if (active_ &&
-      (active_->broken || active_->write_offset + w.record_bytes > options_.segment_bytes)) {
-    {
-      std::unique_lock lock(mu_);
-      active_->state = Segment::State::kSealing;
-    }
-    order.push_back(WorkItem{.seal = std::move(active_)});
-    active_.reset();
+bool BlockStoreImpl::NeedsRoll(const PendingWrite& w) const {
+  return active_ &&
+         (active_->broken || active_->write_offset + w.record_bytes > options_.segment_bytes);
+}
+
+void BlockStoreImpl::Roll(std::deque<WorkItem>& order) {
+  {
+    std::unique_lock lock(mu_);
+    active_->state = Segment::State::kSealing;
   }
+  sealing_segments_++;
+  order.push_back(WorkItem{.seal = std::move(active_)});
+  active_.reset();
+}
+
+Status BlockStoreImpl::PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order) {
+  if (NeedsRoll(w)) Roll(order);
   if (!active_) KV_RETURN_IF_ERROR(CreateSegment());
   w.segment = active_;
   w.entry.segment_id = active_->id;
@@ -517,9 +558,17 @@ void BlockStoreImpl::CommitBatch(std::vector<WorkItem>& batch) {
       if (!r.ok()) log_->warn("storage: removing empty segment {}: {}", seg->id, r.ToString());
     }
   }
+  int sealed = 0;
+  for (const WorkItem& item : batch) sealed += item.seal != nullptr;
+  if (sealed > 0) {
+    {
+      std::lock_guard lock(queue_mu_);
+      sealing_segments_ -= sealed;
+    }
+    queue_cv_.notify_all();  // a writer waiting to roll over may go on
+  }
 
-  // 3. Callbacks (outside every lock), back-pressure, buffers.
-  uint64_t released = 0;
+  // 3. Callbacks, outside every lock.
   bool probe_ok = false;
   for (auto& [w, cbs] : callbacks) {
     if (w->status.ok()) {
@@ -537,15 +586,6 @@ void BlockStoreImpl::CommitBatch(std::vector<WorkItem>& batch) {
         log_->error("storage: a Put callback threw; ignored");
       }
     }
-    released += w->record_bytes;
-    pool_.Release(std::move(w->record));
-  }
-  if (released > 0) {
-    {
-      std::lock_guard lock(queue_mu_);
-      queued_bytes_ -= released;
-    }
-    space_cv_.notify_all();
   }
   if (probe_ok) ResumeWrites();
 

@@ -22,13 +22,14 @@ enum class IoMode : uint8_t {
 };
 
 struct Options {
-  // Cache directory; created (with parents' existence required) when missing. Required.
+  // Cache directory; created when missing (its parent must exist). Required.
   std::string path;
   // Default true. When false, Open fails with NotFound if `path` holds no store.
   bool create_if_missing = true;
 
   // Byte budget for segment files. When a new segment would exceed it, whole segments are
-  // evicted, least recently used first. Must be at least 2 * segment_bytes. Default 64 GiB.
+  // evicted, least recently used first. Must be at least 4 * segment_bytes (one segment being
+  // written, up to two being sealed, one to evict). Default 64 GiB.
   uint64_t capacity_bytes = 64ull << 30;
   // Size of one append-only segment file; a multiple of 4 KiB, at least 64 KiB. A payload plus
   // its header must fit in one segment. Default 256 MiB.
@@ -40,9 +41,10 @@ struct Options {
   unsigned read_queue_depth = 64;
   // Writes in flight in the writer (1..4096). Default 32.
   unsigned write_queue_depth = 32;
-  // Bytes accepted by Put but not yet durable; Put blocks while the total is above this
-  // (back-pressure). At least 1 MiB. Default 512 MiB.
-  uint64_t max_queued_write_bytes = 512ull << 20;
+  // Bytes of staging memory: payloads accepted by Put whose write has not completed yet. Put
+  // blocks while the total is above this (back-pressure); idle staging buffers up to this size
+  // are kept for reuse. At least 1 MiB. Default 256 MiB.
+  uint64_t max_queued_write_bytes = 256ull << 20;
   // After a write fails for lack of space (or the index cannot be written), Put fails fast with
   // ResourceExhausted; one Put per interval is let through to probe whether space has returned.
   // Default 1000 ms.
