@@ -133,10 +133,14 @@ int Main(int argc, char** argv) {
   bool json = false;
   app.add_option("--models-dir", models_dir, "Where synthetic models are written and reused")
       ->capture_default_str();
-  app.add_option("--presets", presets, "kvstash-mkmodel presets")->capture_default_str();
-  app.add_option("--types", types, "Weight types")->capture_default_str();
-  app.add_option("--threads", threads, "Thread counts")->capture_default_str();
-  app.add_option("--prompts", prompts, "Prompt lengths (pp tests)")->capture_default_str();
+  app.add_option("--presets", presets, "kvstash-mkmodel presets")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--types", types, "Weight types")->delimiter(',')->capture_default_str();
+  app.add_option("--threads", threads, "Thread counts")->delimiter(',')->capture_default_str();
+  app.add_option("--prompts", prompts, "Prompt lengths (pp tests)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--decode", decode, "Tokens to decode (tg test)")->capture_default_str();
   app.add_option("--reps", reps, "Repetitions per test (median reported)")->capture_default_str();
   app.add_option("--llama-bench", llama_bench,

@@ -50,7 +50,7 @@ class CpuBackend final : public Backend {
     }
     const int n_out = static_cast<int>(w.n_out);
     // Chunks of rows: enough chunks for load balance, multiples of 4 so tiles stay whole.
-    int chunk = n_tok == 1 ? std::max(4, (n_out / (pool_.size() * 8)) & ~3)
+    int chunk = n_tok == 1 ? std::max(8, (n_out / (pool_.size() * 8)) & ~7)
                            : std::max(16, (n_out / (pool_.size() * 4)) & ~3);
     chunk = std::min(chunk, n_tok == 1 ? 256 : 128);
     const int n_chunks = (n_out + chunk - 1) / chunk;

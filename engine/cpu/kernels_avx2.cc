@@ -3,6 +3,7 @@
 #define KV_X86_NAME "avx2"
 #define KV_X86_VNNI 0
 #define KV_X86_RM 2
+#define KV_X86_DECODE_RM 4
 #include "engine/cpu/kernels_x86.inc"
 
 namespace kvstash::engine::cpu {

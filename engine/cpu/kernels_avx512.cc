@@ -3,6 +3,7 @@
 #define KV_X86_NAME "avx512-vnni"
 #define KV_X86_VNNI 1
 #define KV_X86_RM 4
+#define KV_X86_DECODE_RM 8
 #include "engine/cpu/kernels_x86.inc"
 
 namespace kvstash::engine::cpu {
