@@ -187,6 +187,8 @@ class CpuBackend final : public Backend {
     std::vector<float> scores;  // [block_tokens]
     std::vector<float> acc;     // [nq * group][head_dim]
     std::vector<float> m, l;    // [nq * group] running max and sum
+    std::vector<float> q;       // [nq * group][head_dim] the tile's queries, gathered
+    std::vector<int> n_valid;   // [nq * group] keys of the current page each query sees
   };
 
   // Online-softmax attention for nq consecutive queries (absolute positions p0..p0+nq-1) and the
@@ -200,6 +202,15 @@ class CpuBackend final : public Backend {
     s.k.resize(static_cast<size_t>(bt) * hd);
     s.v.resize(static_cast<size_t>(bt) * hd);
     s.scores.resize(bt);
+    s.n_valid.resize(nqh);
+    // Gather the group's query heads into [nq * group][hd] once per tile.
+    s.q.resize(static_cast<size_t>(nqh) * hd);
+    for (int i = 0; i < nq; ++i) {
+      for (int j = 0; j < group; ++j) {
+        std::memcpy(s.q.data() + static_cast<size_t>(i * group + j) * hd,
+                    q + (static_cast<size_t>(i) * n_head + g * group + j) * hd, sizeof(float) * hd);
+      }
+    }
     s.acc.assign(static_cast<size_t>(nqh) * hd, 0.0f);
     s.m.assign(nqh, -INFINITY);
     s.l.assign(nqh, 0.0f);
@@ -218,35 +229,13 @@ class CpuBackend final : public Backend {
           std::memcpy(dst, reinterpret_cast<const float*>(page) + off, sizeof(float) * slots * hd);
         }
       }
+      // Causal mask: query i (position p0 + i) sees the keys of this page up to its position.
       for (int i = 0; i < nq; ++i) {
-        const int pos = p0 + i;
-        const int n_valid = std::min(slots, pos + 1 - b * bt);
-        if (n_valid <= 0) continue;
-        for (int j = 0; j < group; ++j) {
-          const int h = g * group + j;
-          const float* qv = q + (static_cast<size_t>(i) * n_head + h) * hd;
-          const int qi = i * group + j;
-          float bmax = -INFINITY;
-          for (int sl = 0; sl < n_valid; ++sl) {
-            s.scores[sl] = k_.dot_f32(qv, s.k.data() + static_cast<size_t>(sl) * hd, hd) * scale;
-            bmax = std::max(bmax, s.scores[sl]);
-          }
-          float* acc = s.acc.data() + static_cast<size_t>(qi) * hd;
-          const float m_new = std::max(s.m[qi], bmax);
-          const float corr = std::exp(s.m[qi] - m_new);
-          if (corr != 1.0f) {
-            for (int d = 0; d < hd; ++d) acc[d] *= corr;
-          }
-          float lsum = s.l[qi] * corr;
-          for (int sl = 0; sl < n_valid; ++sl) {
-            const float p = std::exp(s.scores[sl] - m_new);
-            lsum += p;
-            k_.axpy_f32(p, s.v.data() + static_cast<size_t>(sl) * hd, acc, hd);
-          }
-          s.m[qi] = m_new;
-          s.l[qi] = lsum;
-        }
+        const int n_valid = std::min(slots, p0 + i + 1 - b * bt);
+        for (int j = 0; j < group; ++j) s.n_valid[i * group + j] = n_valid;
       }
+      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), s.v.data(), slots, hd, scale,
+                     s.m.data(), s.l.data(), s.acc.data(), s.scores.data());
     }
     for (int i = 0; i < nq; ++i) {
       for (int j = 0; j < group; ++j) {

@@ -45,6 +45,12 @@ struct KernelTable {
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[i] += a * x[i].
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
+  // One step of online-softmax attention: nq query vectors q [nq][hd] against n keys/values
+  // k, v [n][hd] (f32), where query i sees only its first n_valid[i] keys. Updates the running
+  // max m [nq], sum l [nq] and unnormalized output acc [nq][hd]. scores: scratch of n floats.
+  // Each query's update depends only on its own inputs (tile-shape independent).
+  void (*attn_update)(const float* q, int nq, const int* n_valid, const float* k, const float* v,
+                      int n, int hd, float scale, float* m, float* l, float* acc, float* scores);
 };
 
 // The best table for this CPU (can be forced with KVSTASH_CPU_KERNELS=scalar|avx2|avx512).

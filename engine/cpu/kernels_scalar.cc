@@ -124,6 +124,32 @@ void AxpyF32Scalar(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+void AttnUpdateScalar(const float* q, int nq, const int* n_valid, const float* k, const float* v,
+                      int n, int hd, float scale, float* m, float* l, float* acc, float* scores) {
+  for (int i = 0; i < nq; ++i) {
+    const int nv = std::min(n, n_valid[i]);
+    if (nv <= 0) continue;
+    const float* qi = q + static_cast<size_t>(i) * hd;
+    float bmax = -INFINITY;
+    for (int s = 0; s < nv; ++s) {
+      scores[s] = DotF32Scalar(qi, k + static_cast<size_t>(s) * hd, hd) * scale;
+      bmax = std::max(bmax, scores[s]);
+    }
+    const float m_new = std::max(m[i], bmax);
+    const float corr = std::exp(m[i] - m_new);
+    float* a = acc + static_cast<size_t>(i) * hd;
+    for (int d = 0; d < hd; ++d) a[d] *= corr;
+    float lsum = l[i] * corr;
+    for (int s = 0; s < nv; ++s) {
+      const float p = std::exp(scores[s] - m_new);
+      lsum += p;
+      AxpyF32Scalar(p, v + static_cast<size_t>(s) * hd, a, hd);
+    }
+    m[i] = m_new;
+    l[i] = lsum;
+  }
+}
+
 }  // namespace
 
 void UnpackBlock32(GgmlType type, const uint8_t* blk, int8_t q[32], float* d, float* m) {
@@ -275,8 +301,9 @@ size_t ActRowBytes(ActFormat f, int64_t n) {
 }
 
 const KernelTable& ScalarKernels() {
-  static const KernelTable table = {"scalar",       QuantizeActScalar, GemmScalar,   F32ToF16Scalar,
-                                    F16ToF32Scalar, DotF32Scalar,      AxpyF32Scalar};
+  static const KernelTable table = {"scalar",       QuantizeActScalar, GemmScalar,
+                                    F32ToF16Scalar, F16ToF32Scalar,    DotF32Scalar,
+                                    AxpyF32Scalar,  AttnUpdateScalar};
   return table;
 }
 
