@@ -40,19 +40,14 @@ AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
   return *this;
 }
 
-namespace {
-constexpr size_t kGranule = 64 * 1024;
-size_t RoundToGranule(size_t n) { return (n + kGranule - 1) / kGranule * kGranule; }
-}  // namespace
-
 AlignedBuffer BufferPool::Get(size_t size_bytes) {
-  const size_t size = RoundToGranule(size_bytes);
+  const size_t size = format::AlignUp(size_bytes == 0 ? 1 : size_bytes);
   {
     std::lock_guard lock(mu_);
-    auto it = free_.find(size);
-    if (it != free_.end() && !it->second.empty()) {
-      AlignedBuffer b = std::move(it->second.back());
-      it->second.pop_back();
+    auto it = free_.lower_bound(size);
+    if (it != free_.end() && it->first <= size + size / 4) {
+      AlignedBuffer b = std::move(it->second);
+      free_.erase(it);
       cached_bytes_ -= b.size();
       return b;
     }
@@ -61,11 +56,12 @@ AlignedBuffer BufferPool::Get(size_t size_bytes) {
 }
 
 void BufferPool::Release(AlignedBuffer buffer) {
-  if (buffer.empty() || buffer.size() % kGranule != 0) return;
+  if (buffer.empty()) return;
   std::lock_guard lock(mu_);
   if (cached_bytes_ + buffer.size() > max_cached_bytes_) return;
   cached_bytes_ += buffer.size();
-  free_[buffer.size()].push_back(std::move(buffer));
+  const size_t size = buffer.size();
+  free_.emplace(size, std::move(buffer));
 }
 
 }  // namespace kvstash::storage

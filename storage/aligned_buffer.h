@@ -8,10 +8,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <span>
-#include <unordered_map>
-#include <vector>
 
 namespace kvstash::storage {
 
@@ -44,17 +43,17 @@ class BufferPool {
   // Keeps at most `max_cached_bytes` of idle buffers.
   explicit BufferPool(size_t max_cached_bytes) : max_cached_bytes_(max_cached_bytes) {}
 
-  // A buffer of at least `size_bytes` (rounded up to 64 KiB granules so equal-sized blocks share
-  // a free list).
+  // A buffer of at least `size_bytes`: the smallest idle one that is at most a quarter larger,
+  // else a new one of exactly AlignUp(size_bytes).
   AlignedBuffer Get(size_t size_bytes);
-  // Returns a buffer for reuse; dropped when the pool is full.
+  // Returns a buffer for reuse; freed when the pool is full.
   void Release(AlignedBuffer buffer);
 
  private:
   std::mutex mu_;
   size_t max_cached_bytes_;
   size_t cached_bytes_ = 0;
-  std::unordered_map<size_t, std::vector<AlignedBuffer>> free_;
+  std::multimap<size_t, AlignedBuffer> free_;  // by size
 };
 
 }  // namespace kvstash::storage

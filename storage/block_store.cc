@@ -48,7 +48,9 @@ BlockStoreImpl::BlockStoreImpl(Options options)
       fs_(options_.file_system ? options_.file_system : FileSystem::Posix()),
       log_(options_.logger ? options_.logger : DefaultLogger()),
       segment_dir_(options_.path + "/" + std::string(format::kSegmentDirName)),
-      pool_(std::min<uint64_t>(options_.max_queued_write_bytes, 1ull << 30)) {}
+      // Room for every staging buffer that can be in use at once, so steady writing never
+      // frees and re-faults one.
+      pool_(options_.max_queued_write_bytes + options_.max_queued_write_bytes / 4 + (16u << 20)) {}
 
 BlockStoreImpl::~BlockStoreImpl() {
   if (opened_) {

@@ -109,7 +109,7 @@ void BlockStoreImpl::DoPut(const BlockKey& key, const BlockHeader& header,
           lock, [&] { return queued_bytes_ < options_.max_queued_write_bytes || stop_writer_; });
     }
     if (!stop_writer_) {
-      queued_bytes_ += record_bytes;
+      queued_bytes_ += w->record.size();
       queue_.push_back(WorkItem{.write = std::move(w)});
     }
   }
@@ -178,7 +178,7 @@ void BlockStoreImpl::WriterLoop() {
   // writer of work.
   uint64_t released = 0;
   auto release = [&](PendingWrite& w) {
-    released += w.record_bytes;
+    released += w.record.size();
     pool_.Release(std::move(w.record));
   };
 
