@@ -9,6 +9,10 @@
 // misses, never wrong bytes. Space is bounded by a byte budget; eviction frees whole segments,
 // least recently used first. The on-disk format is described in docs/storage-format.md.
 //
+// Memory: the block index is also kept in memory (about 120 bytes per block), so lookups,
+// Contains and dedup never touch RocksDB; staging buffers for writes are pooled up to about
+// Options::max_queued_write_bytes.
+//
 // Thread safety: every method may be called concurrently from any number of threads, except
 // Close(), which must not race with other calls (and nothing may be called after it). Put
 // completion callbacks run on the store's commit thread: they must be quick, must not block, and

@@ -41,6 +41,7 @@ struct FsParam {
   bool tmpfs;
   IoMode mode;
 };
+void PrintTo(const FsParam& p, std::ostream* os) { *os << p.name; }
 
 class BlockStoreTest : public ::testing::TestWithParam<FsParam> {
  protected:

@@ -65,6 +65,18 @@ class Child {
     }
     return status;
   }
+  // The next record the child reports; false at end of pipe.
+  bool Next(Ack* a) {
+    size_t have = 0;
+    char* p = reinterpret_cast<char*>(a);
+    while (have < sizeof(*a)) {
+      ssize_t n = ::read(read_fd_, p + have, sizeof(*a) - have);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      have += static_cast<size_t>(n);
+    }
+    return true;
+  }
   // Everything the child reported (call after it exited: reads to end of pipe).
   std::vector<Ack> Acks() {
     std::vector<Ack> acks;
@@ -265,6 +277,23 @@ TEST_F(CrashTest, CrashAfterPayloadSyncBeforeIndexWriteRecoversTheTail) {
   for (const BlockKey& k : acked) EXPECT_TRUE(listed.contains(k)) << k.ToHex();
   EXPECT_GT(listed.size(), acked.size());  // the synced-but-unindexed batch came back
   ExpectWritable(store, 3'000'000'000);
+}
+
+TEST_F(CrashTest, ADirectoryInUseByAnotherProcessIsRefused) {
+  const std::string path = dir_->Sub("cache");
+  Child child;
+  ASSERT_TRUE(child.Start({"--dir", path, "--count", "100000000", "--max-payload", "4096"}));
+  Ack a{};
+  ASSERT_TRUE(child.Next(&a));
+  ASSERT_EQ(a.kind, kOpened);
+  auto second = BlockStore::Open(StoreOptions(path));
+  EXPECT_EQ(second.status().code(), StatusCode::kBusy) << second.status().ToString();
+  child.Kill();
+  child.Wait();
+  child.Acks();
+  auto third = BlockStore::Open(StoreOptions(path));  // the lock died with its holder
+  ASSERT_TRUE(third.ok()) << third.status().ToString();
+  VerifyEverything(**third);
 }
 
 // Scans a segment file the way recovery does; returns (offset, key) of every valid record.
