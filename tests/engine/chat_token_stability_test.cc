@@ -66,10 +66,14 @@ void CheckEveryTurn(const ChatSetup& s, std::optional<bool> thinking, bool expec
     std::vector<ChatMessage> turn(kConversation.begin(), kConversation.begin() + n);
     std::vector<ChatMessage> next(kConversation.begin(), kConversation.begin() + n + 2);
     const bool prefix = IsPrefix(PromptTokens(s, turn, thinking), PromptTokens(s, next, thinking));
-    if (expect_stable) EXPECT_TRUE(prefix) << "turn of " << n << " messages";
+    if (expect_stable) {
+      EXPECT_TRUE(prefix) << "turn of " << n << " messages";
+    }
     breaks += !prefix;
   }
-  if (!expect_stable) EXPECT_GT(breaks, 0);
+  if (!expect_stable) {
+    EXPECT_GT(breaks, 0);
+  }
 }
 
 TEST(ChatTokenStabilityTest, Llama3PromptOfTurnNPrefixesTurnNPlus1) {
