@@ -19,31 +19,6 @@ namespace {
 constexpr uint64_t kMaxStringBytes = uint64_t{1} << 30;
 constexpr uint32_t kMaxDims = 4;
 
-// Size of one scalar element of a metadata type; 0 for string/array.
-size_t ScalarSize(GgufValueType t) {
-  switch (t) {
-    case GgufValueType::kUint8:
-    case GgufValueType::kInt8:
-    case GgufValueType::kBool:
-      return 1;
-    case GgufValueType::kUint16:
-    case GgufValueType::kInt16:
-      return 2;
-    case GgufValueType::kUint32:
-    case GgufValueType::kInt32:
-    case GgufValueType::kFloat32:
-      return 4;
-    case GgufValueType::kUint64:
-    case GgufValueType::kInt64:
-    case GgufValueType::kFloat64:
-      return 8;
-    case GgufValueType::kString:
-    case GgufValueType::kArray:
-      return 0;
-  }
-  return 0;
-}
-
 bool ValidValueType(uint32_t t) { return t <= static_cast<uint32_t>(GgufValueType::kFloat64); }
 
 class Cursor {
@@ -80,6 +55,30 @@ class Cursor {
 };
 
 }  // namespace
+
+size_t GgufScalarSize(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::kUint8:
+    case GgufValueType::kInt8:
+    case GgufValueType::kBool:
+      return 1;
+    case GgufValueType::kUint16:
+    case GgufValueType::kInt16:
+      return 2;
+    case GgufValueType::kUint32:
+    case GgufValueType::kInt32:
+    case GgufValueType::kFloat32:
+      return 4;
+    case GgufValueType::kUint64:
+    case GgufValueType::kInt64:
+    case GgufValueType::kFloat64:
+      return 8;
+    case GgufValueType::kString:
+    case GgufValueType::kArray:
+      return 0;
+  }
+  return 0;
+}
 
 GgufFile::~GgufFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
@@ -292,7 +291,7 @@ Status GgufFile::Parse() {
           arr.strings.push_back(s);
         }
       } else {
-        const size_t es = ScalarSize(arr.elem_type);
+        const size_t es = GgufScalarSize(arr.elem_type);
         if (count > c.left() / es) {
           return Status::Corruption(where + ": array of " + std::to_string(count) +
                                     " elements exceeds the file");

@@ -39,6 +39,9 @@ enum class GgufValueType : uint32_t {
   kFloat64 = 12,
 };
 
+// Bytes of one scalar element of a metadata type; 0 for string and array.
+size_t GgufScalarSize(GgufValueType t);
+
 constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" little-endian
 constexpr uint32_t kGgufDefaultAlignment = 32;
 
@@ -47,8 +50,8 @@ constexpr uint32_t kGgufDefaultAlignment = 32;
 struct GgufArray {
   GgufValueType elem_type = GgufValueType::kUint8;
   uint64_t count = 0;
-  const uint8_t* data = nullptr;            // packed elements for scalar types
-  std::vector<std::string_view> strings;    // for string arrays
+  const uint8_t* data = nullptr;          // packed elements for scalar types
+  std::vector<std::string_view> strings;  // for string arrays
 };
 
 struct GgufValue {
@@ -60,7 +63,7 @@ struct GgufTensorInfo {
   std::string name;
   std::vector<int64_t> dims;  // ne[0] is the innermost (row length), as in ggml
   GgmlType type = GgmlType::kF32;
-  uint64_t offset = 0;        // relative to the data section
+  uint64_t offset = 0;  // relative to the data section
   uint64_t n_bytes = 0;
   const uint8_t* data = nullptr;
   int64_t n_elements() const {
@@ -91,8 +94,8 @@ class GgufFile {
   const GgufValue* Find(std::string_view key) const;
   // Typed getters: NotFound when absent, InvalidArgument when of another type.
   Result<std::string> GetString(std::string_view key) const;
-  Result<uint64_t> GetUint(std::string_view key) const;    // any non-negative integer type
-  Result<double> GetFloat(std::string_view key) const;     // float32/64 or integer
+  Result<uint64_t> GetUint(std::string_view key) const;  // any non-negative integer type
+  Result<double> GetFloat(std::string_view key) const;   // float32/64 or integer
   Result<bool> GetBool(std::string_view key) const;
   Result<const GgufArray*> GetArray(std::string_view key) const;
   // Convenience: the value or `fallback` when absent (wrong type is still an error).

@@ -45,30 +45,6 @@ void PutType(std::vector<uint8_t>& out, GgufValueType t) {
   Put<uint32_t>(out, static_cast<uint32_t>(t));
 }
 
-size_t ScalarSize(GgufValueType t) {
-  switch (t) {
-    case GgufValueType::kUint8:
-    case GgufValueType::kInt8:
-    case GgufValueType::kBool:
-      return 1;
-    case GgufValueType::kUint16:
-    case GgufValueType::kInt16:
-      return 2;
-    case GgufValueType::kUint32:
-    case GgufValueType::kInt32:
-    case GgufValueType::kFloat32:
-      return 4;
-    case GgufValueType::kUint64:
-    case GgufValueType::kInt64:
-    case GgufValueType::kFloat64:
-      return 8;
-    case GgufValueType::kString:
-    case GgufValueType::kArray:
-      return 0;
-  }
-  return 0;
-}
-
 // Encodes a scalar read by GgufFile (widened to uint64/int64/double/bool) back at its file type.
 void PutWidenedScalar(std::vector<uint8_t>& out, const GgufValue& value) {
   const auto as_u64 = [&]() -> uint64_t {
@@ -254,7 +230,7 @@ void GgufWriter::CopyValue(const std::string& key, const GgufValue& value) {
     } else {
       // Scalar arrays are copied as the packed little-endian bytes the reader points at.
       // Nested arrays are not produced by any known writer and are copied as empty.
-      const size_t elem = ScalarSize(arr.elem_type);
+      const size_t elem = GgufScalarSize(arr.elem_type);
       const uint64_t count = elem != 0 && arr.data != nullptr ? arr.count : 0;
       Put<uint64_t>(e, count);
       if (count != 0) e.insert(e.end(), arr.data, arr.data + count * elem);
