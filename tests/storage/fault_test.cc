@@ -52,6 +52,17 @@ class StoreFaultTest : public ::testing::Test {
   ReadResult Get(BlockStore& s, uint64_t i, AlignedBuffer& buf) {
     return s.Get(KeyFor(i), buf.span());
   }
+  // Writes resume at the first probe after the retry interval. The probe time is set by the
+  // write thread, which a loaded CI machine may deschedule, so retry for up to 3 s instead of
+  // assuming one fixed sleep covers it.
+  bool PutOnceResumed(BlockStore& s, uint64_t i) {
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      if (Put(s, i).ok()) return true;
+    }
+    return false;
+  }
+
   bool Verifies(BlockStore& s, uint64_t i) {
     AlignedBuffer buf(BlockStore::ReadBufferBytes(kBlock));
     ReadResult r = s.Get(KeyFor(i), buf.span());
@@ -87,8 +98,7 @@ TEST_F(StoreFaultTest, NoSpaceForANewSegmentPausesWritesWhileReadsContinue) {
   EXPECT_TRUE(store->Stats().writes_paused);
 
   fs_->ClearFaults();  // space returns
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  EXPECT_TRUE(Put(*store, 11).ok());
+  EXPECT_TRUE(PutOnceResumed(*store, 11));
   EXPECT_FALSE(store->Stats().writes_paused);
   EXPECT_TRUE(store->Stats().last_error.empty());
   for (uint64_t i = 12; i < 30; ++i) EXPECT_TRUE(Put(*store, i).ok());
@@ -105,8 +115,7 @@ TEST_F(StoreFaultTest, NoSpaceOnAWriteFailsThatPutAndPausesWrites) {
   EXPECT_TRUE(st.writes_paused) << st.last_error;
   EXPECT_FALSE(store->Contains(KeyFor(1)));
   EXPECT_TRUE(Verifies(*store, 0));
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  EXPECT_TRUE(Put(*store, 1).ok());  // next segment; the failed write left a hole behind
+  EXPECT_TRUE(PutOnceResumed(*store, 1));  // next segment; the failed write left a hole behind
   EXPECT_TRUE(Verifies(*store, 1));
   ASSERT_TRUE(store->Close().ok());
   store = Open();
