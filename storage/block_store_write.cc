@@ -568,7 +568,8 @@ void BlockStoreImpl::CommitBatch(std::vector<WorkItem>& batch) {
     queue_cv_.notify_all();  // a writer waiting to roll over may go on
   }
 
-  // 3. Callbacks, outside every lock.
+  // 3. Callbacks, outside every lock. A successful probe resumes writes *before* any callback
+  // runs, so a caller that sees its probe succeed can write again at once.
   bool probe_ok = false;
   for (auto& [w, cbs] : callbacks) {
     if (w->status.ok()) {
@@ -579,6 +580,9 @@ void BlockStoreImpl::CommitBatch(std::vector<WorkItem>& batch) {
     } else {
       counters_.puts_failed++;
     }
+  }
+  if (probe_ok) ResumeWrites();
+  for (auto& [w, cbs] : callbacks) {
     for (PutCallback& cb : cbs) {
       try {
         cb(w->status);
@@ -587,7 +591,6 @@ void BlockStoreImpl::CommitBatch(std::vector<WorkItem>& batch) {
       }
     }
   }
-  if (probe_ok) ResumeWrites();
 
   // 4. Flush waiters: everything before them is committed; make the index durable too.
   for (WorkItem& item : batch) {
