@@ -7,7 +7,8 @@
 
 namespace kvstash::cli {
 
-void RegisterRunCommand(CLI::App& app, int* exit_code);        // run_cmd.cc
-void RegisterTokenizeCommands(CLI::App& app, int* exit_code);  // tokenize_cmd.cc (tokenize, detokenize)
+void RegisterRunCommand(CLI::App& app, int* exit_code);  // run_cmd.cc
+void RegisterTokenizeCommands(CLI::App& app,
+                              int* exit_code);  // tokenize_cmd.cc (tokenize, detokenize)
 
 }  // namespace kvstash::cli
