@@ -41,7 +41,9 @@ KvPool::~KvPool() {
 }
 
 int KvPool::Allocate() {
-  if (free_.empty()) return -1;
+  while (free_.empty()) {
+    if (!reclaim_ || !reclaim_()) return -1;
+  }
   int id = free_.back();
   free_.pop_back();
   refs_[id] = 1;

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,8 +54,13 @@ class KvPool {
   const KvLayout& layout() const { return layout_; }
   int n_pages() const { return n_pages_; }
   int n_free() const { return static_cast<int>(free_.size()); }
-  // A free page with refcount 1, or -1 when the pool is exhausted.
+  // A free page with refcount 1, or -1 when the pool is exhausted. When the free list is empty
+  // the reclaimer (if set) is asked to free pages first.
   int Allocate();
+  // Called by Allocate while no page is free; returns true when it released at least one page
+  // (through Unref), false when it has nothing left to give. The prefix cache installs one that
+  // evicts unreferenced cached pages. Pass nullptr to remove it.
+  void SetReclaimer(std::function<bool()> reclaim) { reclaim_ = std::move(reclaim); }
   void Ref(int page);
   // Drops one reference; the page returns to the free list at zero.
   void Unref(int page);
@@ -72,6 +78,7 @@ class KvPool {
   size_t map_bytes_ = 0;
   std::vector<int> free_;
   std::vector<int> refs_;
+  std::function<bool()> reclaim_;
 };
 
 // One sequence's view of the pool: its tokens and the page holding each block.

@@ -1,0 +1,842 @@
+#include "cache/prefix_cache.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+#include <utility>
+
+#include "base/clock.h"
+#include "cache/write_behind.h"
+#include "storage/block_store.h"
+
+namespace kvstash::cache {
+namespace {
+
+constexpr double kDefaultDiskBytesPerS = 1e9;
+constexpr double kHostCopyBytesPerS = 8e9;  // memcpy estimate for host-tier loads
+constexpr double kDiskBatchOverheadMs = 0.2;
+constexpr double kEwmaWeight = 0.3;
+constexpr int kManifestFormat = 1;
+constexpr std::string_view kRateMetaPrefix = "planner/v1/";
+
+struct Freer {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+using AlignedBytes = std::unique_ptr<std::byte[], Freer>;
+
+AlignedBytes AllocAligned(size_t n) {
+  const size_t rounded = (n + 4095) & ~size_t{4095};
+  return AlignedBytes(static_cast<std::byte*>(std::aligned_alloc(4096, rounded)));
+}
+
+std::string HashHex(const Hash128& h) { return h.ToHex(); }
+
+Result<Hash128> ParseHex(const std::string& s) {
+  if (s.size() != 32) return Status::Corruption("bad hash '" + s + "'");
+  Hash128 h;
+  for (size_t i = 0; i < 32; ++i) {
+    const char c = s[i];
+    uint64_t v;
+    if (c >= '0' && c <= '9') {
+      v = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      v = c - 'a' + 10;
+    } else {
+      return Status::Corruption("bad hash '" + s + "'");
+    }
+    uint64_t& half = i < 16 ? h.hi : h.lo;
+    half = (half << 4) | v;
+  }
+  return h;
+}
+
+std::string SessionTailKeyHex(const nlohmann::json& m) {
+  return m.contains("tail") && m["tail"].is_string() ? m["tail"].get<std::string>() : "";
+}
+
+Result<nlohmann::json> LoadManifest(storage::BlockStore& store, const std::string& name) {
+  Result<std::string> raw = store.GetSession(name);
+  if (!raw.ok()) {
+    if (raw.status().code() == StatusCode::kNotFound) {
+      return Status::NotFound("no session named '" + name + "'");
+    }
+    return raw.status();
+  }
+  nlohmann::json m = nlohmann::json::parse(*raw, nullptr, /*allow_exceptions=*/false);
+  if (m.is_discarded() || !m.is_object() || !m.contains("format") || !m["format"].is_number()) {
+    return Status::Corruption("session '" + name + "' has an unreadable manifest");
+  }
+  if (m["format"].get<int>() != kManifestFormat) {
+    return Status::Incompatible("session '" + name + "' has manifest format " +
+                                std::to_string(m["format"].get<int>()) + "; this kvstash reads " +
+                                std::to_string(kManifestFormat));
+  }
+  return m;
+}
+
+SessionInfo InfoFromManifest(const std::string& name, const nlohmann::json& m) {
+  SessionInfo s;
+  s.name = name;
+  const nlohmann::json& model = m.value("model", nlohmann::json::object());
+  s.model_path = model.value("path", "");
+  s.model_description = model.value("description", "");
+  s.model_fingerprint = model.value("fingerprint", "");
+  s.tokens = m.value("n_tokens", int64_t{0});
+  s.bytes = m.value("bytes", uint64_t{0});
+  s.created_us = m.value("created_us", int64_t{0});
+  s.last_used_us = m.value("last_used_us", int64_t{0});
+  return s;
+}
+
+}  // namespace
+
+const char* WritePolicyName(WritePolicy p) {
+  switch (p) {
+    case WritePolicy::kAlways:
+      return "always";
+    case WritePolicy::kOnEvict:
+      return "on-evict";
+    case WritePolicy::kNever:
+      return "never";
+  }
+  return "?";
+}
+
+Result<WritePolicy> ParseWritePolicy(const std::string& name) {
+  if (name == "always") return WritePolicy::kAlways;
+  if (name == "on-evict") return WritePolicy::kOnEvict;
+  if (name == "never") return WritePolicy::kNever;
+  return Status::InvalidArgument("unknown write policy '" + name +
+                                 "' (expected always, on-evict or never)");
+}
+
+Status ValidateSessionName(const std::string& name) {
+  if (name.empty() || name.size() > 128) {
+    return Status::InvalidArgument("session name must be 1 to 128 characters");
+  }
+  if (name[0] == '.' || name[0] == '-') {
+    return Status::InvalidArgument("session name '" + name + "' must not start with '.' or '-'");
+  }
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) {
+      return Status::InvalidArgument("session name '" + name +
+                                     "' may only use letters, digits, '.', '_' and '-'");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<SessionInfo>> ListSessions(storage::BlockStore& store) {
+  KV_ASSIGN_OR_RETURN(std::vector<std::string> names, store.ListSessions());
+  std::vector<SessionInfo> out;
+  for (const std::string& name : names) {
+    Result<nlohmann::json> m = LoadManifest(store, name);
+    if (!m.ok()) {
+      SessionInfo s;
+      s.name = name;
+      s.model_description = "(" + m.status().ToString() + ")";
+      out.push_back(std::move(s));
+      continue;
+    }
+    out.push_back(InfoFromManifest(name, *m));
+  }
+  return out;
+}
+
+Status DeleteSession(storage::BlockStore& store, const std::string& name) {
+  KV_RETURN_IF_ERROR(ValidateSessionName(name));
+  Result<nlohmann::json> m = LoadManifest(store, name);
+  if (!m.ok() && m.status().code() == StatusCode::kNotFound) return m.status();
+  if (m.ok()) {
+    const std::string tail = SessionTailKeyHex(*m);
+    if (!tail.empty()) {
+      Result<Hash128> key = ParseHex(tail);
+      if (key.ok()) KV_RETURN_IF_ERROR(store.Erase(*key));
+    }
+  }
+  return store.DeleteSession(name);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class PrefixCache::Impl {
+ public:
+  Impl(engine::KvPool& pool, storage::BlockStore* store, const NamespaceParams& ns,
+       const CacheOptions& options, std::string model_path, std::string model_description)
+      : pool_(pool),
+        store_(store),
+        ns_params_(ns),
+        ns_(NamespaceHash(ns)),
+        options_(options),
+        layout_(pool.layout()),
+        block_bytes_(layout_.block_bytes()),
+        bt_(layout_.block_tokens),
+        layout_tag_(ns_.lo ^ ns_.hi),
+        model_path_(std::move(model_path)),
+        model_description_(std::move(model_description)) {
+    page_key_.resize(pool.n_pages());
+    page_cached_.assign(pool.n_pages(), false);
+    disk_bps_ = options.disk_read_bytes_per_s;
+    prefill_tps_ = options.prefill_tokens_per_s;
+    if (store_ != nullptr) {
+      if (disk_bps_ <= 0) disk_bps_ = ReadRateMeta("disk_read_bytes_per_s");
+      if (prefill_tps_ <= 0) prefill_tps_ = ReadRateMeta("prefill_tokens_per_s/" + HashHex(ns_));
+      if (options.write_policy != WritePolicy::kNever) {
+        writer_ = std::make_unique<WriteBehind>(*store_, options.write_queue_blocks,
+                                                options.write_queue_bytes);
+      }
+    }
+    if (disk_bps_ <= 0) disk_bps_ = kDefaultDiskBytesPerS;
+    pool_.SetReclaimer([this] { return EvictOneDevicePage(); });
+  }
+
+  ~Impl() {
+    pool_.SetReclaimer(nullptr);
+    // Under on-evict, blocks still in memory are persisted now (the process is going away).
+    if (options_.write_policy == WritePolicy::kOnEvict) {
+      EvictDevice();
+      DropHost();
+    }
+    writer_.reset();  // drains the queue
+    if (store_ != nullptr) {
+      (void)store_->PutMeta(std::string(kRateMetaPrefix) + "disk_read_bytes_per_s",
+                            std::to_string(disk_bps_));
+      if (prefill_tps_ > 0) {
+        (void)store_->PutMeta(
+            std::string(kRateMetaPrefix) + "prefill_tokens_per_s/" + HashHex(ns_),
+            std::to_string(prefill_tps_));
+      }
+    }
+    for (auto& [key, e] : device_) pool_.Unref(e.page);
+    device_.clear();
+  }
+
+  const Hash128& ns() const { return ns_; }
+
+  Result<AcquireResult> Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
+                                int max_positions, const Hash128* tail_key);
+  void Publish(const engine::Sequence& seq);
+  void Release(engine::Sequence& seq) {
+    for (int32_t p : seq.block_table) pool_.Unref(p);
+    seq.block_table.clear();
+    seq.tokens.clear();
+    EnforceDeviceBudget();
+  }
+  void ObservePrefill(int tokens, double ms) {
+    if (tokens < bt_ || ms <= 0) return;
+    const double tps = tokens / ms * 1e3;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    prefill_tps_ = prefill_tps_ <= 0 ? tps : (1 - kEwmaWeight) * prefill_tps_ + kEwmaWeight * tps;
+  }
+  Status SaveSession(const std::string& name, const engine::Sequence& seq);
+  Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
+                                  int max_positions);
+  Status Flush() {
+    if (writer_ == nullptr) return Status::Ok();
+    return writer_->Flush();
+  }
+  void EvictDevice() {
+    std::vector<Hash128> victims;
+    for (const Hash128& k : device_lru_) {
+      if (pool_.refcount(device_.at(k).page) == 1) victims.push_back(k);
+    }
+    for (const Hash128& k : victims) EvictDeviceEntry(k);
+  }
+  void DropHost() {
+    while (!host_lru_.empty()) EvictHostEntry(host_lru_.back());
+  }
+  CacheStats Stats() const {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    CacheStats s = stats_;
+    s.device.blocks = device_.size();
+    s.device.bytes = device_.size() * block_bytes_;
+    s.host.blocks = host_.size();
+    s.host.bytes = host_.size() * block_bytes_;
+    if (store_ != nullptr) {
+      const storage::StoreStats st = store_->Stats();
+      s.disk.blocks = st.blocks;
+      s.disk.bytes = st.live_bytes;
+      s.disk.evictions = st.evicted_blocks;
+    }
+    if (writer_ != nullptr) {
+      const WriteBehind::Counters c = writer_->counters();
+      s.write_queue_depth = c.depth;
+      s.write_queue_bytes = c.bytes;
+      s.write_queued = c.queued;
+      s.write_dropped = c.dropped + dropped_no_writer_;
+      s.written_blocks = c.written;
+      s.write_failed = c.failed;
+    }
+    s.disk_read_bytes_per_s = disk_bps_;
+    s.prefill_tokens_per_s = prefill_tps_;
+    return s;
+  }
+
+ private:
+  struct DeviceEntry {
+    int page = -1;
+    Hash128 parent;
+    std::vector<int32_t> tokens;
+    std::list<Hash128>::iterator lru;
+  };
+  struct HostEntry {
+    Hash128 parent;
+    std::vector<int32_t> tokens;
+    AlignedBytes bytes;
+    std::list<Hash128>::iterator lru;
+  };
+  enum class Tier : uint8_t { kDevice, kHost, kDisk };
+  struct PlanBlock {
+    Hash128 key;
+    Hash128 parent;
+    Tier tier;
+    int page = -1;  // destination page in the sequence
+  };
+
+  double ReadRateMeta(const std::string& name) const {
+    Result<std::string> v = store_->GetMeta(std::string(kRateMetaPrefix) + name);
+    if (!v.ok()) return 0;
+    const double d = std::strtod(v->c_str(), nullptr);
+    return d > 0 && d < 1e15 ? d : 0;
+  }
+
+  storage::BlockHeader HeaderFor(const Hash128& parent, std::span<const int32_t> toks) const {
+    storage::BlockHeader h;
+    h.parent = parent;
+    h.layout_tag = layout_tag_;
+    h.token_ids.assign(toks.begin(), toks.end());
+    return h;
+  }
+  std::span<const std::byte> PageBytes(int page) const {
+    return {reinterpret_cast<const std::byte*>(pool_.page(page)), block_bytes_};
+  }
+
+  void WriteToDisk(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
+                   std::span<const std::byte> bytes) {
+    if (writer_ == nullptr || store_->Contains(key)) return;
+    writer_->Enqueue(key, HeaderFor(parent, toks), bytes);
+  }
+
+  void InsertDevice(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
+                    int page) {
+    pool_.Ref(page);
+    device_lru_.push_front(key);
+    device_.emplace(key, DeviceEntry{page, parent, {toks.begin(), toks.end()}, device_lru_.begin()});
+    page_key_[page] = key;
+    page_cached_[page] = true;
+    EnforceDeviceBudget();
+  }
+
+  // Evicts unpinned pages from the cold end while more than max_device_pages are cached. Pages of
+  // live sequences may keep the tier above its budget until they are released.
+  void EnforceDeviceBudget() {
+    if (options_.max_device_pages <= 0) return;
+    auto it = device_lru_.end();  // candidates are the elements before `it`
+    while (static_cast<int>(device_.size()) > options_.max_device_pages &&
+           it != device_lru_.begin()) {
+      const auto cur = std::prev(it);
+      if (pool_.refcount(device_.at(*cur).page) == 1) {
+        EvictDeviceEntry(*cur);  // erases cur; `it` stays valid
+      } else {
+        it = cur;
+      }
+    }
+  }
+
+  void EvictDeviceEntry(const Hash128& key) {
+    auto it = device_.find(key);
+    DeviceEntry& e = it->second;
+    const int page = e.page;
+    if (options_.host_bytes >= block_bytes_) {
+      InsertHost(key, e.parent, e.tokens, PageBytes(page));
+    } else if (options_.write_policy == WritePolicy::kOnEvict) {
+      WriteToDisk(key, e.parent, e.tokens, PageBytes(page));
+    }
+    device_lru_.erase(e.lru);
+    page_cached_[page] = false;
+    device_.erase(it);
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.device.evictions;
+    }
+    pool_.Unref(page);
+  }
+
+  bool EvictOneDevicePage() {
+    for (auto it = device_lru_.rbegin(); it != device_lru_.rend(); ++it) {
+      if (pool_.refcount(device_.at(*it).page) == 1) {
+        EvictDeviceEntry(*it);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void InsertHost(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
+                  std::span<const std::byte> bytes) {
+    if (options_.host_bytes < block_bytes_) return;
+    if (auto it = host_.find(key); it != host_.end()) {
+      host_lru_.splice(host_lru_.begin(), host_lru_, it->second.lru);
+      return;
+    }
+    while ((host_.size() + 1) * block_bytes_ > options_.host_bytes) EvictHostEntry(host_lru_.back());
+    AlignedBytes buf = AllocAligned(block_bytes_);
+    if (buf == nullptr) return;
+    std::memcpy(buf.get(), bytes.data(), block_bytes_);
+    host_lru_.push_front(key);
+    host_.emplace(key, HostEntry{parent, {toks.begin(), toks.end()}, std::move(buf),
+                                 host_lru_.begin()});
+  }
+
+  void EvictHostEntry(const Hash128& key) {
+    auto it = host_.find(key);
+    HostEntry& e = it->second;
+    if (options_.write_policy == WritePolicy::kOnEvict) {
+      WriteToDisk(key, e.parent, e.tokens, {e.bytes.get(), block_bytes_});
+    }
+    host_lru_.erase(e.lru);
+    host_.erase(it);
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.host.evictions;
+  }
+
+  // Reads the disk blocks of `plan` (indices `idx`) into their pages in one batch. Returns the
+  // index into `idx` of the first block that failed (idx.size() when all verified).
+  size_t LoadDisk(const std::vector<PlanBlock>& plan, const std::vector<size_t>& idx,
+                  std::span<const int32_t> tokens, const std::vector<int>& n_tokens_of);
+
+  engine::KvPool& pool_;
+  storage::BlockStore* store_;
+  NamespaceParams ns_params_;
+  Hash128 ns_;
+  CacheOptions options_;
+  engine::KvLayout layout_;
+  size_t block_bytes_;
+  int bt_;
+  uint64_t layout_tag_;
+  std::string model_path_, model_description_;
+
+  std::unordered_map<Hash128, DeviceEntry, storage::BlockKeyHash> device_;
+  std::list<Hash128> device_lru_;  // front = most recently used
+  std::vector<Hash128> page_key_;
+  std::vector<bool> page_cached_;
+  std::unordered_map<Hash128, HostEntry, storage::BlockKeyHash> host_;
+  std::list<Hash128> host_lru_;
+  std::unique_ptr<WriteBehind> writer_;
+  uint64_t dropped_no_writer_ = 0;
+
+  mutable std::mutex stats_mu_;  // guards stats_ and the estimates for Stats() readers
+  CacheStats stats_;
+  double disk_bps_ = 0;
+  double prefill_tps_ = 0;
+};
+
+size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
+                                   const std::vector<size_t>& idx,
+                                   std::span<const int32_t> tokens,
+                                   const std::vector<int>& n_tokens_of) {
+  if (idx.empty()) return 0;
+  std::vector<storage::BlockKey> keys;
+  std::vector<std::span<std::byte>> dest;
+  std::vector<storage::ReadResult> results(idx.size());
+  for (size_t j : idx) {
+    keys.push_back(plan[j].key);
+    dest.emplace_back(reinterpret_cast<std::byte*>(pool_.page(plan[j].page)), block_bytes_);
+  }
+  const int64_t t0 = MonotonicNowNs();
+  Status s = store_->GetMany(keys, dest, results);
+  const double secs = (MonotonicNowNs() - t0) / 1e9;
+  if (!s.ok()) return 0;
+  uint64_t bytes = 0;
+  size_t first_bad = idx.size();
+  for (size_t r = 0; r < idx.size(); ++r) {
+    const PlanBlock& b = plan[idx[r]];
+    const storage::ReadResult& rr = results[r];
+    if (!rr.hit()) {
+      if (rr.status.code() == StatusCode::kCorruption) {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.corrupt_blocks;
+      }
+      first_bad = std::min(first_bad, r);
+      continue;
+    }
+    bytes += rr.payload_bytes;
+    const size_t first_tok = idx[r] * static_cast<size_t>(bt_);
+    const auto want = tokens.subspan(first_tok, n_tokens_of[idx[r]]);
+    const bool verified = rr.payload_bytes == block_bytes_ && rr.header.parent == b.parent &&
+                          rr.header.layout_tag == layout_tag_ &&
+                          std::equal(want.begin(), want.end(), rr.header.token_ids.begin(),
+                                     rr.header.token_ids.end());
+    if (!verified) {
+      // A stale or colliding entry: never used, and removed so it is not read again.
+      (void)store_->Erase(b.key);
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.corrupt_blocks;
+      first_bad = std::min(first_bad, r);
+    }
+  }
+  if (secs > 0 && bytes >= (1u << 20)) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    disk_bps_ = (1 - kEwmaWeight) * disk_bps_ + kEwmaWeight * (bytes / secs);
+  }
+  return first_bad;
+}
+
+Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
+                                                 std::span<const int32_t> tokens,
+                                                 int max_positions, const Hash128* tail_key) {
+  if (!seq.tokens.empty() || !seq.block_table.empty()) {
+    return Status::InvalidArgument("Acquire needs an empty sequence");
+  }
+  Stopwatch watch;
+  AcquireResult out;
+  const int n = static_cast<int>(tokens.size());
+  if (max_positions < 0) max_positions = n - 1;
+  max_positions = std::clamp(max_positions, 0, n);
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.lookups;
+    stats_.lookup_tokens += n;
+  }
+  if (max_positions == 0) return out;
+
+  // 1. The plan: consecutive blocks found in some tier, each covering >= 1 loadable position.
+  const int n_full = n / bt_;
+  std::vector<PlanBlock> plan;
+  std::vector<int> n_tokens_of;  // tokens each plan block covers (bt, or the tail's count)
+  Hash128 parent = ns_;
+  for (int i = 0; i < n_full && i * bt_ < max_positions; ++i) {
+    const auto toks = tokens.subspan(static_cast<size_t>(i) * bt_, bt_);
+    const Hash128 key = ChainHash(parent, toks);
+    PlanBlock b{key, parent, Tier::kDevice};
+    bool found = false;
+    if (auto it = device_.find(key); it != device_.end()) {
+      found = it->second.parent == parent &&
+              std::equal(toks.begin(), toks.end(), it->second.tokens.begin(),
+                         it->second.tokens.end());
+    }
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    if (found) {
+      ++stats_.device.hits;
+    } else {
+      ++stats_.device.misses;
+      b.tier = Tier::kHost;
+      if (auto it = host_.find(key); it != host_.end() && it->second.parent == parent &&
+                                     std::equal(toks.begin(), toks.end(),
+                                                it->second.tokens.begin(),
+                                                it->second.tokens.end())) {
+        found = true;
+        ++stats_.host.hits;
+      } else {
+        if (options_.host_bytes > 0) ++stats_.host.misses;
+        b.tier = Tier::kDisk;
+        if (store_ != nullptr && store_->Contains(key)) {
+          found = true;
+          ++stats_.disk.hits;
+        } else if (store_ != nullptr) {
+          ++stats_.disk.misses;
+        }
+      }
+    }
+    if (!found) break;
+    plan.push_back(b);
+    n_tokens_of.push_back(bt_);
+    parent = key;
+  }
+  // A session's partial tail follows its last full block.
+  const int tail_tokens = n - n_full * bt_;
+  if (tail_key != nullptr && static_cast<int>(plan.size()) == n_full && tail_tokens > 0 &&
+      max_positions > n_full * bt_ && store_ != nullptr && store_->Contains(*tail_key)) {
+    plan.push_back(PlanBlock{*tail_key, parent, Tier::kDisk});
+    n_tokens_of.push_back(tail_tokens);
+  }
+
+  // 2. Load or recompute: from the first disk block on, is reading cheaper than prefilling?
+  if (options_.cost_model && prefill_tps_ > 0) {
+    for (size_t a = 0; a < plan.size(); ++a) {
+      if (plan[a].tier != Tier::kDisk || (a > 0 && plan[a - 1].tier == Tier::kDisk)) continue;
+      double disk_bytes = 0, host_bytes = 0, toks = 0;
+      for (size_t j = a; j < plan.size(); ++j) {
+        (plan[j].tier == Tier::kDisk ? disk_bytes : host_bytes) += block_bytes_;
+        toks += n_tokens_of[j];
+      }
+      const double load_ms =
+          kDiskBatchOverheadMs + disk_bytes / disk_bps_ * 1e3 + host_bytes / kHostCopyBytesPerS * 1e3;
+      const double recompute_ms = toks / prefill_tps_ * 1e3;
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      if (recompute_ms < load_ms) {
+        ++stats_.recompute_decisions;
+        out.recomputed_blocks += static_cast<int>(plan.size() - a);
+        plan.resize(a);
+        n_tokens_of.resize(a);
+        break;
+      }
+      ++stats_.load_decisions;
+    }
+  }
+
+  // 3. Pin device blocks first (so allocating pages below cannot evict them), then allocate.
+  const int loadable = std::min(max_positions, [&] {
+    int t = 0;
+    for (int c : n_tokens_of) t += c;
+    return t;
+  }());
+  auto is_private = [&](size_t j) {
+    // Partly covered by the loaded positions, or a session tail: the sequence will write into
+    // it, so it gets its own page.
+    return n_tokens_of[j] < bt_ || static_cast<int>(j + 1) * bt_ > loadable;
+  };
+  size_t usable = plan.size();
+  for (size_t j = 0; j < plan.size(); ++j) {
+    if (plan[j].tier == Tier::kDevice && !is_private(j)) {
+      DeviceEntry& e = device_.at(plan[j].key);
+      pool_.Ref(e.page);
+      device_lru_.splice(device_lru_.begin(), device_lru_, e.lru);
+      plan[j].page = e.page;
+    }
+  }
+  for (size_t j = 0; j < plan.size(); ++j) {
+    if (plan[j].page >= 0) continue;
+    const int p = pool_.Allocate();
+    if (p < 0) {
+      usable = j;
+      break;
+    }
+    plan[j].page = p;
+    if (plan[j].tier == Tier::kDevice) {  // a private copy of a cached page
+      const DeviceEntry& e = device_.at(plan[j].key);
+      std::memcpy(pool_.page(p), pool_.page(e.page), block_bytes_);
+    } else if (plan[j].tier == Tier::kHost) {
+      HostEntry& e = host_.at(plan[j].key);
+      std::memcpy(pool_.page(p), e.bytes.get(), block_bytes_);
+      host_lru_.splice(host_lru_.begin(), host_lru_, e.lru);
+    }
+  }
+  // 4. One batched read for every disk block.
+  std::vector<size_t> disk_idx;
+  for (size_t j = 0; j < usable; ++j) {
+    if (plan[j].tier == Tier::kDisk) disk_idx.push_back(j);
+  }
+  const size_t bad = LoadDisk(plan, disk_idx, tokens, n_tokens_of);
+  if (bad < disk_idx.size()) usable = std::min(usable, disk_idx[bad]);
+  // Blocks past the usable prefix go back.
+  for (size_t j = usable; j < plan.size(); ++j) {
+    if (plan[j].page >= 0) pool_.Unref(plan[j].page);
+  }
+  if (usable < plan.size()) out.recomputed_blocks += static_cast<int>(plan.size() - usable);
+  plan.resize(usable);
+
+  // 5. The sequence, and loaded full blocks join the device tier.
+  int positions = 0;
+  for (size_t j = 0; j < plan.size(); ++j) {
+    const int cover = std::min(n_tokens_of[j], max_positions - positions);
+    positions += cover;
+    seq.block_table.push_back(plan[j].page);
+    const size_t bytes = block_bytes_;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    switch (plan[j].tier) {
+      case Tier::kDevice:
+        out.device_tokens += cover;
+        break;
+      case Tier::kHost:
+        out.host_tokens += cover;
+        stats_.host.bytes_in += bytes;
+        break;
+      case Tier::kDisk:
+        out.disk_tokens += cover;
+        stats_.disk.bytes_in += bytes;
+        break;
+    }
+  }
+  seq.tokens.assign(tokens.begin(), tokens.begin() + positions);
+  for (size_t j = 0; j < plan.size(); ++j) {
+    if (plan[j].tier != Tier::kDevice && !is_private(j) && !device_.count(plan[j].key)) {
+      const auto toks = tokens.subspan(j * static_cast<size_t>(bt_), bt_);
+      InsertDevice(plan[j].key, plan[j].parent, toks, plan[j].page);
+    }
+  }
+  out.cached_tokens = positions;
+  out.load_ms = watch.ElapsedMs();
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.cached_tokens += positions;
+  return out;
+}
+
+void PrefixCache::Impl::Publish(const engine::Sequence& seq) {
+  const int n_full = seq.n_past() / bt_;
+  Hash128 parent = ns_;
+  for (int i = 0; i < n_full && i < static_cast<int>(seq.block_table.size()); ++i) {
+    const auto toks = std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(i) * bt_, bt_);
+    const Hash128 key = ChainHash(parent, toks);
+    const int page = seq.block_table[i];
+    if (auto it = device_.find(key); it != device_.end()) {
+      device_lru_.splice(device_lru_.begin(), device_lru_, it->second.lru);
+    } else if (!page_cached_[page]) {
+      InsertDevice(key, parent, toks, page);
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.published_blocks;
+      }
+      if (options_.write_policy == WritePolicy::kAlways) {
+        WriteToDisk(key, parent, toks, PageBytes(page));
+      }
+    }
+    parent = key;
+  }
+}
+
+Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Sequence& seq) {
+  KV_RETURN_IF_ERROR(ValidateSessionName(name));
+  if (store_ == nullptr) {
+    return Status::InvalidArgument("sessions need a disk tier (--cache-dir)");
+  }
+  if (seq.tokens.empty()) return Status::InvalidArgument("cannot save an empty sequence");
+  const int n = seq.n_past();
+  const int n_full = n / bt_;
+  const std::span<const int32_t> all(seq.tokens);
+  std::vector<std::future<Status>> pending;
+  nlohmann::json blocks = nlohmann::json::array();
+  Hash128 parent = ns_;
+  for (int i = 0; i < n_full; ++i) {
+    const auto toks = all.subspan(static_cast<size_t>(i) * bt_, bt_);
+    const Hash128 key = ChainHash(parent, toks);
+    if (!store_->Contains(key)) {
+      pending.push_back(store_->Put(key, HeaderFor(parent, toks), PageBytes(seq.block_table[i])));
+    }
+    blocks.push_back(HashHex(key));
+    parent = key;
+  }
+  std::string tail_hex;
+  if (n > n_full * bt_) {
+    const auto toks = all.subspan(static_cast<size_t>(n_full) * bt_);
+    const Hash128 key = TailHash(parent, toks);
+    pending.push_back(store_->Put(key, HeaderFor(parent, toks), PageBytes(seq.block_table[n_full])));
+    tail_hex = HashHex(key);
+  }
+  for (auto& f : pending) {
+    Status s = f.get();
+    if (!s.ok()) return Status(s.code(), "saving session '" + name + "': " + s.message());
+  }
+  KV_RETURN_IF_ERROR(store_->Flush());
+  const int64_t now = WallNowUs();
+  int64_t created = now;
+  if (Result<nlohmann::json> old = LoadManifest(*store_, name); old.ok()) {
+    created = old->value("created_us", now);
+    // The replaced session's tail is no longer named by anything.
+    const std::string old_tail = SessionTailKeyHex(*old);
+    if (!old_tail.empty() && old_tail != tail_hex) {
+      if (Result<Hash128> k = ParseHex(old_tail); k.ok()) (void)store_->Erase(*k);
+    }
+  }
+  nlohmann::json m;
+  m["format"] = kManifestFormat;
+  m["namespace"] = HashHex(ns_);
+  m["namespace_text"] = NamespaceString(ns_params_);
+  m["model"] = {{"path", model_path_},
+                {"description", model_description_},
+                {"fingerprint", HashHex(ns_params_.model_fingerprint)}};
+  m["kv"] = {{"dtype", engine::KvDtypeName(layout_.dtype)}, {"block_tokens", bt_}};
+  m["n_tokens"] = n;
+  m["tokens"] = seq.tokens;
+  m["blocks"] = blocks;
+  if (!tail_hex.empty()) m["tail"] = tail_hex;
+  m["bytes"] = static_cast<uint64_t>(n_full + (tail_hex.empty() ? 0 : 1)) * block_bytes_;
+  m["created_us"] = created;
+  m["last_used_us"] = now;
+  return store_->PutSession(name, m.dump());
+}
+
+Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::string& name,
+                                                                engine::Sequence& seq,
+                                                                int max_positions) {
+  KV_RETURN_IF_ERROR(ValidateSessionName(name));
+  if (store_ == nullptr) {
+    return Status::InvalidArgument("sessions need a disk tier (--cache-dir)");
+  }
+  KV_ASSIGN_OR_RETURN(nlohmann::json m, LoadManifest(*store_, name));
+  if (m.value("namespace", "") != HashHex(ns_)) {
+    const std::string fp = m.value("model", nlohmann::json::object()).value("fingerprint", "");
+    if (fp != HashHex(ns_params_.model_fingerprint)) {
+      return Status::Incompatible(
+          "session '" + name + "' was saved with another model (" +
+          m["model"].value("path", std::string("?")) + ", fingerprint " + fp +
+          "); this run uses fingerprint " + HashHex(ns_params_.model_fingerprint));
+    }
+    return Status::Incompatible(
+        "session '" + name + "' was saved with other KV settings (" +
+        m.value("namespace_text", std::string("?")) + "); this run uses " +
+        NamespaceString(ns_params_));
+  }
+  Restored r;
+  if (!m.contains("tokens") || !m["tokens"].is_array()) {
+    return Status::Corruption("session '" + name + "' manifest has no tokens");
+  }
+  for (const auto& t : m["tokens"]) {
+    if (!t.is_number_integer()) return Status::Corruption("session '" + name + "': bad token");
+    r.tokens.push_back(t.get<int32_t>());
+  }
+  if (r.tokens.empty()) return Status::Corruption("session '" + name + "' has no tokens");
+  const int n = static_cast<int>(r.tokens.size());
+  if (max_positions < 0 || max_positions > n) max_positions = n;
+  std::optional<Hash128> tail;
+  if (const std::string t = SessionTailKeyHex(m); !t.empty()) {
+    KV_ASSIGN_OR_RETURN(Hash128 k, ParseHex(t));
+    tail = k;
+  }
+  KV_ASSIGN_OR_RETURN(r.acquired,
+                      Acquire(seq, r.tokens, max_positions, tail ? &*tail : nullptr));
+  m["last_used_us"] = WallNowUs();
+  (void)store_->PutSession(name, m.dump());
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+PrefixCache::PrefixCache(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PrefixCache::~PrefixCache() = default;
+
+Result<std::unique_ptr<PrefixCache>> PrefixCache::Create(engine::KvPool& pool,
+                                                         storage::BlockStore* store,
+                                                         const NamespaceParams& ns,
+                                                         const CacheOptions& options,
+                                                         std::string model_path,
+                                                         std::string model_description) {
+  if (!(ns.layout == pool.layout())) {
+    return Status::InvalidArgument("cache namespace layout differs from the KV pool's");
+  }
+  if (options.write_queue_blocks == 0 || options.write_queue_bytes == 0) {
+    return Status::InvalidArgument("write-behind queue bounds must be > 0");
+  }
+  if (options.max_device_pages < 0) return Status::InvalidArgument("max_device_pages must be >= 0");
+  return std::unique_ptr<PrefixCache>(new PrefixCache(std::make_unique<Impl>(
+      pool, store, ns, options, std::move(model_path), std::move(model_description))));
+}
+
+const Hash128& PrefixCache::namespace_hash() const { return impl_->ns(); }
+Result<AcquireResult> PrefixCache::Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
+                                           int max_positions) {
+  return impl_->Acquire(seq, tokens, max_positions, nullptr);
+}
+void PrefixCache::Publish(const engine::Sequence& seq) { impl_->Publish(seq); }
+void PrefixCache::Release(engine::Sequence& seq) { impl_->Release(seq); }
+void PrefixCache::ObservePrefill(int tokens, double ms) { impl_->ObservePrefill(tokens, ms); }
+Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence& seq) {
+  return impl_->SaveSession(name, seq);
+}
+Result<PrefixCache::Restored> PrefixCache::RestoreSession(const std::string& name,
+                                                          engine::Sequence& seq,
+                                                          int max_positions) {
+  return impl_->RestoreSession(name, seq, max_positions);
+}
+Status PrefixCache::Flush() { return impl_->Flush(); }
+void PrefixCache::EvictDevice() { impl_->EvictDevice(); }
+void PrefixCache::DropHost() { impl_->DropHost(); }
+CacheStats PrefixCache::Stats() const { return impl_->Stats(); }
+
+}  // namespace kvstash::cache

@@ -1,0 +1,190 @@
+// PrefixCache: what lets kvstash skip prefill (ARCHITECTURE.md §3-§4, docs/cache.md).
+//
+// Three tiers hold KV blocks (one block = block_tokens positions, all layers, one contiguous
+// page of the engine's KvPool layout):
+//   device  the engine's paged pool itself: cached pages stay in the pool after their sequence
+//           is released, are shared by reference count, and are evicted LRU (through the pool's
+//           reclaimer) when the engine needs pages. Pages referenced by a live sequence are pinned.
+//   host    an LRU of block copies in host memory under a byte budget (on the CPU backend the
+//           device pool already is host RAM, so it defaults to 0 there: see docs/cache.md).
+//   disk    a storage::BlockStore; blocks are written behind on a bounded queue and survive
+//           restarts.
+// Acquire() finds the longest cached prefix of a prompt in any tier, checks each block's parent
+// hash and token ids, loads it into pool pages (disk blocks in one batched read) and leaves the
+// rest to the runner; Publish() registers the full blocks a sequence has computed; sessions save
+// a whole sequence (partial tail block included) durably under a name.
+//
+// Thread safety: one engine thread drives a PrefixCache (like the Runner it wraps); Stats() may be
+// called from any thread. The write-behind thread is internal. Destroy the cache before the Runner.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "cache/hash.h"
+#include "engine/kv_cache.h"
+
+namespace kvstash::storage {
+class BlockStore;
+}
+
+namespace kvstash::cache {
+
+// When published blocks are written to the disk tier.
+enum class WritePolicy : uint8_t {
+  kAlways,   // queued for disk as soon as they are published (default)
+  kOnEvict,  // written when they leave the memory tiers
+  kNever,    // never written behind (sessions still write their blocks)
+};
+const char* WritePolicyName(WritePolicy p);
+Result<WritePolicy> ParseWritePolicy(const std::string& name);  // always | on-evict | never
+
+struct CacheOptions {
+  // Joins the namespace: different salts never share blocks. Default "".
+  std::string cache_salt;
+  // Most pool pages the device tier keeps cached (unreferenced); 0 = as many as the pool holds.
+  int max_device_pages = 0;
+  // Byte budget of the host tier; 0 disables it. Default 0 (CPU backend; see docs/cache.md).
+  uint64_t host_bytes = 0;
+  // Disk tier write-behind.
+  WritePolicy write_policy = WritePolicy::kAlways;
+  // Bound of the write-behind queue; a block published while it is full is not persisted
+  // (counted in CacheStats::write_dropped). Defaults 1024 blocks / 1 GiB.
+  size_t write_queue_blocks = 1024;
+  uint64_t write_queue_bytes = 1ull << 30;
+  // Load-or-recompute planning. A run of disk blocks is loaded only when reading it is estimated
+  // to beat recomputing it. Estimates start from these (0 = the last measured values remembered
+  // in the store, else 1 GB/s and "prefill rate unknown", which always loads) and follow
+  // measurements (GetMany bandwidth, ObservePrefill).
+  bool cost_model = true;
+  double disk_read_bytes_per_s = 0;
+  double prefill_tokens_per_s = 0;
+};
+
+struct TierStats {
+  uint64_t hits = 0;      // blocks served from this tier
+  uint64_t misses = 0;    // block lookups that fell through this tier
+  uint64_t bytes_in = 0;  // bytes copied out of this tier into device pages (device: 0)
+  uint64_t evictions = 0;
+  uint64_t blocks = 0;  // resident blocks (disk: blocks in the store)
+  uint64_t bytes = 0;   // resident bytes
+};
+
+struct CacheStats {
+  TierStats device, host, disk;
+  uint64_t lookups = 0;         // Acquire calls
+  uint64_t lookup_tokens = 0;   // prompt tokens looked up
+  uint64_t cached_tokens = 0;   // positions served from the cache
+  uint64_t published_blocks = 0;
+  uint64_t corrupt_blocks = 0;  // failed verification (checksum, parent, tokens, size): recomputed
+  uint64_t load_decisions = 0;       // disk runs the planner chose to load
+  uint64_t recompute_decisions = 0;  // disk runs it chose to recompute (faster than loading)
+  // Write-behind.
+  uint64_t write_queue_depth = 0;  // blocks waiting now
+  uint64_t write_queue_bytes = 0;
+  uint64_t write_queued = 0;   // blocks accepted into the queue
+  uint64_t write_dropped = 0;  // blocks not persisted because the queue was full
+  uint64_t written_blocks = 0;  // made durable (or already stored)
+  uint64_t write_failed = 0;    // the store refused or failed them (e.g. disk full)
+  // Planner estimates.
+  double disk_read_bytes_per_s = 0;
+  double prefill_tokens_per_s = 0;
+};
+
+// Where the positions Acquire put into a sequence came from.
+struct AcquireResult {
+  int cached_tokens = 0;  // positions loaded (== seq.n_past() after Acquire)
+  int device_tokens = 0;
+  int host_tokens = 0;
+  int disk_tokens = 0;
+  int recomputed_blocks = 0;  // cached blocks not used (planner, failed verification, no pages)
+  double load_ms = 0;         // lookup + copies + disk reads
+};
+
+struct SessionInfo {
+  std::string name;
+  std::string model_path;
+  std::string model_description;
+  std::string model_fingerprint;  // 32 hex digits
+  int64_t tokens = 0;
+  uint64_t bytes = 0;  // KV bytes the session names (full blocks + tail)
+  int64_t created_us = 0;    // Unix microseconds
+  int64_t last_used_us = 0;
+};
+
+// Session names: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
+Status ValidateSessionName(const std::string& name);
+// Sessions of a store, without a model (for `kvstash session list|rm`).
+Result<std::vector<SessionInfo>> ListSessions(storage::BlockStore& store);
+// Removes the manifest and the session's tail block (its full blocks stay as cache entries).
+// NotFound for an unknown name.
+Status DeleteSession(storage::BlockStore& store, const std::string& name);
+
+class PrefixCache {
+ public:
+  // `pool` is the runner's KV pool (its layout must match `ns.layout`); `store` may be null (no
+  // disk tier; sessions then fail with InvalidArgument). Both must outlive the cache.
+  // `model_path` and `model_description` are recorded in session manifests.
+  static Result<std::unique_ptr<PrefixCache>> Create(engine::KvPool& pool,
+                                                     storage::BlockStore* store,
+                                                     const NamespaceParams& ns,
+                                                     const CacheOptions& options,
+                                                     std::string model_path = "",
+                                                     std::string model_description = "");
+  // Drains the write-behind queue (everything queued becomes durable), remembers the planner's
+  // estimates in the store, and returns cached pages to the pool.
+  ~PrefixCache();
+  PrefixCache(const PrefixCache&) = delete;
+  PrefixCache& operator=(const PrefixCache&) = delete;
+
+  const Hash128& namespace_hash() const;
+
+  // Loads the longest usable cached prefix of `tokens` into `seq`, which must be empty: at most
+  // `max_positions` positions (default: tokens.size() - 1, so the caller always prefills at least
+  // the last token and gets its logits). The caller then prefills tokens[seq.n_past()..].
+  // Fails only on misuse (non-empty sequence); cache trouble degrades to fewer cached tokens.
+  Result<AcquireResult> Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
+                                int max_positions = -1);
+  // Registers every full block of `seq` that is not cached yet (device tier, and the disk tier
+  // per the write policy). Call after prefill and as generation fills blocks. Never blocks.
+  void Publish(const engine::Sequence& seq);
+  // Returns the sequence's pages; cached ones stay in the device tier.
+  void Release(engine::Sequence& seq);
+  // Tells the planner how fast prefill ran (tokens computed in `ms`).
+  void ObservePrefill(int tokens, double ms);
+
+  // Saves `seq` (tokens and KV, partial tail included) as `name`, replacing a session of that
+  // name. Durable when it returns. InvalidArgument without a disk tier.
+  Status SaveSession(const std::string& name, const engine::Sequence& seq);
+  struct Restored {
+    std::vector<int32_t> tokens;  // the session's tokens (seq holds a prefix of them)
+    AcquireResult acquired;
+  };
+  // Loads session `name` into the empty `seq`: at most `max_positions` of its tokens (default
+  // all). Blocks missing from every tier are left for the caller to prefill from
+  // tokens[seq.n_past()..]. NotFound for an unknown name; Incompatible when it was saved
+  // under another model, KV type, block size or salt.
+  Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
+                                  int max_positions = -1);
+
+  // Everything queued for disk is durable when it returns.
+  Status Flush();
+  // Testing and benchmarks: moves every unpinned device block out of the device tier (into the
+  // host tier when it has room, to disk under on-evict), then (DropHost) empties the host tier.
+  void EvictDevice();
+  void DropHost();
+
+  CacheStats Stats() const;
+
+  class Impl;
+
+ private:
+  explicit PrefixCache(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvstash::cache

@@ -1,0 +1,125 @@
+// Helpers for prefix cache tests: a model + runner + optional store + cache, and a generation
+// loop that uses the cache the way `kvstash run` does.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/prefix_cache.h"
+#include "engine/runner.h"
+#include "storage/block_store.h"
+#include "storage/testing/test_blocks.h"
+#include "tests/engine/engine_test_util.h"
+
+namespace kvstash::cache::testutil {
+
+using engine::testutil::LoadOrDie;
+using engine::testutil::SyntheticModel;
+
+struct StackSetup {
+  engine::KvDtype dtype = engine::KvDtype::kF16;
+  int block_tokens = 16;
+  int n_pages = 256;
+  int n_ctx = 1024;
+  CacheOptions cache;
+  std::string store_dir;  // empty: no disk tier
+  uint64_t store_capacity = 64ull << 20;
+  uint64_t segment_bytes = 4ull << 20;
+};
+
+// One "process": runner, store and cache over a loaded model.
+class Stack {
+ public:
+  Stack(const engine::Model& model, const std::string& model_path, const StackSetup& s) {
+    engine::RunnerOptions ro;
+    ro.kv_dtype = s.dtype;
+    ro.block_tokens = s.block_tokens;
+    ro.n_ctx = s.n_ctx;
+    ro.n_pages = s.n_pages;
+    ro.n_threads = 2;
+    auto r = engine::Runner::Create(model, ro);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    runner = std::move(*r);
+    if (!s.store_dir.empty()) {
+      storage::Options so;
+      so.path = s.store_dir;
+      so.capacity_bytes = s.store_capacity;
+      so.segment_bytes = s.segment_bytes;
+      auto st = storage::BlockStore::Open(so);
+      EXPECT_TRUE(st.ok()) << st.status().ToString();
+      store = std::move(*st);
+    }
+    auto fp = FingerprintFile(model_path, store.get());
+    EXPECT_TRUE(fp.ok()) << fp.status().ToString();
+    ns = NamespaceFor(model, *fp, runner->kv_layout(), s.cache.cache_salt);
+    auto c = PrefixCache::Create(runner->pool(), store.get(), ns, s.cache, model_path,
+                                 model.Describe());
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    cache = std::move(*c);
+  }
+  ~Stack() { Close(); }
+  // Shuts down in the right order (cache drains its queue into the store first).
+  void Close() {
+    cache.reset();
+    if (store) {
+      EXPECT_TRUE(store->Close().ok());
+    }
+    store.reset();
+    runner.reset();
+  }
+
+  std::unique_ptr<engine::Runner> runner;
+  std::unique_ptr<storage::BlockStore> store;
+  std::unique_ptr<PrefixCache> cache;
+  NamespaceParams ns;
+};
+
+struct GenResult {
+  std::vector<int32_t> tokens;
+  AcquireResult acquired;
+};
+
+// Greedy generation of `n` tokens after `prompt`, reusing and filling the cache when given.
+inline GenResult Generate(engine::Runner& runner, PrefixCache* cache,
+                          const std::vector<int32_t>& prompt, int n) {
+  GenResult out;
+  engine::Sequence seq;
+  if (cache != nullptr) {
+    auto a = cache->Acquire(seq, prompt);
+    EXPECT_TRUE(a.ok()) << a.status().ToString();
+    if (a.ok()) out.acquired = *a;
+    EXPECT_EQ(seq.n_past(), out.acquired.cached_tokens);
+    EXPECT_EQ(out.acquired.cached_tokens, out.acquired.device_tokens + out.acquired.host_tokens +
+                                              out.acquired.disk_tokens);
+  }
+  std::vector<float> logits;
+  std::span<const int32_t> rest(prompt.data() + seq.n_past(), prompt.size() - seq.n_past());
+  Status s = runner.Prefill(seq, rest, engine::LogitsMode::kLast, &logits);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  if (!s.ok()) return out;
+  if (cache != nullptr) cache->Publish(seq);
+  out.tokens = engine::testutil::Greedy(runner, seq, logits, n);
+  if (cache != nullptr) {
+    cache->Publish(seq);
+    cache->Release(seq);
+  } else {
+    runner.Release(seq);
+  }
+  return out;
+}
+
+// A deterministic pseudo-random prompt of `n` ids in [first, vocab).
+inline std::vector<int32_t> MakePrompt(int n, int vocab, uint32_t seed, int first = 3) {
+  std::vector<int32_t> p;
+  uint32_t x = seed * 2654435761u + 1;
+  for (int i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    p.push_back(first + static_cast<int32_t>((x >> 8) % static_cast<uint32_t>(vocab - first)));
+  }
+  return p;
+}
+
+}  // namespace kvstash::cache::testutil
