@@ -236,7 +236,7 @@ class PrefixCache::Impl {
   }
   Status SaveSession(const std::string& name, const engine::Sequence& seq);
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
-                                  int max_positions);
+                                  int leave_tokens);
   Status Flush() {
     if (writer_ == nullptr) return Status::Ok();
     return writer_->Flush();
@@ -754,7 +754,7 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
 
 Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::string& name,
                                                                 engine::Sequence& seq,
-                                                                int max_positions) {
+                                                                int leave_tokens) {
   KV_RETURN_IF_ERROR(ValidateSessionName(name));
   if (store_ == nullptr) {
     return Status::InvalidArgument("sessions need a disk tier (--cache-dir)");
@@ -783,7 +783,7 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
   }
   if (r.tokens.empty()) return Status::Corruption("session '" + name + "' has no tokens");
   const int n = static_cast<int>(r.tokens.size());
-  if (max_positions < 0 || max_positions > n) max_positions = n;
+  const int max_positions = std::max(0, n - std::max(0, leave_tokens));
   std::optional<Hash128> tail;
   if (const std::string t = SessionTailKeyHex(m); !t.empty()) {
     KV_ASSIGN_OR_RETURN(Hash128 k, ParseHex(t));
@@ -831,8 +831,8 @@ Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence&
 }
 Result<PrefixCache::Restored> PrefixCache::RestoreSession(const std::string& name,
                                                           engine::Sequence& seq,
-                                                          int max_positions) {
-  return impl_->RestoreSession(name, seq, max_positions);
+                                                          int leave_tokens) {
+  return impl_->RestoreSession(name, seq, leave_tokens);
 }
 Status PrefixCache::Flush() { return impl_->Flush(); }
 void PrefixCache::EvictDevice() { impl_->EvictDevice(); }

@@ -164,12 +164,12 @@ class PrefixCache {
     std::vector<int32_t> tokens;  // the session's tokens (seq holds a prefix of them)
     AcquireResult acquired;
   };
-  // Loads session `name` into the empty `seq`: at most `max_positions` of its tokens (default
-  // all). Blocks missing from every tier are left for the caller to prefill from
+  // Loads session `name` into the empty `seq`: all its tokens but the last `leave_tokens` (pass 1
+  // when nothing will be appended, so the last token is recomputed for its logits). Blocks missing from every tier are left for the caller to prefill from
   // tokens[seq.n_past()..]. NotFound for an unknown name; Incompatible when it was saved
   // under another model, KV type, block size or salt.
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
-                                  int max_positions = -1);
+                                  int leave_tokens = 0);
 
   // Everything queued for disk is durable when it returns.
   Status Flush();

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   kvstash::cli::RegisterRunCommand(app, &exit_code);
   kvstash::cli::RegisterTokenizeCommands(app, &exit_code);
+  kvstash::cli::RegisterSessionCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <span>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "cache/prefix_cache.h"
 #include "daemon/cli/commands.h"
 #include "daemon/cli/default_model.h"
 #include "engine/chat_template.h"
@@ -21,6 +24,7 @@
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "engine/vocab.h"
+#include "storage/block_store.h"
 
 namespace kvstash::cli {
 namespace {
@@ -54,6 +58,25 @@ struct RunArgs {
   std::string system;
   std::string chat_template;
   int think = -1;  // -1 template default, 0 off, 1 on (Qwen3)
+  // Prefix cache.
+  std::string cache_dir;
+  std::string cache_salt;
+  std::string cache_bytes = "64G";
+  std::string host_cache_bytes = "0";
+  std::string write_policy = "always";
+  std::string session;
+  std::string save_session;
+};
+
+// The cache tiers of one run: the store (disk tier) and the PrefixCache over the runner's pool.
+// Declared before the runner so it is destroyed after the cache, which drains into the store.
+struct CacheRun {
+  std::unique_ptr<storage::BlockStore> store;
+  std::unique_ptr<cache::PrefixCache> cache;
+  double open_ms = 0;
+  double fingerprint_ms = 0;
+  bool fingerprint_remembered = false;
+  cache::Hash128 fingerprint;
 };
 
 Result<std::vector<int32_t>> ParseIds(const std::string& s) {
@@ -115,6 +138,21 @@ int Run(const RunArgs& a) {
   if (a.n_predict < 0) return fail(Status::InvalidArgument("-n must be >= 0"), 2);
   if (a.top_logits < 0) return fail(Status::InvalidArgument("--top-logits must be >= 0"), 2);
 
+  if ((!a.session.empty() || !a.save_session.empty()) && a.cache_dir.empty()) {
+    return fail(Status::InvalidArgument("--session/--save-session need --cache-dir"), 2);
+  }
+  for (const std::string* name : {&a.session, &a.save_session}) {
+    if (!name->empty()) {
+      if (Status s = cache::ValidateSessionName(*name); !s.ok()) return fail(s, 2);
+    }
+  }
+  auto write_policy = cache::ParseWritePolicy(a.write_policy);
+  if (!write_policy.ok()) return fail(write_policy.status(), 2);
+  auto disk_budget = ParseByteSize(a.cache_bytes);
+  if (!disk_budget.ok()) return fail(disk_budget.status().WithContext("--cache-bytes"), 2);
+  auto host_budget = ParseByteSize(a.host_cache_bytes);
+  if (!host_budget.ok()) return fail(host_budget.status().WithContext("--host-cache-bytes"), 2);
+
   std::string model_path = a.model;
   if (model_path.empty()) {
     auto p = EnsureDefaultModel();
@@ -141,7 +179,25 @@ int Run(const RunArgs& a) {
     }
   }
 
-  Stopwatch ttft_watch;  // covers tokenization, prefill and the first sample
+  CacheRun cr;
+  if (!a.cache_dir.empty()) {
+    Stopwatch w;
+    storage::Options so;
+    so.path = a.cache_dir;
+    so.capacity_bytes = *disk_budget;
+    so.segment_bytes = std::min<uint64_t>(so.segment_bytes, std::max<uint64_t>(*disk_budget / 4, 64 << 10) & ~uint64_t{4095});
+    auto store = storage::BlockStore::Open(so);
+    if (!store.ok()) return fail(store.status().WithContext("--cache-dir " + a.cache_dir));
+    cr.store = std::move(*store);
+    cr.open_ms = w.ElapsedMs();
+    w.Reset();
+    auto fp = cache::FingerprintFile(model_path, cr.store.get(), &cr.fingerprint_remembered);
+    if (!fp.ok()) return fail(fp.status());
+    cr.fingerprint = *fp;
+    cr.fingerprint_ms = w.ElapsedMs();
+  }
+
+  Stopwatch ttft_watch;  // covers tokenization, cache lookup and load, prefill, first sample
   std::vector<int32_t> prompt;
   if (!a.prompt_ids.empty()) {
     auto ids = ParseIds(a.prompt_ids);
@@ -154,7 +210,7 @@ int Run(const RunArgs& a) {
       if (!in) return fail(Status::NotFound("cannot read prompt file " + a.file));
       text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     }
-    bool add_bos = !a.no_bos && tokenizer->vocab().add_bos;
+    bool add_bos = !a.no_bos && tokenizer->vocab().add_bos && a.session.empty();
     if (a.chat) {
       auto rendered = RenderChatPrompt(a, text, *tokenizer);
       if (!rendered.ok()) return fail(rendered.status(), 2);
@@ -168,7 +224,7 @@ int Run(const RunArgs& a) {
   if ((a.chat || !a.system.empty()) && !a.prompt_ids.empty()) {
     return fail(Status::InvalidArgument("--chat/--system need a text prompt, not --prompt-ids"), 2);
   }
-  if (prompt.empty()) {
+  if (prompt.empty() && a.session.empty()) {
     if (tokenizer && tokenizer->vocab().bos_id >= 0) {
       prompt.push_back(tokenizer->vocab().bos_id);
     } else {
@@ -184,8 +240,39 @@ int Run(const RunArgs& a) {
   ro.n_batch = a.n_batch;
   auto runner = engine::Runner::Create(**model, ro);
   if (!runner.ok()) return fail(runner.status(), 2);
-  if (static_cast<int64_t>(prompt.size()) + a.n_predict > (*runner)->options().n_ctx) {
-    return fail(Status::InvalidArgument("prompt (" + std::to_string(prompt.size()) +
+  // After the runner, so it is destroyed first (it drains write-behind into the store).
+  struct CacheCloser {
+    CacheRun& cr;
+    ~CacheCloser() { cr.cache.reset(); }
+  } cache_closer{cr};
+  if (cr.store) {
+    cache::CacheOptions co;
+    co.cache_salt = a.cache_salt;
+    co.host_bytes = *host_budget;
+    co.write_policy = *write_policy;
+    auto ns = cache::NamespaceFor(**model, cr.fingerprint, (*runner)->kv_layout(), a.cache_salt);
+    auto c = cache::PrefixCache::Create((*runner)->pool(), cr.store.get(), ns, co, model_path,
+                                        (*model)->Describe());
+    if (!c.ok()) return fail(c.status());
+    cr.cache = std::move(*c);
+  }
+  // The context: a restored session's tokens, then this run's prompt.
+  engine::Sequence seq;
+  std::vector<int32_t> context;
+  cache::AcquireResult acquired;
+  if (!a.session.empty()) {
+    // With nothing appended, the session's last token is recomputed for its logits.
+    auto restored = cr.cache->RestoreSession(a.session, seq, prompt.empty() ? 1 : 0);
+    if (!restored.ok()) return fail(restored.status());
+    context = std::move(restored->tokens);
+    acquired = restored->acquired;
+  }
+  context.insert(context.end(), prompt.begin(), prompt.end());
+  if (context.empty()) {
+    return fail(Status::InvalidArgument("empty prompt and the model has no BOS token"), 2);
+  }
+  if (static_cast<int64_t>(context.size()) + a.n_predict > (*runner)->options().n_ctx) {
+    return fail(Status::InvalidArgument("prompt (" + std::to_string(context.size()) +
                                         " tokens) + n_predict (" + std::to_string(a.n_predict) +
                                         ") exceeds the context size " +
                                         std::to_string((*runner)->options().n_ctx) + "; raise -c"),
@@ -215,13 +302,23 @@ int Run(const RunArgs& a) {
     }
   }
   engine::StopChecker stop(limits);
-  engine::Sequence seq;
+  if (cr.cache && a.session.empty()) {
+    auto got = cr.cache->Acquire(seq, context);
+    if (!got.ok()) return fail(got.status());
+    acquired = *got;
+  }
   std::vector<float> logits;
   Stopwatch prefill_watch;
-  if (Status s = (*runner)->Prefill(seq, prompt, engine::LogitsMode::kLast, &logits); !s.ok()) {
+  const std::span<const int32_t> suffix(context.data() + seq.n_past(),
+                                        context.size() - seq.n_past());
+  if (Status s = (*runner)->Prefill(seq, suffix, engine::LogitsMode::kLast, &logits); !s.ok()) {
     return fail(s);
   }
   const double prefill_ms = prefill_watch.ElapsedMs();
+  if (cr.cache) {
+    cr.cache->ObservePrefill(static_cast<int>(suffix.size()), prefill_ms);
+    cr.cache->Publish(seq);
+  }
 
   nlohmann::json top = nlohmann::json::array();
   if (a.top_logits > 0) {
@@ -235,6 +332,7 @@ int Run(const RunArgs& a) {
   }
 
   std::vector<int32_t> generated;
+  int32_t last_sampled = -1;
   std::string text;
   double ttft_ms = 0;
   Stopwatch decode_watch;
@@ -247,6 +345,7 @@ int Run(const RunArgs& a) {
       decode_watch.Reset();
     }
     sampler->Accept(*tok);
+    last_sampled = *tok;
     const std::string piece = tokenizer ? tokenizer->TokenToPiece(*tok, false) : "";
     engine::StopChecker::Step step = stop.Push(*tok, piece);
     if (step.reason != engine::StopReason::kEndOfGeneration) generated.push_back(*tok);
@@ -260,9 +359,33 @@ int Run(const RunArgs& a) {
       break;
     }
     if (Status s = (*runner)->Decode(seq, *tok, &logits); !s.ok()) return fail(s);
+    last_sampled = -1;  // now part of the sequence
+    if (cr.cache && seq.n_past() % (*runner)->options().block_tokens == 0) cr.cache->Publish(seq);
   }
   const double decode_ms = a.n_predict > 0 ? decode_watch.ElapsedMs() : 0.0;
-  const double pp_tps = prompt.size() / std::max(prefill_ms, 1e-6) * 1e3;
+  const double pp_tps = suffix.size() / std::max(prefill_ms, 1e-6) * 1e3;
+
+  double save_ms = 0, flush_ms = 0;
+  cache::CacheStats cache_stats;
+  if (cr.cache) {
+    if (!a.save_session.empty()) {
+      Stopwatch w;
+      // The session holds every token of the conversation, the last sampled one included.
+      if (last_sampled >= 0 && seq.n_past() < (*runner)->options().n_ctx) {
+        if (Status s = (*runner)->Decode(seq, last_sampled, &logits); !s.ok()) return fail(s);
+      }
+      cr.cache->Publish(seq);
+      if (Status s = cr.cache->SaveSession(a.save_session, seq); !s.ok()) return fail(s);
+      save_ms = w.ElapsedMs();
+    }
+    cr.cache->Release(seq);
+    Stopwatch w;
+    if (Status s = cr.cache->Flush(); !s.ok()) {
+      std::fprintf(stderr, "kvstash run: warning: cache flush: %s\n", s.ToString().c_str());
+    }
+    flush_ms = w.ElapsedMs();
+    cache_stats = cr.cache->Stats();
+  }
   const int n_decoded = generated.empty() ? 0 : static_cast<int>(generated.size()) - 1;
   const double tg_tps = n_decoded > 0 ? n_decoded / std::max(decode_ms, 1e-6) * 1e3 : 0.0;
 
@@ -282,11 +405,36 @@ int Run(const RunArgs& a) {
                        : reason == engine::StopReason::kStopString    ? "stop_string"
                                                                       : "max_tokens";
     j["top_logits"] = top;
+    if (cr.cache) {
+      j["cache"] = {{"cached_tokens", acquired.cached_tokens},
+                    {"device_tokens", acquired.device_tokens},
+                    {"host_tokens", acquired.host_tokens},
+                    {"disk_tokens", acquired.disk_tokens},
+                    {"load_ms", acquired.load_ms},
+                    {"context_tokens", context.size()},
+                    {"prefilled_tokens", suffix.size()},
+                    {"recomputed_blocks", acquired.recomputed_blocks},
+                    {"dir", a.cache_dir},
+                    {"namespace", cr.cache->namespace_hash().ToHex()},
+                    {"model_fingerprint", cr.fingerprint.ToHex()},
+                    {"fingerprint_ms", cr.fingerprint_ms},
+                    {"fingerprint_remembered", cr.fingerprint_remembered},
+                    {"open_ms", cr.open_ms},
+                    {"session", a.session},
+                    {"saved_session", a.save_session},
+                    {"save_ms", save_ms},
+                    {"flush_ms", flush_ms},
+                    {"published_blocks", cache_stats.published_blocks},
+                    {"written_blocks", cache_stats.written_blocks},
+                    {"write_dropped", cache_stats.write_dropped},
+                    {"write_failed", cache_stats.write_failed},
+                    {"corrupt_blocks", cache_stats.corrupt_blocks}};
+    }
     j["timings"] = {{"load_ms", load_ms},
                     {"ttft_ms", ttft_ms},
                     {"prefill_ms", prefill_ms},
                     {"decode_ms", decode_ms},
-                    {"prompt_tokens", prompt.size()},
+                    {"prompt_tokens", context.size()},
                     {"generated_tokens", generated.size()},
                     {"prompt_tokens_per_s", pp_tps},
                     {"gen_tokens_per_s", tg_tps}};
@@ -305,12 +453,24 @@ int Run(const RunArgs& a) {
     std::fprintf(stderr,
                  "\nkvstash run: model %s (%s), backend %s, %d threads\n"
                  "  load        %8.1f ms\n"
-                 "  prompt      %8zu tokens  %8.1f ms  %8.1f tokens/s\n"
+                 "  prefill     %8zu tokens  %8.1f ms  %8.1f tokens/s\n"
                  "  generation  %8zu tokens  %8.1f ms  %8.1f tokens/s\n"
                  "  time to first token %.1f ms\n",
                  model_path.c_str(), (*model)->Describe().c_str(), (*runner)->backend().name(),
-                 (*runner)->backend().n_threads(), load_ms, prompt.size(), prefill_ms, pp_tps,
+                 (*runner)->backend().n_threads(), load_ms, suffix.size(), prefill_ms, pp_tps,
                  generated.size(), decode_ms, tg_tps, ttft_ms);
+    if (cr.cache) {
+      std::fprintf(stderr,
+                   "  cache       %8d of %zu context tokens reused (device %d, host %d, disk %d), "
+                   "load %.1f ms; %zu prefilled\n",
+                   acquired.cached_tokens, context.size(), acquired.device_tokens,
+                   acquired.host_tokens, acquired.disk_tokens, acquired.load_ms, suffix.size());
+      if (!a.save_session.empty()) {
+        std::fprintf(stderr, "  session     saved '%s' (%d tokens) in %.1f ms\n",
+                     a.save_session.c_str(), static_cast<int>(context.size() + generated.size()),
+                     save_ms);
+      }
+    }
   }
   return 0;
 }
@@ -370,9 +530,33 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_flag("--no-bos", args->no_bos, "Do not prepend BOS to a text prompt");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
+  cmd->add_option("--cache-dir", args->cache_dir,
+                  "Persistent prefix cache directory (created if missing): reuse the KV of "
+                  "prompt prefixes computed by earlier runs, and store this run's");
+  cmd->add_option("--cache-salt", args->cache_salt,
+                  "Cache namespace salt: runs with different salts never share blocks");
+  cmd->add_option("--cache-bytes", args->cache_bytes,
+                  "Disk budget of --cache-dir (K/M/G/T suffixes); least recently used segments "
+                  "are evicted beyond it")
+      ->capture_default_str();
+  cmd->add_option("--host-cache-bytes", args->host_cache_bytes,
+                  "Host-memory tier budget (K/M/G suffixes); 0 = off, the CPU backend's KV pool "
+                  "already lives in RAM (docs/cache.md)")
+      ->capture_default_str();
+  cmd->add_option("--write-policy", args->write_policy,
+                  "When computed blocks are written to --cache-dir: always, on-evict or never")
+      ->capture_default_str();
+  cmd->add_option("--session", args->session,
+                  "Continue the saved session NAME: its tokens come first, the prompt is appended "
+                  "(no BOS); needs --cache-dir");
+  cmd->add_option("--save-session", args->save_session,
+                  "Save the whole sequence (context + generated tokens) as session NAME at the "
+                  "end, durably; needs --cache-dir");
   cmd->add_flag("--json", args->json,
                 "Print one JSON object on stdout: prompt_ids, generated_ids, text, top_logits, "
-                "timings {ttft_ms, prefill_ms, decode_ms, prompt_tokens_per_s, gen_tokens_per_s}");
+                "timings {ttft_ms, prefill_ms, decode_ms, prompt_tokens_per_s, gen_tokens_per_s}, and with "
+                "--cache-dir cache {cached_tokens, device_tokens, host_tokens, disk_tokens, "
+                "load_ms, ...}");
   cmd->callback([args, exit_code] { *exit_code = Run(*args); });
 }
 

@@ -1,0 +1,145 @@
+// `kvstash session list|rm --cache-dir DIR`: the named sessions of a prefix cache directory.
+#include <cerrno>
+#include <cinttypes>
+#include <cstdlib>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "cache/prefix_cache.h"
+#include "daemon/cli/commands.h"
+#include "base/logging.h"
+#include "storage/block_store.h"
+
+namespace kvstash::cli {
+namespace {
+
+struct SessionArgs {
+  std::string cache_dir;
+  std::string name;
+  bool json = false;
+};
+
+Result<std::unique_ptr<storage::BlockStore>> OpenExisting(const std::string& dir) {
+  storage::Options o;
+  o.path = dir;
+  o.create_if_missing = false;
+  o.logger = NullLogger();
+  auto store = storage::BlockStore::Open(o);
+  if (!store.ok()) return store.status().WithContext("--cache-dir " + dir);
+  return store;
+}
+
+std::string FormatTime(int64_t us) {
+  if (us <= 0) return "-";
+  const time_t t = static_cast<time_t>(us / 1000000);
+  struct tm tm {};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+int List(const SessionArgs& a) {
+  auto store = OpenExisting(a.cache_dir);
+  if (!store.ok()) {
+    std::fprintf(stderr, "kvstash session list: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  auto sessions = cache::ListSessions(**store);
+  if (!sessions.ok()) {
+    std::fprintf(stderr, "kvstash session list: %s\n", sessions.status().ToString().c_str());
+    return 1;
+  }
+  if (a.json) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& s : *sessions) {
+      arr.push_back({{"name", s.name},
+                     {"model", s.model_path},
+                     {"model_description", s.model_description},
+                     {"model_fingerprint", s.model_fingerprint},
+                     {"tokens", s.tokens},
+                     {"bytes", s.bytes},
+                     {"created_us", s.created_us},
+                     {"last_used_us", s.last_used_us}});
+    }
+    std::printf("%s\n", nlohmann::json({{"sessions", arr}}).dump().c_str());
+    return 0;
+  }
+  if (sessions->empty()) {
+    std::printf("no sessions in %s\n", a.cache_dir.c_str());
+    return 0;
+  }
+  std::printf("%-24s %8s %10s  %-19s  %-19s  %s\n", "NAME", "TOKENS", "KV MiB", "CREATED",
+              "LAST USED", "MODEL");
+  for (const auto& s : *sessions) {
+    std::printf("%-24s %8" PRId64 " %10.1f  %-19s  %-19s  %s %s\n", s.name.c_str(), s.tokens,
+                s.bytes / 1048576.0, FormatTime(s.created_us).c_str(),
+                FormatTime(s.last_used_us).c_str(), s.model_path.c_str(),
+                s.model_description.empty() ? "" : ("(" + s.model_description + ")").c_str());
+  }
+  return 0;
+}
+
+int Remove(const SessionArgs& a) {
+  auto store = OpenExisting(a.cache_dir);
+  Status s = store.ok() ? cache::DeleteSession(**store, a.name) : store.status();
+  if (!s.ok()) {
+    std::fprintf(stderr, "kvstash session rm: %s\n", s.ToString().c_str());
+    return s.code() == StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  std::printf("removed session %s\n", a.name.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void RegisterSessionCommand(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<SessionArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "session", "Named sessions saved with `kvstash run --save-session` in a cache directory.");
+  cmd->require_subcommand(1);
+  CLI::App* list = cmd->add_subcommand("list", "List the sessions: name, tokens, KV size, times, model.");
+  list->add_option("--cache-dir", args->cache_dir, "Cache directory")->required();
+  list->add_flag("--json", args->json,
+                 "Print {\"sessions\": [{name, model, model_fingerprint, tokens, bytes, "
+                 "created_us, last_used_us}]}");
+  list->callback([args, exit_code] { *exit_code = List(*args); });
+  CLI::App* rm = cmd->add_subcommand(
+      "rm", "Delete a session (its full blocks stay in the cache as ordinary entries).");
+  rm->add_option("name", args->name, "Session name")->required();
+  rm->add_option("--cache-dir", args->cache_dir, "Cache directory")->required();
+  rm->callback([args, exit_code] { *exit_code = Remove(*args); });
+}
+
+Result<uint64_t> ParseByteSize(const std::string& text) {
+  std::string t = text;
+  while (!t.empty() && (t.back() == 'B' || t.back() == 'b' || t.back() == 'i')) t.pop_back();
+  uint64_t mult = 1;
+  if (!t.empty()) {
+    switch (t.back()) {
+      case 'k': case 'K': mult = 1ull << 10; break;
+      case 'm': case 'M': mult = 1ull << 20; break;
+      case 'g': case 'G': mult = 1ull << 30; break;
+      case 't': case 'T': mult = 1ull << 40; break;
+      default: mult = 0;
+    }
+    if (mult != 0) {
+      t.pop_back();
+    } else {
+      mult = 1;
+    }
+  }
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = t.empty() ? 0 : std::strtoull(t.c_str(), &end, 10);
+  if (t.empty() || end == t.c_str() || *end != '\0' || errno != 0 || t[0] == '-' ||
+      v > UINT64_MAX / mult) {
+    return Status::InvalidArgument("'" + text + "' is not a byte size (e.g. 4096, 512K, 64M, 2G)");
+  }
+  return static_cast<uint64_t>(v) * mult;
+}
+
+}  // namespace kvstash::cli
