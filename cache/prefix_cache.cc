@@ -1,6 +1,7 @@
 #include "cache/prefix_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -254,10 +255,10 @@ class PrefixCache::Impl {
   CacheStats Stats() const {
     std::lock_guard<std::mutex> lock(stats_mu_);
     CacheStats s = stats_;
-    s.device.blocks = device_.size();
-    s.device.bytes = device_.size() * block_bytes_;
-    s.host.blocks = host_.size();
-    s.host.bytes = host_.size() * block_bytes_;
+    s.device.blocks = device_count_.load();
+    s.device.bytes = s.device.blocks * block_bytes_;
+    s.host.blocks = host_count_.load();
+    s.host.bytes = s.host.blocks * block_bytes_;
     if (store_ != nullptr) {
       const storage::StoreStats st = store_->Stats();
       s.disk.blocks = st.blocks;
@@ -330,6 +331,7 @@ class PrefixCache::Impl {
     device_.emplace(key, DeviceEntry{page, parent, {toks.begin(), toks.end()}, device_lru_.begin()});
     page_key_[page] = key;
     page_cached_[page] = true;
+    device_count_.store(device_.size());
     EnforceDeviceBudget();
   }
 
@@ -361,6 +363,7 @@ class PrefixCache::Impl {
     device_lru_.erase(e.lru);
     page_cached_[page] = false;
     device_.erase(it);
+    device_count_.store(device_.size());
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
       ++stats_.device.evictions;
@@ -392,6 +395,7 @@ class PrefixCache::Impl {
     host_lru_.push_front(key);
     host_.emplace(key, HostEntry{parent, {toks.begin(), toks.end()}, std::move(buf),
                                  host_lru_.begin()});
+    host_count_.store(host_.size());
   }
 
   void EvictHostEntry(const Hash128& key) {
@@ -402,6 +406,7 @@ class PrefixCache::Impl {
     }
     host_lru_.erase(e.lru);
     host_.erase(it);
+    host_count_.store(host_.size());
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.host.evictions;
   }
@@ -430,6 +435,8 @@ class PrefixCache::Impl {
   std::list<Hash128> host_lru_;
   std::unique_ptr<WriteBehind> writer_;
   uint64_t dropped_no_writer_ = 0;
+  // Sizes of device_ and host_, readable by Stats() from other threads.
+  std::atomic<uint64_t> device_count_{0}, host_count_{0};
 
   mutable std::mutex stats_mu_;  // guards stats_ and the estimates for Stats() readers
   CacheStats stats_;
@@ -592,14 +599,20 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
     // it, so it gets its own page.
     return n_tokens_of[j] < bt_ || static_cast<int>(j + 1) * bt_ > loadable;
   };
+  // Every device block is pinned (a private copy's source only until it is copied), so the
+  // reclaimer cannot evict it while pages are allocated below. Host entries can still be evicted
+  // by that reclaimer (device pages demoted into a full host tier); they are looked up again.
   size_t usable = plan.size();
   for (size_t j = 0; j < plan.size(); ++j) {
-    if (plan[j].tier == Tier::kDevice && !is_private(j)) {
-      DeviceEntry& e = device_.at(plan[j].key);
-      pool_.Ref(e.page);
-      device_lru_.splice(device_lru_.begin(), device_lru_, e.lru);
-      plan[j].page = e.page;
-    }
+    if (plan[j].tier != Tier::kDevice) continue;
+    DeviceEntry& e = device_.at(plan[j].key);
+    pool_.Ref(e.page);
+    device_lru_.splice(device_lru_.begin(), device_lru_, e.lru);
+    if (!is_private(j)) plan[j].page = e.page;  // the pin becomes the sequence's reference
+  }
+  std::vector<int> private_src(plan.size(), -1);
+  for (size_t j = 0; j < plan.size(); ++j) {
+    if (plan[j].tier == Tier::kDevice && is_private(j)) private_src[j] = device_.at(plan[j].key).page;
   }
   for (size_t j = 0; j < plan.size(); ++j) {
     if (plan[j].page >= 0) continue;
@@ -609,14 +622,22 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
       break;
     }
     plan[j].page = p;
-    if (plan[j].tier == Tier::kDevice) {  // a private copy of a cached page
-      const DeviceEntry& e = device_.at(plan[j].key);
-      std::memcpy(pool_.page(p), pool_.page(e.page), block_bytes_);
+  }
+  for (size_t j = 0; j < usable; ++j) {
+    if (private_src[j] >= 0) {
+      std::memcpy(pool_.page(plan[j].page), pool_.page(private_src[j]), block_bytes_);
     } else if (plan[j].tier == Tier::kHost) {
-      HostEntry& e = host_.at(plan[j].key);
-      std::memcpy(pool_.page(p), e.bytes.get(), block_bytes_);
-      host_lru_.splice(host_lru_.begin(), host_lru_, e.lru);
+      auto it = host_.find(plan[j].key);
+      if (it == host_.end()) {
+        usable = j;
+        break;
+      }
+      std::memcpy(pool_.page(plan[j].page), it->second.bytes.get(), block_bytes_);
+      host_lru_.splice(host_lru_.begin(), host_lru_, it->second.lru);
     }
+  }
+  for (int src : private_src) {
+    if (src >= 0) pool_.Unref(src);
   }
   // 4. One batched read for every disk block.
   std::vector<size_t> disk_idx;
