@@ -274,6 +274,37 @@ TEST(PrefixCacheTest, TinyBudgetsEvictEverywhereAndStayCorrect) {
   EXPECT_EQ(cached.runner->pool().n_free() + static_cast<int>(cs.device.blocks), 24);
 }
 
+// Acquire's own page allocations can make the pool's reclaimer demote device blocks into a full
+// host tier, evicting host blocks the plan was about to copy: the plan shrinks, output unchanged.
+TEST(PrefixCacheTest, ReclaimDuringAcquireShrinksThePlanSafely) {
+  const std::string path = testutil::SyntheticModel("tiny-llama", "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  const int V = model->config().n_vocab;
+  StackSetup s;
+  s.n_pages = 12;
+  s.n_ctx = 190;
+  Stack probe(*model, path, s);
+  s.cache.host_bytes = 3 * probe.runner->kv_layout().block_bytes();
+  probe.Close();
+  Stack st(*model, path, s);
+  StackSetup ps;
+  Stack plain(*model, path, ps);
+  const auto a = MakePrompt(48, V, 61);
+  const auto b = MakePrompt(176, V, 62);
+  Generate(*st.runner, st.cache.get(), a, 1);
+  st.cache->EvictDevice();  // a's 3 blocks -> host (full)
+  EXPECT_EQ(st.cache->Stats().host.blocks, 3u);
+  Generate(*st.runner, st.cache.get(), b, 1);  // 11 cached device pages, 1 free
+  std::vector<int32_t> a2 = a;
+  const auto more = MakePrompt(20, V, 63);
+  a2.insert(a2.end(), more.begin(), more.end());
+  GenResult r = Generate(*st.runner, st.cache.get(), a2, 8);
+  EXPECT_EQ(r.tokens, Generate(*plain.runner, nullptr, a2, 8).tokens);
+  EXPECT_LT(r.acquired.host_tokens, 48);
+  EXPECT_GT(r.acquired.recomputed_blocks, 0);
+  EXPECT_EQ(st.runner->pool().n_free() + static_cast<int>(st.cache->Stats().device.blocks), 12);
+}
+
 // A corrupted disk block (flipped payload byte, or a stale entry whose tokens differ) is
 // detected, recomputed, and the output is unchanged.
 TEST(PrefixCacheTest, CorruptDiskBlocksAreRecomputed) {
