@@ -413,7 +413,7 @@ int main(int argc, char** argv) {
     for (const std::string& preset : Split(presets)) {
       for (const std::string& type : Split(types)) {
         const std::string path = EnsureModel(models_dir, preset, type);
-        auto model = Must(engine::Model::Load(path), "load " + path);
+        auto model = Must(engine::Model::Load(path, engine::WeightMemory::kAuto), "load " + path);
         for (const std::string& len : Split(lengths)) {
           result["ttft"].push_back(TtftRow(path, *model, preset + "-" + type, std::stoi(len),
                                            suffix, threads, reps, data_dir));
@@ -423,7 +423,7 @@ int main(int argc, char** argv) {
   }
   if (!skip_agent) {
     const std::string path = EnsureModel(models_dir, agent_preset, agent_type);
-    auto model = Must(engine::Model::Load(path), "load " + path);
+    auto model = Must(engine::Model::Load(path, engine::WeightMemory::kAuto), "load " + path);
     result["agent"] = AgentLoop(path, *model, agent_sessions, agent_turns, agent_context,
                                 agent_msg, agent_answer, threads, data_dir);
     result["agent"]["model"] = agent_preset + "-" + agent_type;

@@ -171,7 +171,7 @@ int Main(int argc, char** argv) {
           return 1;
         }
       }
-      auto model = engine::Model::Load(path);
+      auto model = engine::Model::Load(path, engine::WeightMemory::kAuto);
       if (!model.ok()) {
         std::fprintf(stderr, "engine_bench: %s\n", model.status().ToString().c_str());
         return 1;

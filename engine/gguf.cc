@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -84,7 +86,65 @@ GgufFile::~GgufFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
 }
 
-Result<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
+const char* WeightMemoryName(WeightMemory m) {
+  switch (m) {
+    case WeightMemory::kMmap:
+      return "mmap";
+    case WeightMemory::kRam:
+      return "ram";
+    case WeightMemory::kAuto:
+      return "auto";
+  }
+  return "?";
+}
+
+Result<WeightMemory> ParseWeightMemory(const std::string& name) {
+  if (name == "auto") return WeightMemory::kAuto;
+  if (name == "ram") return WeightMemory::kRam;
+  if (name == "mmap") return WeightMemory::kMmap;
+  return Status::InvalidArgument("unknown weight memory '" + name + "' (expected auto, ram or mmap)");
+}
+
+namespace {
+
+uint64_t MemAvailableBytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  uint64_t kb = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "MemAvailable: %lu kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
+// Reads the whole file into anonymous memory, asking for transparent huge pages. nullptr (and
+// the mapping undone) when memory or the read fails; the caller then maps the file instead.
+void* ReadIntoHugePages(int fd, size_t size, size_t* mapped) {
+  constexpr size_t kHuge = 2u << 20;
+  const size_t len = (size + kHuge - 1) & ~(kHuge - 1);
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  (void)madvise(m, len, MADV_HUGEPAGE);  // best effort: THP may be disabled
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, static_cast<char*>(m) + done, size - done, done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      munmap(m, len);
+      return nullptr;
+    }
+    done += static_cast<size_t>(n);
+  }
+  (void)mprotect(m, len, PROT_READ);
+  *mapped = len;
+  return m;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path, WeightMemory memory) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno("open GGUF " + path, errno);
   struct stat st {};
@@ -99,16 +159,31 @@ Result<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
   }
   auto file = std::unique_ptr<GgufFile>(new GgufFile());
   file->path_ = path;
-  if (st.st_size > 0) {
-    void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (memory == WeightMemory::kAuto) {
+    const uint64_t avail = MemAvailableBytes();
+    memory = avail > 0 && size <= avail / 2 ? WeightMemory::kRam : WeightMemory::kMmap;
+  }
+  if (size > 0 && memory == WeightMemory::kRam) {
+    size_t mapped = 0;
+    if (void* m = ReadIntoHugePages(fd, size, &mapped); m != nullptr) {
+      file->map_ = m;
+      file->map_size_ = mapped;
+      file->memory_ = WeightMemory::kRam;
+      file->bytes_ = std::span<const uint8_t>(static_cast<const uint8_t*>(m), size);
+    }
+  }
+  if (size > 0 && file->map_ == nullptr) {
+    void* m = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
       int err = errno;
       ::close(fd);
       return Status::FromErrno("mmap " + path, err);
     }
     file->map_ = m;
-    file->map_size_ = st.st_size;
-    file->bytes_ = std::span<const uint8_t>(static_cast<const uint8_t*>(m), st.st_size);
+    file->map_size_ = size;
+    file->memory_ = WeightMemory::kMmap;
+    file->bytes_ = std::span<const uint8_t>(static_cast<const uint8_t*>(m), size);
   }
   ::close(fd);
   Status s = file->Parse();

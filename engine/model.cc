@@ -31,8 +31,8 @@ Status ReadVector(const GgufFile& f, const GgufTensorInfo& t, std::vector<float>
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> Model::Load(const std::string& path) {
-  KV_ASSIGN_OR_RETURN(auto file, GgufFile::Open(path));
+Result<std::unique_ptr<Model>> Model::Load(const std::string& path, WeightMemory memory) {
+  KV_ASSIGN_OR_RETURN(auto file, GgufFile::Open(path, memory));
   return FromGguf(std::move(file));
 }
 

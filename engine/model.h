@@ -63,7 +63,9 @@ class Model {
  public:
   // Opens, validates and maps `path`. Errors name the file and the problem (missing tensor,
   // wrong shape, unsupported type or architecture).
-  static Result<std::unique_ptr<Model>> Load(const std::string& path);
+  // `memory`: where the weights live (engine/gguf.h WeightMemory; mapped by default).
+  static Result<std::unique_ptr<Model>> Load(const std::string& path,
+                                             WeightMemory memory = WeightMemory::kMmap);
   // Same over an already-open file (takes ownership).
   static Result<std::unique_ptr<Model>> FromGguf(std::unique_ptr<GgufFile> file);
 

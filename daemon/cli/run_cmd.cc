@@ -64,6 +64,7 @@ struct RunArgs {
   std::string cache_bytes = "64G";
   std::string host_cache_bytes = "0";
   std::string write_policy = "always";
+  std::string weights = "auto";
   std::string session;
   std::string save_session;
 };
@@ -159,8 +160,10 @@ int Run(const RunArgs& a) {
     if (!p.ok()) return fail(p.status());
     model_path = *p;
   }
+  auto weight_memory = engine::ParseWeightMemory(a.weights);
+  if (!weight_memory.ok()) return fail(weight_memory.status().WithContext("--weights"), 2);
   Stopwatch load_watch;
-  auto model = engine::Model::Load(model_path);
+  auto model = engine::Model::Load(model_path, *weight_memory);
   if (!model.ok()) return fail(model.status());
   const double load_ms = load_watch.ElapsedMs();
   const engine::HParams& hp = (*model)->config();
@@ -394,6 +397,7 @@ int Run(const RunArgs& a) {
     j["model"] = {{"path", model_path},
                   {"arch", hp.arch_name},
                   {"description", (*model)->Describe()},
+                  {"weights", engine::WeightMemoryName((*model)->gguf().memory())},
                   {"n_vocab", hp.n_vocab}};
     j["backend"] = (*runner)->backend().name();
     j["threads"] = (*runner)->backend().n_threads();
@@ -530,6 +534,11 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_flag("--no-bos", args->no_bos, "Do not prepend BOS to a text prompt");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
+  cmd->add_option("--weights", args->weights,
+                  "Where the weights live: ram (read into huge-page memory: slower start, faster "
+                  "decode), mmap (map the file: instant start), auto (ram when the file fits in "
+                  "half of the available memory)")
+      ->capture_default_str();
   cmd->add_option("--cache-dir", args->cache_dir,
                   "Persistent prefix cache directory (created if missing): reuse the KV of "
                   "prompt prefixes computed by earlier runs, and store this run's");

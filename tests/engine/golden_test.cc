@@ -104,3 +104,30 @@ INSTANTIATE_TEST_SUITE_P(KvTypes, GoldenTest, ::testing::Values(KvDtype::kF32, K
 
 }  // namespace
 }  // namespace kvstash::engine
+
+namespace kvstash::engine {
+namespace {
+
+// Weights read into huge-page memory compute exactly what the mapped file does.
+TEST(WeightMemoryTest, RamAndMmapGiveIdenticalLogits) {
+  const std::string path = testutil::SyntheticModel("tiny-qwen3", "q4_k");
+  std::vector<float> out[2];
+  const WeightMemory modes[2] = {WeightMemory::kMmap, WeightMemory::kRam};
+  for (int i = 0; i < 2; ++i) {
+    auto model = Model::Load(path, modes[i]);
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    EXPECT_EQ((*model)->gguf().memory(), modes[i]);
+    auto runner = testutil::MakeRunner(**model, KvDtype::kF32, 16);
+    Sequence seq;
+    const std::vector<int32_t> ids = {1, 5, 9, 200, 31, 7, 77, 120};
+    ASSERT_TRUE(runner->Prefill(seq, ids, LogitsMode::kAll, &out[i]).ok());
+  }
+  EXPECT_EQ(out[0], out[1]);
+  EXPECT_TRUE(ParseWeightMemory("auto").ok());
+  EXPECT_FALSE(ParseWeightMemory("disk").ok());
+  auto missing = Model::Load("/nonexistent.gguf", WeightMemory::kRam);
+  EXPECT_FALSE(missing.ok());
+}
+
+}  // namespace
+}  // namespace kvstash::engine
