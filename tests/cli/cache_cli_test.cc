@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "storage/testing/test_blocks.h"
+#include "tests/engine/engine_test_util.h"
 #include "tests/fixtures.h"
 
 extern char** environ;
@@ -36,14 +37,9 @@ struct Output {
 
 Output Kvstash(const std::string& args) {
   Output o;
-  const std::string cmd =
-      std::string(KVSTASH_BIN_DIR) + "/kvstash " + args + " 2>>/tmp/kvstash-cache-cli-test.err";
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) o.out.append(buf, n);
-  const int st = pclose(p);
-  o.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  o.out = engine::testutil::RunCommand(
+      std::string(KVSTASH_BIN_DIR) + "/kvstash " + args + " 2>>/tmp/kvstash-cache-cli-test.err",
+      &o.rc);
   return o;
 }
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "tests/engine/engine_test_util.h"
 #include "tests/fixtures.h"
 
 namespace kvstash {
@@ -31,15 +32,8 @@ std::string Quote(const std::string& s) { return "'" + s + "'"; }
 // Runs `kvstash <args>` through the shell with `input` on stdin; stderr is discarded.
 Output RunKvstash(const std::string& args, const std::string& input = "") {
   Output o;
-  const std::string cmd =
-      "printf '%s' " + Quote(input) + " | " + kBinary + " " + args + " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return o;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) o.out.append(buf, n);
-  const int status = pclose(p);
-  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  o.out = engine::testutil::RunCommand(
+      "printf '%s' " + Quote(input) + " | " + kBinary + " " + args + " 2>/dev/null", &o.exit_code);
   return o;
 }
 
