@@ -224,37 +224,40 @@ nlohmann::json TtftRow(const std::string& model_path, const engine::Model& model
   std::fprintf(stderr, "cache_bench: %s N=%d cold ...\n", name.c_str(), n_ctx_tokens);
   const Ttft cold = TimeToFirstToken(*runner, tiers.cache.get(), prompt());
   Must(tiers.cache->Flush(), "flush");
-  std::vector<double> dev_ms, dev_prefill, host_ms, disk_ms, disk_load;
+  const bool direct = tiers.store->Stats().direct_io;
+  const size_t chunk = (block_bytes + 4095) & ~size_t{4095};
+  // Each repetition measures every tier back to back (and the raw reader right before the disk
+  // tier), so a noisy neighbour slows them alike; the bound of a repetition uses the fastest
+  // suffix prefill seen in it.
+  std::vector<double> dev_ms, host_ms, disk_ms, disk_load, suffix_ms, raw, bound, ratio;
   Ttft dev, host, disk;
   for (int r = 0; r < reps; ++r) {
+    std::fprintf(stderr, "cache_bench: %s N=%d warm repetition %d/%d\n", name.c_str(),
+                 n_ctx_tokens, r + 1, reps);
     dev = TimeToFirstToken(*runner, tiers.cache.get(), prompt());
-    dev_ms.push_back(dev.ttft_ms);
-    dev_prefill.push_back(dev.prefill_ms);
-  }
-  for (int r = 0; r < reps; ++r) {
-    tiers.cache->EvictDevice();
+    tiers.cache->EvictDevice();  // into the host tier
     host = TimeToFirstToken(*runner, tiers.cache.get(), prompt());
-    host_ms.push_back(host.ttft_ms);
-  }
-  Must(tiers.cache->Flush(), "flush");
-  tiers.Close();
-  // A new cache over the same directory, nothing in memory: disk only (O_DIRECT reads).
-  tiers.Open(*runner, model, model_path, dir, 0);
-  const bool direct = tiers.store->Stats().direct_io;
-  double raw_bps = RawReadBandwidth(dir + "/segments", kv_bytes, (block_bytes + 4095) & ~4095ull, 64);
-  for (int r = 0; r < reps; ++r) {
     tiers.cache->EvictDevice();
+    tiers.cache->DropHost();  // everything on disk only (written behind: policy always)
+    Must(tiers.cache->Flush(), "flush");
+    const double bps = RawReadBandwidth(dir + "/segments", kv_bytes, chunk, 64);
     disk = TimeToFirstToken(*runner, tiers.cache.get(), prompt());
+    const double sfx = std::min({dev.prefill_ms, host.prefill_ms, disk.prefill_ms});
+    const double b = kv_bytes / bps * 1e3 + sfx;
+    dev_ms.push_back(dev.ttft_ms);
+    host_ms.push_back(host.ttft_ms);
     disk_ms.push_back(disk.ttft_ms);
     disk_load.push_back(disk.load_ms);
+    suffix_ms.push_back(sfx);
+    raw.push_back(bps);
+    bound.push_back(b);
+    ratio.push_back(disk.ttft_ms / b);
   }
-  raw_bps = std::max(raw_bps, RawReadBandwidth(dir + "/segments", kv_bytes,
-                                               (block_bytes + 4095) & ~4095ull, 64));
   tiers.Close();
   std::filesystem::remove_all(dir);
 
-  const double suffix_ms = Median(dev_prefill);
-  const double bound_ms = kv_bytes / raw_bps * 1e3 + suffix_ms;
+  const double raw_bps = Median(raw);
+  const double bound_ms = Median(bound);
   nlohmann::json j;
   j["name"] = name;
   j["context_tokens"] = n_ctx_tokens;
@@ -265,11 +268,11 @@ nlohmann::json TtftRow(const std::string& model_path, const engine::Model& model
   j["host_ttft_ms"] = Median(host_ms);
   j["disk_ttft_ms"] = Median(disk_ms);
   j["disk_load_ms"] = Median(disk_load);
-  j["suffix_prefill_ms"] = suffix_ms;
+  j["suffix_prefill_ms"] = Median(suffix_ms);
   j["raw_read_bytes_per_s"] = raw_bps;
   j["lower_bound_ms"] = bound_ms;
   j["disk_speedup"] = cold.ttft_ms / Median(disk_ms);
-  j["disk_vs_lower_bound"] = Median(disk_ms) / bound_ms;
+  j["disk_vs_lower_bound"] = Median(ratio);  // median over repetitions of disk / bound
   j["cached_tokens"] = {{"device", dev.acquired.device_tokens},
                         {"host", host.acquired.host_tokens},
                         {"disk", disk.acquired.disk_tokens}};
@@ -389,7 +392,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--suffix", suffix, "New tokens after the cached context")->capture_default_str();
   app.add_option("-t,--threads", threads, "Compute threads; 0 = all cores")->capture_default_str();
-  app.add_option("--reps", reps, "Warm repetitions per tier (median reported)")
+  app.add_option("--reps", reps,
+                 "Warm repetitions (each measures every tier back to back; medians reported)")
       ->capture_default_str();
   app.add_option("--agent-preset", agent_preset, "Model preset of the agent loop")
       ->capture_default_str();
