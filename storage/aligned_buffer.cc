@@ -15,6 +15,23 @@ namespace {
 // huge pages turns 512 page faults per 2 MiB into one, which matters most in VMs where a fault
 // is expensive.
 constexpr size_t kHugePage = 2 << 20;
+
+// A fresh, 2 MiB-aligned mapping of BufferPool::kSlabBytes advised to use huge pages. Mapped
+// directly rather than through malloc, which may hand out recycled heap memory already backed by
+// small pages (its mmap threshold grows as large blocks are freed).
+std::byte* MapSlab() {
+  constexpr size_t kBytes = BufferPool::kSlabBytes;
+  void* raw = ::mmap(nullptr, kBytes + kHugePage, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  KV_CHECK_MSG(raw != MAP_FAILED, "slab allocation failed");
+  const auto begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (begin + kHugePage - 1) & ~uintptr_t{kHugePage - 1};
+  if (start > begin) ::munmap(raw, start - begin);
+  const uintptr_t end = begin + kBytes + kHugePage;
+  if (end > start + kBytes) ::munmap(reinterpret_cast<void*>(start + kBytes), end - start - kBytes);
+  ::madvise(reinterpret_cast<void*>(start), kBytes, MADV_HUGEPAGE);  // advisory; errors ignored
+  return reinterpret_cast<std::byte*>(start);
+}
 }  // namespace
 
 AlignedBuffer::AlignedBuffer(size_t size_bytes) {
@@ -26,16 +43,30 @@ AlignedBuffer::AlignedBuffer(size_t size_bytes) {
   if (alignment == kHugePage) ::madvise(p, size_, MADV_HUGEPAGE);  // advisory; errors ignored
 }
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+AlignedBuffer::AlignedBuffer(std::byte* data, size_t size,
+                             std::shared_ptr<std::byte> owner) noexcept
+    : data_(data), size_(size), owner_(std::move(owner)) {}
+
+AlignedBuffer::~AlignedBuffer() { Reset(); }
+
+void AlignedBuffer::Reset() noexcept {
+  if (!owner_) std::free(data_);
+  owner_.reset();
+  data_ = nullptr;
+  size_ = 0;
+}
 
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      owner_(std::move(other.owner_)) {}
 
 AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
   if (this != &other) {
-    std::free(data_);
+    Reset();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    owner_ = std::move(other.owner_);
   }
   return *this;
 }
@@ -51,8 +82,22 @@ AlignedBuffer BufferPool::Get(size_t size_bytes) {
       cached_bytes_ -= b.size();
       return b;
     }
+    if (size >= kSlabMinBytes && size < kHugePage) return CarveLocked(size);
   }
   return AlignedBuffer(size);
+}
+
+AlignedBuffer BufferPool::CarveLocked(size_t size) {
+  static_assert(kSlabBytes % kHugePage == 0 && kSlabBytes >= 2 * kHugePage);
+  if (!slab_ || slab_used_ + size > kSlabBytes) {
+    // The previous slab lives on in the buffers carved from it; its unused tail (less than one
+    // buffer) is lost until they are all gone.
+    slab_ = std::shared_ptr<std::byte>(MapSlab(), [](std::byte* q) { ::munmap(q, kSlabBytes); });
+    slab_used_ = 0;
+  }
+  AlignedBuffer b(slab_.get() + slab_used_, size, slab_);
+  slab_used_ += size;
+  return b;
 }
 
 void BufferPool::Release(AlignedBuffer buffer) {

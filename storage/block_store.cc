@@ -21,6 +21,9 @@ Status Options::Validate() const {
   }
   if (max_queued_write_bytes < (1u << 20)) return bad("max_queued_write_bytes below 1 MiB");
   if (write_retry_interval_ms < 0) return bad("write_retry_interval_ms is negative");
+  if (max_commit_delay_ms < 0 || max_commit_delay_ms > 10000) {
+    return bad("max_commit_delay_ms not in 0..10000");
+  }
   return Status::Ok();
 }
 

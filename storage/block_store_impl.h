@@ -10,6 +10,7 @@
 //    submission order, to the commit thread.
 //  - The commit thread makes a batch durable (fdatasync of the segments it touched), then writes
 //    its index entries in one RocksDB WriteBatch, publishes them in memory, and runs callbacks.
+//    While the writer streams it lets a batch grow for up to Options::max_commit_delay_ms.
 //  - mu_ (shared) guards the in-memory index, the pending map and the segment table. GetMany
 //    holds it shared only long enough to look keys up.
 //  - index_write_mu_ serializes every mutation of the index (commit, erase, eviction, dropping a
@@ -74,9 +75,17 @@ struct PendingWrite {
   bool erased = false;
   // Writer / committer.
   std::shared_ptr<Segment> segment;
-  iovec iov{};
   bool io_done = false;
   Status status;
+};
+
+// One write request of the writer: records placed back to back in one segment, one iovec each.
+struct WriteGroup {
+  Segment* segment = nullptr;
+  uint64_t offset = 0;  // of the first record
+  uint64_t bytes = 0;
+  std::vector<PendingWrite*> writes;
+  std::vector<iovec> iov;
 };
 
 // What flows from Put to the writer (and, in submission order, from the writer to the
@@ -160,8 +169,13 @@ class BlockStoreImpl final : public BlockStore {
   // Makes room in the active segment for `w`, rolling over (and evicting) as needed.
   Status PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order);
   bool NeedsRoll(const PendingWrite& w) const;
+  // Whether `w`, placed now, would land right after the last of `groups` and may join it.
+  bool CanJoin(const std::vector<std::unique_ptr<WriteGroup>>& groups, const PendingWrite& w) const;
   void Roll(std::deque<WorkItem>& order);
   Status CreateSegment();
+  // Keeps a new segment's extent tree from collapsing and regrowing under the writes (see the
+  // definition).
+  Status PinExtents(File& file);
   void EnsureBudget(uint64_t incoming_bytes);
   // Requires index_write_mu_. Drops the segment's index entries and record in one batch, then
   // its file.
@@ -211,6 +225,7 @@ class BlockStoreImpl final : public BlockStore {
   std::mutex commit_mu_;
   std::condition_variable commit_cv_;
   std::vector<WorkItem> commit_queue_;
+  bool commit_now_ = false;  // commit what is queued without waiting out max_commit_delay_ms
   bool stop_committer_ = false;
 
   // Segments rolled over but not yet sealed by the commit thread. The writer waits before rolling

@@ -39,12 +39,22 @@ struct Options {
   IoMode io_mode = IoMode::kAuto;
   // Reads in flight per GetMany call (1..4096). Default 64.
   unsigned read_queue_depth = 64;
-  // Writes in flight in the writer (1..4096). Default 32.
+  // Write requests in flight in the writer (1..4096); records placed back to back share a
+  // request (one writev) up to 8 MiB. Default 32.
   unsigned write_queue_depth = 32;
   // Bytes of staging memory: payloads accepted by Put whose write has not completed yet. Put
   // blocks while the total is above this (back-pressure); idle staging buffers up to this size
   // are kept for reuse. At least 1 MiB. Default 256 MiB.
   uint64_t max_queued_write_bytes = 256ull << 20;
+  // Group commit: while writes keep completing, the commit thread waits up to this long for more
+  // before it makes them durable (one fdatasync per segment) and indexes them in one batch. Each
+  // fdatasync flushes the device's write cache, which stalls the writes behind it (badly so on
+  // virtual disks), so fewer of them means more throughput; the cost is Put completion latency
+  // while the store is busy (records written but not yet committed are recovered from the segment
+  // tail after a crash, as before). A Flush, a segment roll-over or the writer running out of work
+  // commits at once, so an idle store adds no delay, and a streaming one commits at least once per
+  // segment. 0: commit whatever has completed at once. 0..10000. Default 500 ms.
+  int64_t max_commit_delay_ms = 500;
   // After a write fails for lack of space (or the index cannot be written), Put fails fast with
   // ResourceExhausted; one Put per interval is let through to probe whether space has returned.
   // Default 1000 ms.
