@@ -150,10 +150,10 @@ struct Tiers {
     const auto fp = Must(cache::FingerprintFile(model_path, store.get()), "fingerprint");
     cache::CacheOptions co;
     co.host_bytes = host_bytes;
-    cache = Must(cache::PrefixCache::Create(
-                     runner.pool(), store.get(),
-                     cache::NamespaceFor(model, fp, runner.kv_layout(), ""), co),
-                 "cache");
+    cache =
+        Must(cache::PrefixCache::Create(runner.pool(), store.get(),
+                                        cache::NamespaceFor(model, fp, runner.kv_layout(), ""), co),
+             "cache");
   }
   void Close() {
     cache.reset();
@@ -185,7 +185,6 @@ Ttft TimeToFirstToken(engine::Runner& runner, cache::PrefixCache* cache,
   t.ttft_ms = (t3 - t0) / 1e6;
   t.load_ms = (t1 - t0) / 1e6;
   t.prefill_ms = (t2 - t1) / 1e6;
-  t.cached = seq.n_past() - static_cast<int>(rest.size());
   t.cached = t.acquired.cached_tokens;
   if (cache != nullptr) {
     cache->ObservePrefill(static_cast<int>(rest.size()), t.prefill_ms);
@@ -198,8 +197,8 @@ Ttft TimeToFirstToken(engine::Runner& runner, cache::PrefixCache* cache,
 }
 
 nlohmann::json TtftRow(const std::string& model_path, const engine::Model& model,
-                       const std::string& name, int n_ctx_tokens, int suffix, int threads,
-                       int reps, const std::string& data_dir) {
+                       const std::string& name, int n_ctx_tokens, int suffix, int threads, int reps,
+                       const std::string& data_dir) {
   engine::RunnerOptions ro;
   ro.n_threads = threads;
   ro.n_ctx = n_ctx_tokens + suffix + 16;
@@ -232,8 +231,8 @@ nlohmann::json TtftRow(const std::string& model_path, const engine::Model& model
   std::vector<double> dev_ms, host_ms, disk_ms, disk_load, suffix_ms, raw, bound, ratio;
   Ttft dev, host, disk;
   for (int r = 0; r < reps; ++r) {
-    std::fprintf(stderr, "cache_bench: %s N=%d warm repetition %d/%d\n", name.c_str(),
-                 n_ctx_tokens, r + 1, reps);
+    std::fprintf(stderr, "cache_bench: %s N=%d warm repetition %d/%d\n", name.c_str(), n_ctx_tokens,
+                 r + 1, reps);
     dev = TimeToFirstToken(*runner, tiers.cache.get(), prompt());
     tiers.cache->EvictDevice();  // into the host tier
     host = TimeToFirstToken(*runner, tiers.cache.get(), prompt());
@@ -290,8 +289,8 @@ nlohmann::json AgentLoop(const std::string& model_path, const engine::Model& mod
   engine::RunnerOptions ro;
   ro.n_threads = threads;
   ro.n_ctx = context_tokens + turns * (msg_tokens + answer_tokens) + 32;
-  ro.n_pages = (context_tokens + sessions * turns * (msg_tokens + answer_tokens)) / 16 +
-               ro.n_ctx / 16 + 64;
+  ro.n_pages =
+      (context_tokens + sessions * turns * (msg_tokens + answer_tokens)) / 16 + ro.n_ctx / 16 + 64;
   nlohmann::json out;
   std::vector<std::vector<int32_t>> answers[2];
   for (int on = 1; on >= 0; --on) {
@@ -372,8 +371,9 @@ std::vector<std::string> Split(const std::string& s) {
 
 int main(int argc, char** argv) {
   using namespace kvstash;
-  CLI::App app{"cache_bench: time to first token cold vs warm from each cache tier, beside the "
-               "physical lower bound, and an agent loop with the cache on vs off."};
+  CLI::App app{
+      "cache_bench: time to first token cold vs warm from each cache tier, beside the "
+      "physical lower bound, and an agent loop with the cache on vs off."};
   std::string models_dir = "bench-models", data_dir = "cache-bench-data";
   std::string presets = "qwen3-0.6b", types = "f16,q8_0", lengths = "512,2048,8192";
   int suffix = 32, threads = 0, reps = 3;
@@ -428,43 +428,45 @@ int main(int argc, char** argv) {
   if (!skip_agent) {
     const std::string path = EnsureModel(models_dir, agent_preset, agent_type);
     auto model = Must(engine::Model::Load(path, engine::WeightMemory::kAuto), "load " + path);
-    result["agent"] = AgentLoop(path, *model, agent_sessions, agent_turns, agent_context,
-                                agent_msg, agent_answer, threads, data_dir);
+    result["agent"] = AgentLoop(path, *model, agent_sessions, agent_turns, agent_context, agent_msg,
+                                agent_answer, threads, data_dir);
     result["agent"]["model"] = agent_preset + "-" + agent_type;
   }
   if (json) {
     std::printf("%s\n", result.dump(1).c_str());
     return 0;
   }
-  std::printf("| model | context | cold TTFT ms | device ms | host ms | disk ms | lower bound ms "
-              "(KV / raw read + suffix) | disk speedup vs cold | disk / bound |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "| model | context | cold TTFT ms | device ms | host ms | disk ms | lower bound ms "
+      "(KV / raw read + suffix) | disk speedup vs cold | disk / bound |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& r : result["ttft"]) {
-    std::printf("| %s | %d | %.0f | %.1f | %.1f | %.1f | %.1f (%.0f MiB / %.2f GB/s + %.1f) | "
-                "%.1fx | %.2fx |\n",
-                r["name"].get<std::string>().c_str(), r["context_tokens"].get<int>(),
-                r["cold_ttft_ms"].get<double>(), r["device_ttft_ms"].get<double>(),
-                r["host_ttft_ms"].get<double>(), r["disk_ttft_ms"].get<double>(),
-                r["lower_bound_ms"].get<double>(), r["kv_bytes"].get<double>() / 1048576.0,
-                r["raw_read_bytes_per_s"].get<double>() / 1e9, r["suffix_prefill_ms"].get<double>(),
-                r["disk_speedup"].get<double>(), r["disk_vs_lower_bound"].get<double>());
+    std::printf(
+        "| %s | %d | %.0f | %.1f | %.1f | %.1f | %.1f (%.0f MiB / %.2f GB/s + %.1f) | "
+        "%.1fx | %.2fx |\n",
+        r["name"].get<std::string>().c_str(), r["context_tokens"].get<int>(),
+        r["cold_ttft_ms"].get<double>(), r["device_ttft_ms"].get<double>(),
+        r["host_ttft_ms"].get<double>(), r["disk_ttft_ms"].get<double>(),
+        r["lower_bound_ms"].get<double>(), r["kv_bytes"].get<double>() / 1048576.0,
+        r["raw_read_bytes_per_s"].get<double>() / 1e9, r["suffix_prefill_ms"].get<double>(),
+        r["disk_speedup"].get<double>(), r["disk_vs_lower_bound"].get<double>());
   }
   if (result.contains("agent")) {
     const auto& a = result["agent"];
-    std::printf("\nagent loop (%s): %d sessions x %d turns, %d-token shared context, %d-token "
-                "messages, %d-token answers\n"
-                "  cache off: prefill %.0f ms (%lld tokens prefilled)\n"
-                "  cache on:  prefill+load %.0f ms (%lld tokens prefilled, %lld reused)\n"
-                "  speedup %.1fx, answers identical: %s\n",
-                a["model"].get<std::string>().c_str(), a["sessions"].get<int>(),
-                a["turns"].get<int>(), a["context_tokens"].get<int>(),
-                a["message_tokens"].get<int>(), a["answer_tokens"].get<int>(),
-                a["cache_off"]["prefill_ms"].get<double>(),
-                a["cache_off"]["prefilled_tokens"].get<long long>(),
-                a["cache_on"]["prefill_ms"].get<double>(),
-                a["cache_on"]["prefilled_tokens"].get<long long>(),
-                a["cache_on"]["cached_tokens"].get<long long>(), a["speedup"].get<double>(),
-                a["answers_identical"].get<bool>() ? "yes" : "NO");
+    std::printf(
+        "\nagent loop (%s): %d sessions x %d turns, %d-token shared context, %d-token "
+        "messages, %d-token answers\n"
+        "  cache off: prefill %.0f ms (%lld tokens prefilled)\n"
+        "  cache on:  prefill+load %.0f ms (%lld tokens prefilled, %lld reused)\n"
+        "  speedup %.1fx, answers identical: %s\n",
+        a["model"].get<std::string>().c_str(), a["sessions"].get<int>(), a["turns"].get<int>(),
+        a["context_tokens"].get<int>(), a["message_tokens"].get<int>(),
+        a["answer_tokens"].get<int>(), a["cache_off"]["prefill_ms"].get<double>(),
+        a["cache_off"]["prefilled_tokens"].get<long long>(),
+        a["cache_on"]["prefill_ms"].get<double>(),
+        a["cache_on"]["prefilled_tokens"].get<long long>(),
+        a["cache_on"]["cached_tokens"].get<long long>(), a["speedup"].get<double>(),
+        a["answers_identical"].get<bool>() ? "yes" : "NO");
   }
   return 0;
 }

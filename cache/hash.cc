@@ -45,9 +45,10 @@ std::string Hex(const Hash128& h) { return h.ToHex(); }
 
 std::string NamespaceString(const NamespaceParams& p) {
   char rope[160];
-  std::snprintf(rope, sizeof(rope), "rope_base=%.9g;rope_scale=%.9g;rope_style=%d;n_rot=%d;"
-                "rope_freqs=%d", p.rope_base, p.rope_scale, p.rope_style, p.n_rot,
-                p.rope_freq_factors ? 1 : 0);
+  std::snprintf(rope, sizeof(rope),
+                "rope_base=%.9g;rope_scale=%.9g;rope_style=%d;n_rot=%d;"
+                "rope_freqs=%d",
+                p.rope_base, p.rope_scale, p.rope_style, p.n_rot, p.rope_freq_factors ? 1 : 0);
   const engine::KvLayout& l = p.layout;
   return "kvstash-ns-v1;model=" + Hex(p.model_fingerprint) +
          ";kv_dtype=" + engine::KvDtypeName(l.dtype) + ";n_layers=" + std::to_string(l.n_layers) +
@@ -129,7 +130,7 @@ Result<Hash128> FingerprintFile(const std::string& path, storage::BlockStore* st
   }
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
-                                                                  &XXH3_freeState);
+                                                                 &XXH3_freeState);
   XXH3_128bits_reset(state.get());
   std::vector<char> buf(4 << 20);
   for (;;) {

@@ -181,7 +181,6 @@ class PrefixCache::Impl {
         layout_tag_(ns_.lo ^ ns_.hi),
         model_path_(std::move(model_path)),
         model_description_(std::move(model_description)) {
-    page_key_.resize(pool.n_pages());
     page_cached_.assign(pool.n_pages(), false);
     disk_bps_ = options.disk_read_bytes_per_s;
     prefill_tps_ = options.prefill_tokens_per_s;
@@ -209,9 +208,8 @@ class PrefixCache::Impl {
       (void)store_->PutMeta(std::string(kRateMetaPrefix) + "disk_read_bytes_per_s",
                             std::to_string(disk_bps_));
       if (prefill_tps_ > 0) {
-        (void)store_->PutMeta(
-            std::string(kRateMetaPrefix) + "prefill_tokens_per_s/" + HashHex(ns_),
-            std::to_string(prefill_tps_));
+        (void)store_->PutMeta(std::string(kRateMetaPrefix) + "prefill_tokens_per_s/" + HashHex(ns_),
+                              std::to_string(prefill_tps_));
       }
     }
     for (auto& [key, e] : device_) pool_.Unref(e.page);
@@ -236,8 +234,7 @@ class PrefixCache::Impl {
     prefill_tps_ = prefill_tps_ <= 0 ? tps : (1 - kEwmaWeight) * prefill_tps_ + kEwmaWeight * tps;
   }
   Status SaveSession(const std::string& name, const engine::Sequence& seq);
-  Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
-                                  int leave_tokens);
+  Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq, int leave_tokens);
   Status Flush() {
     if (writer_ == nullptr) return Status::Ok();
     return writer_->Flush();
@@ -270,7 +267,7 @@ class PrefixCache::Impl {
       s.write_queue_depth = c.depth;
       s.write_queue_bytes = c.bytes;
       s.write_queued = c.queued;
-      s.write_dropped = c.dropped + dropped_no_writer_;
+      s.write_dropped = c.dropped;
       s.written_blocks = c.written;
       s.write_failed = c.failed;
     }
@@ -328,8 +325,8 @@ class PrefixCache::Impl {
                     int page) {
     pool_.Ref(page);
     device_lru_.push_front(key);
-    device_.emplace(key, DeviceEntry{page, parent, {toks.begin(), toks.end()}, device_lru_.begin()});
-    page_key_[page] = key;
+    device_.emplace(key,
+                    DeviceEntry{page, parent, {toks.begin(), toks.end()}, device_lru_.begin()});
     page_cached_[page] = true;
     device_count_.store(device_.size());
     EnforceDeviceBudget();
@@ -388,13 +385,14 @@ class PrefixCache::Impl {
       host_lru_.splice(host_lru_.begin(), host_lru_, it->second.lru);
       return;
     }
-    while ((host_.size() + 1) * block_bytes_ > options_.host_bytes) EvictHostEntry(host_lru_.back());
+    while ((host_.size() + 1) * block_bytes_ > options_.host_bytes)
+      EvictHostEntry(host_lru_.back());
     AlignedBytes buf = AllocAligned(block_bytes_);
     if (buf == nullptr) return;
     std::memcpy(buf.get(), bytes.data(), block_bytes_);
     host_lru_.push_front(key);
-    host_.emplace(key, HostEntry{parent, {toks.begin(), toks.end()}, std::move(buf),
-                                 host_lru_.begin()});
+    host_.emplace(key,
+                  HostEntry{parent, {toks.begin(), toks.end()}, std::move(buf), host_lru_.begin()});
     host_count_.store(host_.size());
   }
 
@@ -429,12 +427,10 @@ class PrefixCache::Impl {
 
   std::unordered_map<Hash128, DeviceEntry, storage::BlockKeyHash> device_;
   std::list<Hash128> device_lru_;  // front = most recently used
-  std::vector<Hash128> page_key_;
   std::vector<bool> page_cached_;
   std::unordered_map<Hash128, HostEntry, storage::BlockKeyHash> host_;
   std::list<Hash128> host_lru_;
   std::unique_ptr<WriteBehind> writer_;
-  uint64_t dropped_no_writer_ = 0;
   // Sizes of device_ and host_, readable by Stats() from other threads.
   std::atomic<uint64_t> device_count_{0}, host_count_{0};
 
@@ -445,8 +441,7 @@ class PrefixCache::Impl {
 };
 
 size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
-                                   const std::vector<size_t>& idx,
-                                   std::span<const int32_t> tokens,
+                                   const std::vector<size_t>& idx, std::span<const int32_t> tokens,
                                    const std::vector<int>& n_tokens_of) {
   if (idx.empty()) return 0;
   std::vector<storage::BlockKey> keys;
@@ -496,8 +491,8 @@ size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
 }
 
 Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
-                                                 std::span<const int32_t> tokens,
-                                                 int max_positions, const Hash128* tail_key) {
+                                                 std::span<const int32_t> tokens, int max_positions,
+                                                 const Hash128* tail_key) {
   if (!seq.tokens.empty() || !seq.block_table.empty()) {
     return Status::InvalidArgument("Acquire needs an empty sequence");
   }
@@ -524,9 +519,9 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
     PlanBlock b{key, parent, Tier::kDevice};
     bool found = false;
     if (auto it = device_.find(key); it != device_.end()) {
-      found = it->second.parent == parent &&
-              std::equal(toks.begin(), toks.end(), it->second.tokens.begin(),
-                         it->second.tokens.end());
+      found =
+          it->second.parent == parent &&
+          std::equal(toks.begin(), toks.end(), it->second.tokens.begin(), it->second.tokens.end());
     }
     std::lock_guard<std::mutex> lock(stats_mu_);
     if (found) {
@@ -535,8 +530,7 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
       ++stats_.device.misses;
       b.tier = Tier::kHost;
       if (auto it = host_.find(key); it != host_.end() && it->second.parent == parent &&
-                                     std::equal(toks.begin(), toks.end(),
-                                                it->second.tokens.begin(),
+                                     std::equal(toks.begin(), toks.end(), it->second.tokens.begin(),
                                                 it->second.tokens.end())) {
         found = true;
         ++stats_.host.hits;
@@ -573,8 +567,8 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
         (plan[j].tier == Tier::kDisk ? disk_bytes : host_bytes) += block_bytes_;
         toks += n_tokens_of[j];
       }
-      const double load_ms =
-          kDiskBatchOverheadMs + disk_bytes / disk_bps_ * 1e3 + host_bytes / kHostCopyBytesPerS * 1e3;
+      const double load_ms = kDiskBatchOverheadMs + disk_bytes / disk_bps_ * 1e3 +
+                             host_bytes / kHostCopyBytesPerS * 1e3;
       const double recompute_ms = toks / prefill_tps_ * 1e3;
       std::lock_guard<std::mutex> lock(stats_mu_);
       if (recompute_ms < load_ms) {
@@ -612,7 +606,8 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
   }
   std::vector<int> private_src(plan.size(), -1);
   for (size_t j = 0; j < plan.size(); ++j) {
-    if (plan[j].tier == Tier::kDevice && is_private(j)) private_src[j] = device_.at(plan[j].key).page;
+    if (plan[j].tier == Tier::kDevice && is_private(j))
+      private_src[j] = device_.at(plan[j].key).page;
   }
   for (size_t j = 0; j < plan.size(); ++j) {
     if (plan[j].page >= 0) continue;
@@ -693,7 +688,8 @@ void PrefixCache::Impl::Publish(const engine::Sequence& seq) {
   const int n_full = seq.n_past() / bt_;
   Hash128 parent = ns_;
   for (int i = 0; i < n_full && i < static_cast<int>(seq.block_table.size()); ++i) {
-    const auto toks = std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(i) * bt_, bt_);
+    const auto toks =
+        std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(i) * bt_, bt_);
     const Hash128 key = ChainHash(parent, toks);
     const int page = seq.block_table[i];
     if (auto it = device_.find(key); it != device_.end()) {
@@ -737,7 +733,8 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
   if (n > n_full * bt_) {
     const auto toks = all.subspan(static_cast<size_t>(n_full) * bt_);
     const Hash128 key = TailHash(parent, toks);
-    pending.push_back(store_->Put(key, HeaderFor(parent, toks), PageBytes(seq.block_table[n_full])));
+    pending.push_back(
+        store_->Put(key, HeaderFor(parent, toks), PageBytes(seq.block_table[n_full])));
     tail_hex = HashHex(key);
   }
   for (auto& f : pending) {
@@ -784,15 +781,14 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
   if (m.value("namespace", "") != HashHex(ns_)) {
     const std::string fp = m.value("model", nlohmann::json::object()).value("fingerprint", "");
     if (fp != HashHex(ns_params_.model_fingerprint)) {
-      return Status::Incompatible(
-          "session '" + name + "' was saved with another model (" +
-          m["model"].value("path", std::string("?")) + ", fingerprint " + fp +
-          "); this run uses fingerprint " + HashHex(ns_params_.model_fingerprint));
+      return Status::Incompatible("session '" + name + "' was saved with another model (" +
+                                  m["model"].value("path", std::string("?")) + ", fingerprint " +
+                                  fp + "); this run uses fingerprint " +
+                                  HashHex(ns_params_.model_fingerprint));
     }
-    return Status::Incompatible(
-        "session '" + name + "' was saved with other KV settings (" +
-        m.value("namespace_text", std::string("?")) + "); this run uses " +
-        NamespaceString(ns_params_));
+    return Status::Incompatible("session '" + name + "' was saved with other KV settings (" +
+                                m.value("namespace_text", std::string("?")) + "); this run uses " +
+                                NamespaceString(ns_params_));
   }
   Restored r;
   if (!m.contains("tokens") || !m["tokens"].is_array()) {
@@ -810,8 +806,7 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
     KV_ASSIGN_OR_RETURN(Hash128 k, ParseHex(t));
     tail = k;
   }
-  KV_ASSIGN_OR_RETURN(r.acquired,
-                      Acquire(seq, r.tokens, max_positions, tail ? &*tail : nullptr));
+  KV_ASSIGN_OR_RETURN(r.acquired, Acquire(seq, r.tokens, max_positions, tail ? &*tail : nullptr));
   m["last_used_us"] = WallNowUs();
   (void)store_->PutSession(name, m.dump());
   return r;
@@ -822,12 +817,9 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
 PrefixCache::PrefixCache(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 PrefixCache::~PrefixCache() = default;
 
-Result<std::unique_ptr<PrefixCache>> PrefixCache::Create(engine::KvPool& pool,
-                                                         storage::BlockStore* store,
-                                                         const NamespaceParams& ns,
-                                                         const CacheOptions& options,
-                                                         std::string model_path,
-                                                         std::string model_description) {
+Result<std::unique_ptr<PrefixCache>> PrefixCache::Create(
+    engine::KvPool& pool, storage::BlockStore* store, const NamespaceParams& ns,
+    const CacheOptions& options, std::string model_path, std::string model_description) {
   if (!(ns.layout == pool.layout())) {
     return Status::InvalidArgument("cache namespace layout differs from the KV pool's");
   }
@@ -851,8 +843,7 @@ Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence&
   return impl_->SaveSession(name, seq);
 }
 Result<PrefixCache::Restored> PrefixCache::RestoreSession(const std::string& name,
-                                                          engine::Sequence& seq,
-                                                          int leave_tokens) {
+                                                          engine::Sequence& seq, int leave_tokens) {
   return impl_->RestoreSession(name, seq, leave_tokens);
 }
 Status PrefixCache::Flush() { return impl_->Flush(); }

@@ -76,18 +76,18 @@ struct TierStats {
 
 struct CacheStats {
   TierStats device, host, disk;
-  uint64_t lookups = 0;         // Acquire calls
-  uint64_t lookup_tokens = 0;   // prompt tokens looked up
-  uint64_t cached_tokens = 0;   // positions served from the cache
+  uint64_t lookups = 0;        // Acquire calls
+  uint64_t lookup_tokens = 0;  // prompt tokens looked up
+  uint64_t cached_tokens = 0;  // positions served from the cache
   uint64_t published_blocks = 0;
   uint64_t corrupt_blocks = 0;  // failed verification (checksum, parent, tokens, size): recomputed
-  uint64_t load_decisions = 0;       // disk runs the planner chose to load
+  uint64_t load_decisions = 0;  // disk runs the planner chose to load
   uint64_t recompute_decisions = 0;  // disk runs it chose to recompute (faster than loading)
   // Write-behind.
   uint64_t write_queue_depth = 0;  // blocks waiting now
   uint64_t write_queue_bytes = 0;
-  uint64_t write_queued = 0;   // blocks accepted into the queue
-  uint64_t write_dropped = 0;  // blocks not persisted because the queue was full
+  uint64_t write_queued = 0;    // blocks accepted into the queue
+  uint64_t write_dropped = 0;   // blocks not persisted because the queue was full
   uint64_t written_blocks = 0;  // made durable (or already stored)
   uint64_t write_failed = 0;    // the store refused or failed them (e.g. disk full)
   // Planner estimates.
@@ -111,8 +111,8 @@ struct SessionInfo {
   std::string model_description;
   std::string model_fingerprint;  // 32 hex digits
   int64_t tokens = 0;
-  uint64_t bytes = 0;  // KV bytes the session names (full blocks + tail)
-  int64_t created_us = 0;    // Unix microseconds
+  uint64_t bytes = 0;      // KV bytes the session names (full blocks + tail)
+  int64_t created_us = 0;  // Unix microseconds
   int64_t last_used_us = 0;
 };
 
@@ -129,12 +129,9 @@ class PrefixCache {
   // `pool` is the runner's KV pool (its layout must match `ns.layout`); `store` may be null (no
   // disk tier; sessions then fail with InvalidArgument). Both must outlive the cache.
   // `model_path` and `model_description` are recorded in session manifests.
-  static Result<std::unique_ptr<PrefixCache>> Create(engine::KvPool& pool,
-                                                     storage::BlockStore* store,
-                                                     const NamespaceParams& ns,
-                                                     const CacheOptions& options,
-                                                     std::string model_path = "",
-                                                     std::string model_description = "");
+  static Result<std::unique_ptr<PrefixCache>> Create(
+      engine::KvPool& pool, storage::BlockStore* store, const NamespaceParams& ns,
+      const CacheOptions& options, std::string model_path = "", std::string model_description = "");
   // Drains the write-behind queue (everything queued becomes durable), remembers the planner's
   // estimates in the store, and returns cached pages to the pool.
   ~PrefixCache();
@@ -165,9 +162,9 @@ class PrefixCache {
     AcquireResult acquired;
   };
   // Loads session `name` into the empty `seq`: all its tokens but the last `leave_tokens` (pass 1
-  // when nothing will be appended, so the last token is recomputed for its logits). Blocks missing from every tier are left for the caller to prefill from
-  // tokens[seq.n_past()..]. NotFound for an unknown name; Incompatible when it was saved
-  // under another model, KV type, block size or salt.
+  // when nothing will be appended, so the last token is recomputed for its logits). Blocks missing
+  // from every tier are left for the caller to prefill from tokens[seq.n_past()..]. NotFound for an
+  // unknown name; Incompatible when it was saved under another model, KV type, block size or salt.
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
                                   int leave_tokens = 0);
 

@@ -102,7 +102,8 @@ Result<WeightMemory> ParseWeightMemory(const std::string& name) {
   if (name == "auto") return WeightMemory::kAuto;
   if (name == "ram") return WeightMemory::kRam;
   if (name == "mmap") return WeightMemory::kMmap;
-  return Status::InvalidArgument("unknown weight memory '" + name + "' (expected auto, ram or mmap)");
+  return Status::InvalidArgument("unknown weight memory '" + name +
+                                 "' (expected auto, ram or mmap)");
 }
 
 namespace {

@@ -5,10 +5,10 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
-#include <span>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -188,7 +188,8 @@ int Run(const RunArgs& a) {
     storage::Options so;
     so.path = a.cache_dir;
     so.capacity_bytes = *disk_budget;
-    so.segment_bytes = std::min<uint64_t>(so.segment_bytes, std::max<uint64_t>(*disk_budget / 4, 64 << 10) & ~uint64_t{4095});
+    so.segment_bytes = std::min<uint64_t>(
+        so.segment_bytes, std::max<uint64_t>(*disk_budget / 4, 64 << 10) & ~uint64_t{4095});
     auto store = storage::BlockStore::Open(so);
     if (!store.ok()) return fail(store.status().WithContext("--cache-dir " + a.cache_dir));
     cr.store = std::move(*store);
@@ -561,11 +562,12 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--save-session", args->save_session,
                   "Save the whole sequence (context + generated tokens) as session NAME at the "
                   "end, durably; needs --cache-dir");
-  cmd->add_flag("--json", args->json,
-                "Print one JSON object on stdout: prompt_ids, generated_ids, text, top_logits, "
-                "timings {ttft_ms, prefill_ms, decode_ms, prompt_tokens_per_s, gen_tokens_per_s}, and with "
-                "--cache-dir cache {cached_tokens, device_tokens, host_tokens, disk_tokens, "
-                "load_ms, ...}");
+  cmd->add_flag(
+      "--json", args->json,
+      "Print one JSON object on stdout: prompt_ids, generated_ids, text, top_logits, "
+      "timings {ttft_ms, prefill_ms, decode_ms, prompt_tokens_per_s, gen_tokens_per_s}, and with "
+      "--cache-dir cache {cached_tokens, device_tokens, host_tokens, disk_tokens, "
+      "load_ms, ...}");
   cmd->callback([args, exit_code] { *exit_code = Run(*args); });
 }
 

@@ -1,16 +1,16 @@
 // `kvstash session list|rm --cache-dir DIR`: the named sessions of a prefix cache directory.
 #include <cerrno>
 #include <cinttypes>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "base/logging.h"
 #include "cache/prefix_cache.h"
 #include "daemon/cli/commands.h"
-#include "base/logging.h"
 #include "storage/block_store.h"
 
 namespace kvstash::cli {
@@ -101,7 +101,8 @@ void RegisterSessionCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "session", "Named sessions saved with `kvstash run --save-session` in a cache directory.");
   cmd->require_subcommand(1);
-  CLI::App* list = cmd->add_subcommand("list", "List the sessions: name, tokens, KV size, times, model.");
+  CLI::App* list =
+      cmd->add_subcommand("list", "List the sessions: name, tokens, KV size, times, model.");
   list->add_option("--cache-dir", args->cache_dir, "Cache directory")->required();
   list->add_flag("--json", args->json,
                  "Print {\"sessions\": [{name, model, model_fingerprint, tokens, bytes, "
@@ -120,11 +121,24 @@ Result<uint64_t> ParseByteSize(const std::string& text) {
   uint64_t mult = 1;
   if (!t.empty()) {
     switch (t.back()) {
-      case 'k': case 'K': mult = 1ull << 10; break;
-      case 'm': case 'M': mult = 1ull << 20; break;
-      case 'g': case 'G': mult = 1ull << 30; break;
-      case 't': case 'T': mult = 1ull << 40; break;
-      default: mult = 0;
+      case 'k':
+      case 'K':
+        mult = 1ull << 10;
+        break;
+      case 'm':
+      case 'M':
+        mult = 1ull << 20;
+        break;
+      case 'g':
+      case 'G':
+        mult = 1ull << 30;
+        break;
+      case 't':
+      case 'T':
+        mult = 1ull << 40;
+        break;
+      default:
+        mult = 0;
     }
     if (mult != 0) {
       t.pop_back();

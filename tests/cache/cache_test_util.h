@@ -55,8 +55,8 @@ class Stack {
     auto fp = FingerprintFile(model_path, store.get());
     EXPECT_TRUE(fp.ok()) << fp.status().ToString();
     ns = NamespaceFor(model, *fp, runner->kv_layout(), s.cache.cache_salt);
-    auto c = PrefixCache::Create(runner->pool(), store.get(), ns, s.cache, model_path,
-                                 model.Describe());
+    auto c =
+        PrefixCache::Create(runner->pool(), store.get(), ns, s.cache, model_path, model.Describe());
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     cache = std::move(*c);
   }
@@ -92,8 +92,8 @@ inline GenResult Generate(engine::Runner& runner, PrefixCache* cache,
     EXPECT_TRUE(a.ok()) << a.status().ToString();
     if (a.ok()) out.acquired = *a;
     EXPECT_EQ(seq.n_past(), out.acquired.cached_tokens);
-    EXPECT_EQ(out.acquired.cached_tokens, out.acquired.device_tokens + out.acquired.host_tokens +
-                                              out.acquired.disk_tokens);
+    EXPECT_EQ(out.acquired.cached_tokens,
+              out.acquired.device_tokens + out.acquired.host_tokens + out.acquired.disk_tokens);
   }
   std::vector<float> logits;
   std::span<const int32_t> rest(prompt.data() + seq.n_past(), prompt.size() - seq.n_past());

@@ -19,8 +19,8 @@ using storage::testing::TempDir;
 using testutil::Generate;
 using testutil::GenResult;
 using testutil::MakePrompt;
-using testutil::StackSetup;
 using testutil::Stack;
+using testutil::StackSetup;
 
 struct ModelCase {
   std::string name;
@@ -30,8 +30,8 @@ struct ModelCase {
 std::vector<ModelCase> Models() {
   std::vector<ModelCase> out;
   out.push_back({"stories260K", ::kvstash::testing::HaveFixture("stories260K.gguf")
-                                     ? ::kvstash::testing::FixturePath("stories260K.gguf")
-                                     : ""});
+                                    ? ::kvstash::testing::FixturePath("stories260K.gguf")
+                                    : ""});
   out.push_back({"tiny-llama-q8_0", testutil::SyntheticModel("tiny-llama", "q8_0")});
   out.push_back({"tiny-qwen3-f16", testutil::SyntheticModel("tiny-qwen3", "f16")});
   return out;
@@ -380,8 +380,8 @@ TEST(PrefixCacheTest, PlannerRecomputesWhenLoadingIsSlower) {
     Generate(*st.runner, st.cache.get(), prompt, 2);
   }
   StackSetup slow = s;
-  slow.cache.disk_read_bytes_per_s = 1e3;      // 1 KB/s disk
-  slow.cache.prefill_tokens_per_s = 1e6;       // instant prefill
+  slow.cache.disk_read_bytes_per_s = 1e3;  // 1 KB/s disk
+  slow.cache.prefill_tokens_per_s = 1e6;   // instant prefill
   {
     Stack st(*model, path, slow);
     GenResult r = Generate(*st.runner, st.cache.get(), prompt, 2);

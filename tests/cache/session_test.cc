@@ -12,13 +12,13 @@ using storage::testing::RealDiskTestRoot;
 using storage::testing::TempDir;
 using testutil::Generate;
 using testutil::MakePrompt;
-using testutil::StackSetup;
 using testutil::Stack;
+using testutil::StackSetup;
 
 // Prefills `prompt` into `seq` (after what it holds) and generates `n` greedy tokens, all of which
 // end up computed in the sequence (the last one is fed through Decode too).
-std::vector<int32_t> Turn(engine::Runner& r, engine::Sequence& seq,
-                          std::span<const int32_t> prompt, int n) {
+std::vector<int32_t> Turn(engine::Runner& r, engine::Sequence& seq, std::span<const int32_t> prompt,
+                          int n) {
   std::vector<float> logits;
   EXPECT_TRUE(r.Prefill(seq, prompt, engine::LogitsMode::kLast, &logits).ok());
   std::vector<int32_t> out = engine::testutil::Greedy(r, seq, logits, n);
@@ -118,7 +118,7 @@ TEST_F(SessionTest, TwoRestoresAreIndependentAndShareBlocks) {
   auto ra = st.cache->RestoreSession("base", sa);
   auto rb = st.cache->RestoreSession("base", sb);
   ASSERT_TRUE(ra.ok() && rb.ok());
-  EXPECT_EQ(sa.block_table[0], sb.block_table[0]);    // shared full block
+  EXPECT_EQ(sa.block_table[0], sb.block_table[0]);          // shared full block
   EXPECT_NE(sa.block_table.back(), sb.block_table.back());  // private tails
   std::vector<float> la, lb;
   ASSERT_TRUE(st.runner->Prefill(sa, a, engine::LogitsMode::kLast, &la).ok());
@@ -203,8 +203,7 @@ TEST_F(SessionTest, ErrorsAreClear) {
   // Without a disk tier, sessions are refused.
   StackSetup nodisk;
   Stack nd(*model_, path_, nodisk);
-  EXPECT_EQ(nd.cache->RestoreSession("mine", seq).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(nd.cache->RestoreSession("mine", seq).status().code(), StatusCode::kInvalidArgument);
 
   Stack again(*model_, path_, setup_);
   ASSERT_TRUE(DeleteSession(*again.store, "mine").ok());

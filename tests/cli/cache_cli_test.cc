@@ -1,13 +1,12 @@
 // `kvstash run --cache-dir/--session/--save-session` and `kvstash session list|rm`: what scripts
 // rely on (the `cache` JSON object, exit codes), a second process served from disk, a session
 // continued in another process equal to one uninterrupted run, and SIGKILL during write-behind.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <fcntl.h>
 
 #include <chrono>
 #include <cstdio>
@@ -79,7 +78,8 @@ TEST(CacheCliTest, SecondProcessIsServedFromDisk) {
   EXPECT_EQ(second["generated_ids"], cold["generated_ids"]);
   const auto& c1 = first["cache"];
   const auto& c2 = second["cache"];
-  for (const char* k : {"cached_tokens", "device_tokens", "host_tokens", "disk_tokens", "load_ms"}) {
+  for (const char* k :
+       {"cached_tokens", "device_tokens", "host_tokens", "disk_tokens", "load_ms"}) {
     ASSERT_TRUE(c1.contains(k)) << k;
     ASSERT_TRUE(c2.contains(k)) << k;
   }
@@ -165,9 +165,9 @@ TEST(CacheCliTest, SigkillDuringWriteBehindNeverServesWrongKv) {
   int kills = 0, hits = 0;
   for (int round = 0; round < 16; ++round) {
     const auto& p = prompts[round % prompts.size()];
-    std::vector<std::string> argv_s = {bin, "run", "-m", Model(), "--cache-dir", cache_dir,
-                                       "-n", "900", "-c", "1300", "--temp", "0", "--ignore-eos", "--json",
-                                       "--prompt-ids"};
+    std::vector<std::string> argv_s = {bin,       "run", "-m",           Model(),  "--cache-dir",
+                                       cache_dir, "-n",  "900",          "-c",     "1300",
+                                       "--temp",  "0",   "--ignore-eos", "--json", "--prompt-ids"};
     std::string ids;
     for (int t : p) ids += std::to_string(t) + " ";
     argv_s.push_back(ids);
