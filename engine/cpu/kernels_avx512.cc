@@ -4,6 +4,10 @@
 #define KV_X86_VNNI 1
 #define KV_X86_RM 4
 #define KV_X86_DECODE_RM 8
+// GCC 12's 512-bit insert/extract intrinsics pass _mm256_undefined_*() as their unused merge
+// source, which -Wuninitialized reports at every use (a GCC bug, fixed in later releases).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "engine/cpu/kernels_x86.inc"
 
 namespace kvstash::engine::cpu {
