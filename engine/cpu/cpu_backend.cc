@@ -139,9 +139,7 @@ class CpuBackend final : public Backend {
   }
 
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {
-    ForChunks(n, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-    });
+    ForChunks(n, [&](int64_t i0, int64_t i1) { k_.swiglu(gate + i0, up + i0, i1 - i0, out + i0); });
   }
 
   void Add(const float* x, int64_t n, float* y) override {

@@ -51,6 +51,8 @@ struct KernelTable {
   // Each query's update depends only on its own inputs (tile-shape independent).
   void (*attn_update)(const float* q, int nq, const int* n_valid, const float* k, const float* v,
                       int n, int hd, float scale, float* m, float* l, float* acc, float* scores);
+  // out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] (out may alias gate).
+  void (*swiglu)(const float* gate, const float* up, int64_t n, float* out);
 };
 
 // The best table for this CPU (can be forced with KVSTASH_CPU_KERNELS=scalar|avx2|avx512).

@@ -300,10 +300,14 @@ size_t ActRowBytes(ActFormat f, int64_t n) {
   return 0;
 }
 
+void SwiGluScalar(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 const KernelTable& ScalarKernels() {
   static const KernelTable table = {"scalar",       QuantizeActScalar, GemmScalar,
                                     F32ToF16Scalar, F16ToF32Scalar,    DotF32Scalar,
-                                    AxpyF32Scalar,  AttnUpdateScalar};
+                                    AxpyF32Scalar,  AttnUpdateScalar,  SwiGluScalar};
   return table;
 }
 

@@ -100,6 +100,40 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
                                            GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K),
                          [](const auto& info) { return std::string(Traits(info.param).name); });
 
+TEST(KernelTableTest, SimdTablesQuantizeActivationsExactlyAsScalar) {
+  std::mt19937 rng(7);
+  const int64_t n = 1024;
+  for (ActFormat fmt : {ActFormat::kQ8A, ActFormat::kQ8K}) {
+    for (float scale : {1.0f, 1e-3f, 300.0f}) {
+      auto v = RandomRow(rng, n, scale);
+      v[5] = 0.5f * scale;  // ties and exact zeros exercise the rounding and d == 0 paths
+      std::fill(v.begin() + 256, v.begin() + 512, 0.0f);
+      std::vector<uint8_t> a(ActRowBytes(fmt, n)), b(a.size());
+      ScalarKernels().quantize_act(fmt, v.data(), a.data(), n);
+      for (const KernelTable* k : Tables()) {
+        std::fill(b.begin(), b.end(), 0xAB);
+        k->quantize_act(fmt, v.data(), b.data(), n);
+        EXPECT_EQ(a, b) << k->name << " format " << static_cast<int>(fmt) << " scale " << scale;
+      }
+    }
+  }
+}
+
+TEST(KernelTableTest, SwiGluMatchesDefinition) {
+  std::mt19937 rng(3);
+  auto gate = RandomRow(rng, 1003, 30.0f);
+  auto up = RandomRow(rng, 1003, 2.0f);
+  gate[0] = -200.0f, gate[1] = 200.0f, gate[2] = 0.0f;  // saturated tails and zero
+  for (const KernelTable* k : Tables()) {
+    std::vector<float> out(gate.size());
+    k->swiglu(gate.data(), up.data(), static_cast<int64_t>(gate.size()), out.data());
+    for (size_t i = 0; i < gate.size(); ++i) {
+      const double g = gate[i], ref = g / (1.0 + std::exp(-g)) * up[i];
+      EXPECT_NEAR(out[i], ref, 1e-6 * std::fabs(ref) + 1e-30) << k->name << " i=" << i;
+    }
+  }
+}
+
 TEST(KernelTableTest, SimdTablesMatchScalarOnFp16Conversion) {
   std::mt19937 rng(1);
   auto v = RandomRow(rng, 1003, 100.0f);
