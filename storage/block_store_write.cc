@@ -10,7 +10,7 @@
 // is what makes every index entry safe to serve after a crash. While the writer streams, a round
 // waits up to Options::max_commit_delay_ms for more completions (every fdatasync is a device
 // cache flush, which stalls a virtual disk's writes); a Flush, a segment to seal or the writer
-// running dry starts the round at once.
+// running out of work for a few milliseconds starts the round at once.
 #include <time.h>
 
 #include <algorithm>
@@ -31,6 +31,9 @@ namespace {
 // 4 MiB-aligned offsets, and one request per record group of up to 8 MiB (what this replaced)
 // left every request misaligned. One request carries at most kMaxWriteIovecs pieces.
 constexpr uint64_t kWriteChunkBytes = 4 << 20;
+// How long the writer must have been out of work before the commit thread stops waiting for more
+// completions (Options::max_commit_delay_ms) and commits at once.
+constexpr std::chrono::milliseconds kIdleCommitDelay{5};
 constexpr size_t kMaxWriteIovecs = 64;
 
 int64_t ThreadCpuNs() {
@@ -237,23 +240,44 @@ void BlockStoreImpl::WriterLoop() {
   };
 
   bool blocked_on_seal = false;  // the next write needs a roll but too many segments are sealing
+  bool commit_waits = false;     // the committer holds writes it may delay (no urgent item)
   for (;;) {
+    bool idle = false;
     {
       std::unique_lock lock(queue_mu_);
       if (write_io_->in_flight() == 0 && unissued.empty() && (staged.empty() || blocked_on_seal)) {
         // Nothing in flight, so everything placed has been handed to the committer, including
         // the seal markers we may be waiting for: this wait always ends.
-        queue_cv_.wait(lock, [&] {
+        auto wake = [&] {
           if (stop_writer_) return true;
           if (blocked_on_seal) return sealing_segments_ < kMaxSealingSegments;
           return !queue_.empty();
-        });
-        if (stop_writer_ && queue_.empty() && staged.empty()) break;
+        };
+        // Out of work: if no Put arrives for kIdleCommitDelay either, nothing more is coming
+        // for now, so the committer need not wait out max_commit_delay_ms. Momentary gaps while
+        // a caller streams (the disk took writes faster than Put copied them) do not count:
+        // each commit is a device cache flush, which stalls the writes behind it.
+        if (commit_waits && !blocked_on_seal) {
+          idle = !queue_cv_.wait_for(lock, kIdleCommitDelay, wake);
+        }
+        if (!idle) {
+          queue_cv_.wait(lock, wake);
+          if (stop_writer_ && queue_.empty() && staged.empty()) break;
+        }
       }
       while (!queue_.empty()) {
         staged.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+    }
+    if (idle) {
+      {
+        std::lock_guard lock(commit_mu_);
+        commit_now_ = !commit_queue_.empty();  // else the committer already took it all
+      }
+      commit_cv_.notify_one();
+      commit_waits = false;
+      continue;
     }
 
     groups.clear();
@@ -351,10 +375,10 @@ void BlockStoreImpl::WriterLoop() {
     }
     if (!ready.empty()) {
       // Commit without waiting for more when someone waits on it (a Flush, a seal the writer may
-      // need before it can roll over) or when nothing else is coming: everything placed is done
-      // and nothing is staged.
-      bool urgent = order.empty() && staged.empty() && write_io_->in_flight() == 0;
+      // need before it can roll over); when the writer goes idle, see the wait above.
+      bool urgent = false;
       for (const WorkItem& item : ready) urgent = urgent || item.flush || item.seal;
+      commit_waits = !urgent;
       {
         std::lock_guard lock(commit_mu_);
         for (WorkItem& item : ready) commit_queue_.push_back(std::move(item));
