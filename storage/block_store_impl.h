@@ -77,14 +77,19 @@ struct PendingWrite {
   std::shared_ptr<Segment> segment;
   bool io_done = false;
   Status status;
+  // Writer thread only: a record may be cut across write requests (see WriteGroup).
+  uint64_t issued_bytes = 0;  // bytes of the record handed to requests so far
+  uint32_t parts_in_flight = 0;
 };
 
-// One write request of the writer: records placed back to back in one segment, one iovec each.
+// One write request of the writer: a contiguous byte range of one segment that never crosses a
+// kWriteChunkBytes boundary of the file, made of whole records or pieces of them (one iovec
+// each), back to back.
 struct WriteGroup {
   Segment* segment = nullptr;
-  uint64_t offset = 0;  // of the first record
+  uint64_t offset = 0;  // in the segment file
   uint64_t bytes = 0;
-  std::vector<PendingWrite*> writes;
+  std::vector<PendingWrite*> writes;  // every record with a piece in this request
   std::vector<iovec> iov;
 };
 
@@ -169,8 +174,6 @@ class BlockStoreImpl final : public BlockStore {
   // Makes room in the active segment for `w`, rolling over (and evicting) as needed.
   Status PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order);
   bool NeedsRoll(const PendingWrite& w) const;
-  // Whether `w`, placed now, would land right after the last of `groups` and may join it.
-  bool CanJoin(const std::vector<std::unique_ptr<WriteGroup>>& groups, const PendingWrite& w) const;
   void Roll(std::deque<WorkItem>& order);
   Status CreateSegment();
   // Keeps a new segment's extent tree from collapsing and regrowing under the writes (see the

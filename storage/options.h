@@ -39,8 +39,9 @@ struct Options {
   IoMode io_mode = IoMode::kAuto;
   // Reads in flight per GetMany call (1..4096). Default 64.
   unsigned read_queue_depth = 64;
-  // Write requests in flight in the writer (1..4096); records placed back to back share a
-  // request (one writev) up to 8 MiB. Default 32.
+  // Write requests in flight in the writer (1..4096). Records placed back to back share a
+  // request (one writev); requests are cut at 4 MiB-aligned offsets of the segment file, so a
+  // record may travel in two or more of them. Default 32.
   unsigned write_queue_depth = 32;
   // Bytes of staging memory: payloads accepted by Put whose write has not completed yet. Put
   // blocks while the total is above this (back-pressure); idle staging buffers up to this size
