@@ -169,6 +169,25 @@ Status BlockStoreImpl::Close() {
   space_cv_.notify_all();
   if (writer_.joinable()) writer_.join();
   if (committer_.joinable()) committer_.join();
+  if (preparer_.joinable()) {
+    {
+      std::unique_lock lock(prep_mu_);
+      prep_cv_.wait(lock, [&] { return !prep_busy_; });
+      stop_preparer_ = true;
+    }
+    prep_cv_.notify_all();
+    preparer_.join();
+    // A segment prepared but never used holds no records: remove it (a crash instead leaves a
+    // header-only file, which the next open drops as an empty segment).
+    if (prepared_ && prepared_->ok()) {
+      const std::string path = (*prepared_)->path;
+      (*prepared_)->file.reset();
+      Status r = fs_->RemoveFile(path);
+      if (r.ok()) r = fs_->SyncDir(segment_dir_);
+      if (!r.ok()) log_->warn("storage: {}", r.ToString());
+    }
+    prepared_.reset();
+  }
   {
     std::lock_guard lock(queue_mu_);
     writer_running_ = false;

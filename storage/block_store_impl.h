@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -176,6 +177,18 @@ class BlockStoreImpl final : public BlockStore {
   bool NeedsRoll(const PendingWrite& w) const;
   void Roll(std::deque<WorkItem>& order);
   Status CreateSegment();
+  // A new segment file, ready for records: created, reserved (fallocate), header written, extents
+  // pinned, directory synced. On failure the file is removed.
+  struct NewSegmentFile {
+    uint64_t id = 0;
+    std::string path;
+    std::unique_ptr<File> file;
+    uint64_t created_us = 0;
+  };
+  Result<NewSegmentFile> MakeSegmentFile(uint64_t id);
+  // Writer thread: asks the preparer for the next segment once the active one is half full.
+  void MaybePrepareNextSegment();
+  void PreparerLoop();
   // Keeps a new segment's extent tree from collapsing and regrowing under the writes (see the
   // definition).
   Status PinExtents(File& file);
@@ -254,8 +267,19 @@ class BlockStoreImpl final : public BlockStore {
   std::vector<std::unique_ptr<IoQueue>> read_queues_;
   std::atomic<bool> io_uring_{false};
 
+  // Background preparation of the next segment (Options::prepare_segments): opening a segment
+  // (fallocate, header, directory sync) on the writer thread stalled the writes in flight at
+  // every roll-over. Guarded by prep_mu_.
+  std::mutex prep_mu_;
+  std::condition_variable prep_cv_;
+  uint64_t prep_request_id_ = 0;  // id to prepare, 0 when none asked for
+  bool prep_busy_ = false;        // the preparer is working on prep_request_id_
+  std::optional<Result<NewSegmentFile>> prepared_;
+  bool stop_preparer_ = false;
+
   std::thread writer_;
   std::thread committer_;
+  std::thread preparer_;
 };
 
 }  // namespace kvstash::storage

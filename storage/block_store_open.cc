@@ -90,6 +90,8 @@ Status BlockStoreImpl::OpenImpl() {
   write_io_ = q.ok() ? std::move(q).value() : NewSyncIoQueue(options_.write_queue_depth);
   io_uring_ = write_io_->name() == "io_uring";
   writer_running_ = true;
+  // The preparer first: the writer checks whether it runs.
+  if (options_.prepare_segments) preparer_ = std::thread([this] { PreparerLoop(); });
   writer_ = std::thread([this] { WriterLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });
   opened_ = true;

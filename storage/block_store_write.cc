@@ -424,51 +424,110 @@ Status BlockStoreImpl::PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order) 
   w.entry.segment_id = active_->id;
   w.entry.offset = active_->write_offset;
   active_->write_offset += w.record_bytes;
+  MaybePrepareNextSegment();
   return Status::Ok();
 }
 
-Status BlockStoreImpl::CreateSegment() {
-  EnsureBudget(options_.segment_bytes);
-  const uint64_t id = next_segment_id_++;
-  const std::string path = SegmentPath(id);
-  KV_ASSIGN_OR_RETURN(std::unique_ptr<File> file, OpenSegmentFile(path, /*create=*/true));
+Result<BlockStoreImpl::NewSegmentFile> BlockStoreImpl::MakeSegmentFile(uint64_t id) {
+  NewSegmentFile out;
+  out.id = id;
+  out.path = SegmentPath(id);
+  KV_ASSIGN_OR_RETURN(out.file, OpenSegmentFile(out.path, /*create=*/true));
   auto abandon = [&](const Status& s) {
-    file.reset();
-    Status r = fs_->RemoveFile(path);
+    out.file.reset();
+    Status r = fs_->RemoveFile(out.path);
     if (!r.ok()) log_->warn("storage: {}", r.ToString());
     return s;
   };
   // Reserving the whole segment up front turns running out of space into one clear error here
   // rather than a failed write in the middle of a batch.
-  Status s = file->Allocate(0, options_.segment_bytes);
+  Status s = out.file->Allocate(0, options_.segment_bytes);
   if (!s.ok()) return abandon(s);
-  const uint64_t now_us = static_cast<uint64_t>(WallNowUs());
+  out.created_us = static_cast<uint64_t>(WallNowUs());
   AlignedBuffer header(format::kSegmentHeaderBytes);
   format::EncodeSegmentHeader({.format_version = format::kFormatVersion,
                                .segment_id = id,
-                               .created_us = now_us,
+                               .created_us = out.created_us,
                                .capacity_bytes = options_.segment_bytes},
                               header.span());
-  s = file->WriteAt(0, header.span());
-  if (s.ok()) s = PinExtents(*file);
+  s = out.file->WriteAt(0, header.span());
+  if (s.ok()) s = PinExtents(*out.file);
   if (s.ok()) s = fs_->SyncDir(segment_dir_);  // the name must survive before entries use it
   if (!s.ok()) return abandon(s);
+  return out;
+}
 
+Status BlockStoreImpl::CreateSegment() {
+  EnsureBudget(options_.segment_bytes);
+  std::optional<Result<NewSegmentFile>> ready;
+  {
+    std::unique_lock lock(prep_mu_);
+    if (prep_request_id_ != 0) {
+      // Asked for at half of the last segment: usually done by now; if not, waiting for it is
+      // no slower than making one here.
+      prep_cv_.wait(lock, [&] { return prepared_.has_value(); });
+      ready = std::move(prepared_);
+      prepared_.reset();
+      prep_request_id_ = 0;
+    }
+  }
+  if (ready && !ready->ok()) {
+    // Made again below, so the error (ENOSPC, say) is the writer's own and pauses writes as usual.
+    log_->debug("storage: segment prepared ahead failed: {}", ready->status().ToString());
+  }
+  NewSegmentFile made;
+  if (ready && ready->ok()) {
+    made = std::move(**ready);
+  } else {
+    KV_ASSIGN_OR_RETURN(made, MakeSegmentFile(next_segment_id_++));
+  }
   auto seg = std::make_shared<Segment>();
-  seg->id = id;
-  seg->path = path;
-  seg->file = std::move(file);
-  seg->created_us = now_us;
-  seg->last_access_us = static_cast<int64_t>(now_us);
+  seg->id = made.id;
+  seg->path = std::move(made.path);
+  seg->file = std::move(made.file);
+  seg->created_us = made.created_us;
+  seg->last_access_us = static_cast<int64_t>(made.created_us);
   seg->allocated_bytes = options_.segment_bytes;
   seg->write_offset = format::kSegmentHeaderBytes;
   {
     std::unique_lock lock(mu_);
-    segments_[id] = seg;
+    segments_[seg->id] = seg;
     disk_bytes_ += seg->allocated_bytes;
   }
   active_ = std::move(seg);
   return Status::Ok();
+}
+
+void BlockStoreImpl::MaybePrepareNextSegment() {
+  if (!options_.prepare_segments || !active_ || !preparer_.joinable()) return;
+  if (active_->write_offset < options_.segment_bytes / 2) return;
+  {
+    // The prepared file occupies disk space before it is counted: only within the budget.
+    std::shared_lock lock(mu_);
+    if (disk_bytes_ + 2 * options_.segment_bytes > options_.capacity_bytes) return;
+  }
+  std::lock_guard lock(prep_mu_);
+  if (prep_request_id_ != 0) return;
+  prep_request_id_ = next_segment_id_++;
+  prep_cv_.notify_all();
+}
+
+void BlockStoreImpl::PreparerLoop() {
+  std::unique_lock lock(prep_mu_);
+  for (;;) {
+    prep_cv_.wait(lock, [&] {
+      return stop_preparer_ || (prep_request_id_ != 0 && !prep_busy_ && !prepared_);
+    });
+    if (stop_preparer_) return;
+    const uint64_t id = prep_request_id_;
+    prep_busy_ = true;
+    lock.unlock();
+    Result<NewSegmentFile> made = MakeSegmentFile(id);
+    lock.lock();
+    prep_busy_ = false;
+    prepared_ = std::move(made);
+    prep_cv_.notify_all();
+  }
 }
 
 // ext4 keeps up to four extents in the inode and moves them to a tree block past that. A fresh

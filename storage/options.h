@@ -56,6 +56,11 @@ struct Options {
   // commits at once, so an idle store adds no delay, and a streaming one commits at least once per
   // segment. 0: commit whatever has completed at once. 0..10000. Default 500 ms.
   int64_t max_commit_delay_ms = 500;
+  // Prepare the next segment file (create, reserve, header, directory sync) on a background
+  // thread once the active segment is half full, so a roll-over does not stall the writes in
+  // flight. Needs room for one more segment within capacity_bytes; otherwise, or when the
+  // preparation failed, the segment is made at the roll-over as without it. Default true.
+  bool prepare_segments = true;
   // After a write fails for lack of space (or the index cannot be written), Put fails fast with
   // ResourceExhausted; one Put per interval is let through to probe whether space has returned.
   // Default 1000 ms.

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "storage/aligned_buffer.h"
@@ -38,6 +39,9 @@ class StoreFaultTest : public ::testing::Test {
     o.file_system = fs_;
     o.logger = std::getenv("STORAGE_TEST_LOG") ? DefaultLogger() : NullLogger();
     o.write_retry_interval_ms = 20;
+    // These tests inject faults into the writer's own segment creation at chosen moments; the
+    // background preparation of the next segment has tests of its own below.
+    o.prepare_segments = prepare_segments_;
     return o;
   }
   std::unique_ptr<BlockStore> Open() {
@@ -70,9 +74,60 @@ class StoreFaultTest : public ::testing::Test {
            PayloadMatches(KeyFor(i), {buf.data(), kBlock}) && r.header == MakeHeader(KeyFor(i));
   }
 
+  size_t SegmentFiles() const {
+    size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir_->Sub("cache/segments"))) {
+      n += e.path().extension() == ".seg";
+    }
+    return n;
+  }
+
   std::unique_ptr<TempDir> dir_;
   std::shared_ptr<FaultInjectionFileSystem> fs_;
+  bool prepare_segments_ = false;
 };
+
+// The next segment is made in the background once the active one is half full; roll-overs use
+// it, and a segment prepared but never used leaves no file behind after Close.
+TEST_F(StoreFaultTest, PreparedSegmentsAreUsedAndNoneOutlivesClose) {
+  prepare_segments_ = true;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    for (uint64_t i = 0; i < 8 * 5 + 5; ++i) ASSERT_TRUE(Put(*store, i).ok()) << i;
+    ASSERT_TRUE(store->Flush().ok());
+    EXPECT_EQ(store->Stats().segments, 6u);
+    // The sixth segment is past half full: a seventh is prepared (or being prepared) beside it.
+    ASSERT_TRUE(store->Close().ok());
+    EXPECT_EQ(SegmentFiles(), 6u);
+  }
+  auto store = Open();
+  ASSERT_TRUE(store);
+  for (uint64_t i = 0; i < 45; ++i) EXPECT_TRUE(Verifies(*store, i)) << i;
+  EXPECT_EQ(store->Stats().segments, 6u);
+}
+
+// A failed preparation (no space) is not the end: the writer makes the segment itself at the
+// roll-over, so the error, when it persists, pauses writes as usual while reads continue.
+TEST_F(StoreFaultTest, FailedPreparationFallsBackToTheWriter) {
+  prepare_segments_ = true;
+  auto store = Open();
+  ASSERT_TRUE(store);
+  for (uint64_t i = 0; i < 4; ++i) ASSERT_TRUE(Put(*store, i).ok());
+  fs_->InjectFault(FaultOp::kAllocate, ENOSPC, 1);  // the preparer's fallocate fails once
+  for (uint64_t i = 4; i < 12; ++i) ASSERT_TRUE(Put(*store, i).ok()) << i;  // rolls over
+  EXPECT_EQ(store->Stats().segments, 2u);
+  fs_->InjectFault(FaultOp::kAllocate, ENOSPC, -1);  // now the disk stays full
+  Status s;
+  for (uint64_t i = 12; i < 40 && s.ok(); ++i) s = Put(*store, i);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+  EXPECT_NE(s.message().find("No space left"), std::string::npos) << s.ToString();
+  EXPECT_TRUE(store->Stats().writes_paused);
+  for (uint64_t i = 0; i < 12; ++i) EXPECT_TRUE(Verifies(*store, i)) << i;
+  fs_->ClearFaults();
+  EXPECT_TRUE(PutOnceResumed(*store, 100));
+  EXPECT_TRUE(Verifies(*store, 100));
+}
 
 TEST_F(StoreFaultTest, NoSpaceForANewSegmentPausesWritesWhileReadsContinue) {
   auto store = Open();
