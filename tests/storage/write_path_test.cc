@@ -106,6 +106,52 @@ class WritePathTest : public ::testing::Test {
     return r.hit() && r.payload_bytes == n && PayloadMatches(KeyFor(i), {buf.data(), n}) &&
            r.header == MakeHeader(KeyFor(i));
   }
+  // Faults through `fs`, one write request in flight, quick retries after a failure.
+  static Options FaultOptions(Options o, std::shared_ptr<FaultInjectionFileSystem> fs) {
+    o.file_system = std::move(fs);
+    o.write_queue_depth = 1;
+    o.write_retry_interval_ms = 20;
+    return o;
+  }
+  // A new store over o.path holds exactly blocks 0..n-1, all intact.
+  template <typename VerifyFn>
+  void ExpectAllAfterReopen(const Options& o, uint64_t n, VerifyFn verifies) {
+    auto store = Open(o);
+    ASSERT_TRUE(store);
+    EXPECT_EQ(store->Stats().blocks, n);
+    for (uint64_t i = 0; i < n; ++i) EXPECT_TRUE(verifies(*store, i)) << i;
+  }
+  // With one write request made to fail: Puts first..end-1 each either succeed and read back or
+  // fail and are absent; at least one fails, not all; a reopen finds exactly the blocks below
+  // `end` that succeeded (the ones below `first` were stored before and must all be there).
+  template <typename PutFn, typename VerifyFn>
+  void ExpectOneRequestFailed(const Options& o, std::unique_ptr<BlockStore>& store, uint64_t first,
+                              uint64_t end, PutFn put, VerifyFn verifies) {
+    std::vector<std::future<Status>> done;
+    for (uint64_t i = first; i < end; ++i) done.push_back(put(*store, i));
+    uint64_t failed = 0;
+    for (uint64_t i = first; i < end; ++i) {
+      if (done[i - first].get().ok()) {
+        EXPECT_TRUE(verifies(*store, i)) << i;
+      } else {
+        ++failed;
+        EXPECT_FALSE(store->Contains(KeyFor(i))) << i;
+      }
+    }
+    EXPECT_GE(failed, 1u);
+    EXPECT_LT(failed, end - first);
+    ASSERT_TRUE(store->Close().ok());
+    store = Open(o);
+    ASSERT_TRUE(store);
+    uint64_t present = 0;
+    for (uint64_t i = 0; i < end; ++i) {
+      if (store->Contains(KeyFor(i))) {
+        ++present;
+        EXPECT_TRUE(verifies(*store, i)) << i;
+      }
+    }
+    EXPECT_EQ(present, end - failed);
+  }
 
   std::unique_ptr<TempDir> dir_;
 };
@@ -156,47 +202,23 @@ TEST_F(WritePathTest, StreamedPutsAreCoalescedReadBackIntactAndSurviveAReopen) {
     for (uint64_t i = 0; i < kBlocks; ++i) EXPECT_TRUE(Verifies(*store, i)) << i;
     ASSERT_TRUE(store->Close().ok());
   }
-  auto store = Open(o);
-  ASSERT_TRUE(store);
-  EXPECT_EQ(store->Stats().blocks, kBlocks);
-  for (uint64_t i = 0; i < kBlocks; ++i) EXPECT_TRUE(Verifies(*store, i)) << i;
+  ExpectAllAfterReopen(o, kBlocks, Verifies);
 }
 
 TEST_F(WritePathTest, AFailedGroupedWriteFailsItsRecordsAndNothingElse) {
   auto fs = std::make_shared<FaultInjectionFileSystem>();
-  Options o = MakeOptions();
-  o.file_system = fs;
-  o.write_queue_depth = 1;
-  o.write_retry_interval_ms = 20;
+  Options o = FaultOptions(MakeOptions(), fs);
   auto store = Open(o);
   ASSERT_TRUE(store);
   // One failed request, whichever records it carries; the others go to a fresh segment.
   fs->InjectFault(FaultOp::kWrite, EIO, 1, ".seg");
-  constexpr uint64_t kBlocks = 64;
-  std::vector<std::future<Status>> done;
-  for (uint64_t i = 0; i < kBlocks; ++i) {
-    auto payload = MakePayload(KeyFor(i), SizeOf(i));
-    done.push_back(store->Put(KeyFor(i), MakeHeader(KeyFor(i)), payload));
-  }
-  uint64_t failed = 0;
-  for (uint64_t i = 0; i < kBlocks; ++i) {
-    if (done[i].get().ok()) {
-      EXPECT_TRUE(Verifies(*store, i)) << i;
-    } else {
-      ++failed;
-      EXPECT_FALSE(store->Contains(KeyFor(i))) << i;
-    }
-  }
-  EXPECT_GE(failed, 1u);
-  EXPECT_LT(failed, kBlocks);
-  ASSERT_TRUE(store->Close().ok());
-  store = Open(o);
-  ASSERT_TRUE(store);
-  for (uint64_t i = 0; i < kBlocks; ++i) {
-    if (store->Contains(KeyFor(i))) {
-      EXPECT_TRUE(Verifies(*store, i)) << i;
-    }
-  }
+  ExpectOneRequestFailed(
+      o, store, 0, 64,
+      [](BlockStore& s, uint64_t i) {
+        auto payload = MakePayload(KeyFor(i), SizeOf(i));
+        return s.Put(KeyFor(i), MakeHeader(KeyFor(i)), payload);
+      },
+      [this](BlockStore& s, uint64_t i) { return Verifies(s, i); });
 }
 
 // Records of 1-2 MiB in 32 MiB segments: many straddle a 4 MiB boundary of the file, so the writer
@@ -240,50 +262,20 @@ TEST_F(SplitRecordTest, RecordsCutAcrossRequestsReadBackIntactAndSurviveAReopen)
       for (uint64_t i = 0; i < kBlocks; ++i) EXPECT_TRUE(VerifiesBig(*store, i)) << i;
       ASSERT_TRUE(store->Close().ok());
     }
-    auto store = Open(o);
-    ASSERT_TRUE(store);
-    EXPECT_EQ(store->Stats().blocks, kBlocks);
-    for (uint64_t i = 0; i < kBlocks; ++i) EXPECT_TRUE(VerifiesBig(*store, i)) << i;
+    ExpectAllAfterReopen(o, kBlocks, VerifiesBig);
   }
 }
 
 TEST_F(SplitRecordTest, AFailedPieceFailsItsRecordAndLeavesTheOthersReadable) {
   auto fs = std::make_shared<FaultInjectionFileSystem>();
-  Options o = MakeOptions();
-  o.file_system = fs;
-  o.write_queue_depth = 1;
-  o.write_retry_interval_ms = 20;
+  Options o = FaultOptions(MakeOptions(), fs);
   auto store = Open(o);
   ASSERT_TRUE(store);
   ASSERT_TRUE(PutBig(*store, 0).get().ok());  // the segment exists: the fault hits a record
   // The next write request fails. With records of 1-2 MiB cut at 4 MiB boundaries and one
   // request in flight, records have pieces in more than one request.
   fs->InjectFault(FaultOp::kWrite, EIO, 1, ".seg");
-  constexpr uint64_t kBlocks = 24;
-  std::vector<std::future<Status>> done;
-  for (uint64_t i = 1; i < kBlocks; ++i) done.push_back(PutBig(*store, i));
-  uint64_t failed = 0;
-  for (uint64_t i = 1; i < kBlocks; ++i) {
-    if (done[i - 1].get().ok()) {
-      EXPECT_TRUE(VerifiesBig(*store, i)) << i;
-    } else {
-      ++failed;
-      EXPECT_FALSE(store->Contains(KeyFor(i))) << i;
-    }
-  }
-  EXPECT_GE(failed, 1u);
-  EXPECT_LT(failed, kBlocks - 1);
-  ASSERT_TRUE(store->Close().ok());
-  store = Open(o);
-  ASSERT_TRUE(store);
-  uint64_t present = 0;
-  for (uint64_t i = 0; i < kBlocks; ++i) {
-    if (store->Contains(KeyFor(i))) {
-      ++present;
-      EXPECT_TRUE(VerifiesBig(*store, i)) << i;
-    }
-  }
-  EXPECT_EQ(present, kBlocks - failed);
+  ExpectOneRequestFailed(o, store, 1, 24, PutBig, VerifiesBig);
 }
 
 }  // namespace
