@@ -172,21 +172,22 @@ Status BlockStoreImpl::Close() {
   if (preparer_.joinable()) {
     {
       std::unique_lock lock(prep_mu_);
-      prep_cv_.wait(lock, [&] { return !prep_busy_; });
+      prep_cv_.wait(lock, [&] { return prep_count_ == 0; });
       stop_preparer_ = true;
     }
     prep_cv_.notify_all();
     preparer_.join();
-    // A segment prepared but never used holds no records: remove it (a crash instead leaves a
-    // header-only file, which the next open drops as an empty segment).
-    if (prepared_ && prepared_->ok()) {
-      const std::string path = (*prepared_)->path;
-      (*prepared_)->file.reset();
-      Status r = fs_->RemoveFile(path);
-      if (r.ok()) r = fs_->SyncDir(segment_dir_);
+    // Segments prepared but never used hold no records: remove them (a crash instead leaves
+    // header-only files, which the next open drops as empty segments).
+    bool removed = false;
+    for (auto& r : prepared_) {
+      if (r.ok()) DiscardSegmentFile(*r), removed = true;
+    }
+    prepared_.clear();
+    if (removed) {
+      Status r = fs_->SyncDir(segment_dir_);
       if (!r.ok()) log_->warn("storage: {}", r.ToString());
     }
-    prepared_.reset();
   }
   {
     std::lock_guard lock(queue_mu_);

@@ -185,7 +185,11 @@ class BlockStoreImpl final : public BlockStore {
     std::unique_ptr<File> file;
     uint64_t created_us = 0;
   };
-  Result<NewSegmentFile> MakeSegmentFile(uint64_t id);
+  // `sync_dir`: also make the file's name durable (a batch of prepared segments shares one
+  // directory sync instead).
+  Result<NewSegmentFile> MakeSegmentFile(uint64_t id, bool sync_dir);
+  // Closes and removes a prepared segment that will not be used.
+  void DiscardSegmentFile(NewSegmentFile& f);
   // Writer thread: asks the preparer for the next segment once the active one is half full.
   void MaybePrepareNextSegment();
   void PreparerLoop();
@@ -267,14 +271,16 @@ class BlockStoreImpl final : public BlockStore {
   std::vector<std::unique_ptr<IoQueue>> read_queues_;
   std::atomic<bool> io_uring_{false};
 
-  // Background preparation of the next segment (Options::prepare_segments): opening a segment
+  // Background preparation of the next segments (Options::prepare_segments): opening a segment
   // (fallocate, header, directory sync) on the writer thread stalled the writes in flight at
-  // every roll-over. Guarded by prep_mu_.
+  // every roll-over, and every directory sync is a device cache flush, so segments are prepared
+  // in batches of up to kMaxPreparedSegments that share one. Guarded by prep_mu_.
+  static constexpr int kMaxPreparedSegments = 4;
   std::mutex prep_mu_;
   std::condition_variable prep_cv_;
-  uint64_t prep_request_id_ = 0;  // id to prepare, 0 when none asked for
-  bool prep_busy_ = false;        // the preparer is working on prep_request_id_
-  std::optional<Result<NewSegmentFile>> prepared_;
+  uint64_t prep_first_id_ = 0;  // first id of the batch asked for
+  int prep_count_ = 0;          // segments asked for and not yet delivered (0: no request)
+  std::deque<Result<NewSegmentFile>> prepared_;  // delivered, in id order
   bool stop_preparer_ = false;
 
   std::thread writer_;

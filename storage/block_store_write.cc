@@ -428,58 +428,69 @@ Status BlockStoreImpl::PlaceWrite(PendingWrite& w, std::deque<WorkItem>& order) 
   return Status::Ok();
 }
 
-Result<BlockStoreImpl::NewSegmentFile> BlockStoreImpl::MakeSegmentFile(uint64_t id) {
+Result<BlockStoreImpl::NewSegmentFile> BlockStoreImpl::MakeSegmentFile(uint64_t id, bool sync_dir) {
   NewSegmentFile out;
   out.id = id;
   out.path = SegmentPath(id);
   KV_ASSIGN_OR_RETURN(out.file, OpenSegmentFile(out.path, /*create=*/true));
-  auto abandon = [&](const Status& s) {
-    out.file.reset();
-    Status r = fs_->RemoveFile(out.path);
-    if (!r.ok()) log_->warn("storage: {}", r.ToString());
-    return s;
-  };
   // Reserving the whole segment up front turns running out of space into one clear error here
   // rather than a failed write in the middle of a batch.
   Status s = out.file->Allocate(0, options_.segment_bytes);
-  if (!s.ok()) return abandon(s);
-  out.created_us = static_cast<uint64_t>(WallNowUs());
-  AlignedBuffer header(format::kSegmentHeaderBytes);
-  format::EncodeSegmentHeader({.format_version = format::kFormatVersion,
-                               .segment_id = id,
-                               .created_us = out.created_us,
-                               .capacity_bytes = options_.segment_bytes},
-                              header.span());
-  s = out.file->WriteAt(0, header.span());
+  if (s.ok()) {
+    out.created_us = static_cast<uint64_t>(WallNowUs());
+    AlignedBuffer header(format::kSegmentHeaderBytes);
+    format::EncodeSegmentHeader({.format_version = format::kFormatVersion,
+                                 .segment_id = id,
+                                 .created_us = out.created_us,
+                                 .capacity_bytes = options_.segment_bytes},
+                                header.span());
+    s = out.file->WriteAt(0, header.span());
+  }
   if (s.ok()) s = PinExtents(*out.file);
-  if (s.ok()) s = fs_->SyncDir(segment_dir_);  // the name must survive before entries use it
-  if (!s.ok()) return abandon(s);
+  // The name must survive before index entries use it.
+  if (s.ok() && sync_dir) s = fs_->SyncDir(segment_dir_);
+  if (!s.ok()) {
+    DiscardSegmentFile(out);
+    return s;
+  }
   return out;
 }
 
+void BlockStoreImpl::DiscardSegmentFile(NewSegmentFile& f) {
+  f.file.reset();
+  Status r = fs_->RemoveFile(f.path);
+  if (!r.ok()) log_->warn("storage: {}", r.ToString());
+}
+
 Status BlockStoreImpl::CreateSegment() {
-  EnsureBudget(options_.segment_bytes);
   std::optional<Result<NewSegmentFile>> ready;
+  size_t spares = 0;  // prepared segments left after this one (on disk, not yet counted)
   {
     std::unique_lock lock(prep_mu_);
-    if (prep_request_id_ != 0) {
-      // Asked for at half of the last segment: usually done by now; if not, waiting for it is
-      // no slower than making one here.
-      prep_cv_.wait(lock, [&] { return prepared_.has_value(); });
-      ready = std::move(prepared_);
-      prepared_.reset();
-      prep_request_id_ = 0;
+    // Asked for at half of a segment: usually delivered by now; if not, waiting for it is no
+    // slower than making one here.
+    prep_cv_.wait(lock, [&] { return !prepared_.empty() || prep_count_ == 0; });
+    if (!prepared_.empty()) {
+      ready = std::move(prepared_.front());
+      prepared_.pop_front();
+      if (!ready->ok()) {
+        // Made again below, so the error (ENOSPC, say) is the writer's own and pauses writes as
+        // usual; the rest of the batch goes too, so that segments are used in id order.
+        log_->debug("storage: segment prepared ahead failed: {}", ready->status().ToString());
+        for (auto& r : prepared_) {
+          if (r.ok()) DiscardSegmentFile(*r);
+        }
+        prepared_.clear();
+      }
+      spares = prepared_.size();
     }
   }
-  if (ready && !ready->ok()) {
-    // Made again below, so the error (ENOSPC, say) is the writer's own and pauses writes as usual.
-    log_->debug("storage: segment prepared ahead failed: {}", ready->status().ToString());
-  }
+  EnsureBudget(options_.segment_bytes * (1 + spares));
   NewSegmentFile made;
   if (ready && ready->ok()) {
     made = std::move(**ready);
   } else {
-    KV_ASSIGN_OR_RETURN(made, MakeSegmentFile(next_segment_id_++));
+    KV_ASSIGN_OR_RETURN(made, MakeSegmentFile(next_segment_id_++, /*sync_dir=*/true));
   }
   auto seg = std::make_shared<Segment>();
   seg->id = made.id;
@@ -501,31 +512,48 @@ Status BlockStoreImpl::CreateSegment() {
 void BlockStoreImpl::MaybePrepareNextSegment() {
   if (!options_.prepare_segments || !active_ || !preparer_.joinable()) return;
   if (active_->write_offset < options_.segment_bytes / 2) return;
-  {
-    // The prepared file occupies disk space before it is counted: only within the budget.
-    std::shared_lock lock(mu_);
-    if (disk_bytes_ + 2 * options_.segment_bytes > options_.capacity_bytes) return;
-  }
   std::lock_guard lock(prep_mu_);
-  if (prep_request_id_ != 0) return;
-  prep_request_id_ = next_segment_id_++;
+  if (prep_count_ != 0 || !prepared_.empty()) return;
+  // Prepared files occupy disk space before they are counted: only within the budget.
+  uint64_t room;
+  {
+    std::shared_lock mu_lock(mu_);
+    room = options_.capacity_bytes > disk_bytes_ ? options_.capacity_bytes - disk_bytes_ : 0;
+  }
+  const int count =
+      static_cast<int>(std::min<uint64_t>(kMaxPreparedSegments, room / options_.segment_bytes));
+  if (count < 2) return;  // keeps one segment of room spare
+  prep_first_id_ = next_segment_id_;
+  prep_count_ = count - 1;
+  next_segment_id_ += prep_count_;
   prep_cv_.notify_all();
 }
 
 void BlockStoreImpl::PreparerLoop() {
   std::unique_lock lock(prep_mu_);
   for (;;) {
-    prep_cv_.wait(lock, [&] {
-      return stop_preparer_ || (prep_request_id_ != 0 && !prep_busy_ && !prepared_);
-    });
+    prep_cv_.wait(lock, [&] { return stop_preparer_ || prep_count_ != 0; });
     if (stop_preparer_) return;
-    const uint64_t id = prep_request_id_;
-    prep_busy_ = true;
+    const uint64_t first = prep_first_id_;
+    const int count = prep_count_;
     lock.unlock();
-    Result<NewSegmentFile> made = MakeSegmentFile(id);
+    std::vector<Result<NewSegmentFile>> made;
+    bool any = false;
+    for (int i = 0; i < count; ++i) {
+      made.push_back(MakeSegmentFile(first + i, /*sync_dir=*/false));
+      any = any || made.back().ok();
+    }
+    // One directory sync makes every name of the batch durable.
+    Status synced = any ? fs_->SyncDir(segment_dir_) : Status::Ok();
+    if (!synced.ok()) {
+      for (auto& r : made) {
+        if (r.ok()) DiscardSegmentFile(*r);
+        r = synced;
+      }
+    }
     lock.lock();
-    prep_busy_ = false;
-    prepared_ = std::move(made);
+    for (auto& r : made) prepared_.push_back(std::move(r));
+    prep_count_ = 0;
     prep_cv_.notify_all();
   }
 }

@@ -56,10 +56,11 @@ struct Options {
   // commits at once, so an idle store adds no delay, and a streaming one commits at least once per
   // segment. 0: commit whatever has completed at once. 0..10000. Default 500 ms.
   int64_t max_commit_delay_ms = 500;
-  // Prepare the next segment file (create, reserve, header, directory sync) on a background
-  // thread once the active segment is half full, so a roll-over does not stall the writes in
-  // flight. Needs room for one more segment within capacity_bytes; otherwise, or when the
-  // preparation failed, the segment is made at the roll-over as without it. Default true.
+  // Prepare the next segment files (create, reserve, header) on a background thread once the
+  // active segment is half full, up to 3 at a time sharing one directory sync, so a roll-over
+  // neither stalls the writes in flight nor costs a device cache flush of its own. Only within
+  // capacity_bytes (one segment of room is kept spare); otherwise, or when a preparation failed,
+  // the segment is made at the roll-over as without it. Default true.
   bool prepare_segments = true;
   // After a write fails for lack of space (or the index cannot be written), Put fails fast with
   // ResourceExhausted; one Put per interval is let through to probe whether space has returned.
