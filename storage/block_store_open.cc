@@ -90,7 +90,7 @@ Status BlockStoreImpl::OpenImpl() {
   write_io_ = q.ok() ? std::move(q).value() : NewSyncIoQueue(options_.write_queue_depth);
   io_uring_ = write_io_->name() == "io_uring";
   writer_running_ = true;
-  // The preparer first: the writer checks whether it runs.
+  // The preparer first: the writer hands it work as soon as it starts.
   if (options_.prepare_segments) preparer_ = std::thread([this] { PreparerLoop(); });
   writer_ = std::thread([this] { WriterLoop(); });
   committer_ = std::thread([this] { CommitLoop(); });

@@ -510,7 +510,7 @@ Status BlockStoreImpl::CreateSegment() {
 }
 
 void BlockStoreImpl::MaybePrepareNextSegment() {
-  if (!options_.prepare_segments || !active_ || !preparer_.joinable()) return;
+  if (!options_.prepare_segments || !active_) return;  // the preparer runs iff the option is set
   if (active_->write_offset < options_.segment_bytes / 2) return;
   std::lock_guard lock(prep_mu_);
   if (prep_count_ != 0 || !prepared_.empty()) return;

@@ -1,4 +1,5 @@
 // `kvstash session list|rm --cache-dir DIR`: the named sessions of a prefix cache directory.
+#include <cctype>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -7,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 #include "base/logging.h"
 #include "cache/prefix_cache.h"
@@ -118,32 +120,15 @@ void RegisterSessionCommand(CLI::App& app, int* exit_code) {
 Result<uint64_t> ParseByteSize(const std::string& text) {
   std::string t = text;
   while (!t.empty() && (t.back() == 'B' || t.back() == 'b' || t.back() == 'i')) t.pop_back();
+  // An optional unit letter: K, M, G, T (either case), powers of 1024.
   uint64_t mult = 1;
   if (!t.empty()) {
-    switch (t.back()) {
-      case 'k':
-      case 'K':
-        mult = 1ull << 10;
-        break;
-      case 'm':
-      case 'M':
-        mult = 1ull << 20;
-        break;
-      case 'g':
-      case 'G':
-        mult = 1ull << 30;
-        break;
-      case 't':
-      case 'T':
-        mult = 1ull << 40;
-        break;
-      default:
-        mult = 0;
-    }
-    if (mult != 0) {
+    static constexpr std::string_view kUnits = "kmgt";
+    const size_t u =
+        kUnits.find(static_cast<char>(std::tolower(static_cast<unsigned char>(t.back()))));
+    if (u != std::string_view::npos) {
+      mult = 1ull << (10 * (u + 1));
       t.pop_back();
-    } else {
-      mult = 1;
     }
   }
   char* end = nullptr;
