@@ -28,8 +28,8 @@
 
 #include "base/clock.h"
 #include "cache/prefix_cache.h"
-#include "engine/mkmodel.h"
-#include "engine/model.h"
+#include "engine/model/mkmodel.h"
+#include "engine/model/model.h"
 #include "engine/runner.h"
 #include "storage/block_store.h"
 

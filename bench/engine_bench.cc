@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "base/clock.h"
-#include "engine/mkmodel.h"
-#include "engine/model.h"
+#include "engine/model/mkmodel.h"
+#include "engine/model/model.h"
 #include "engine/runner.h"
 
 namespace kvstash::bench {

@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/hf_tokenizer.h"
-#include "engine/tokenizer.h"
-#include "engine/vocab.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/hf_tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/vocab.h"
 #include "tests/fixtures.h"
 
 namespace {

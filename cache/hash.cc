@@ -10,7 +10,7 @@
 #include <cstring>
 #include <memory>
 
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "storage/block_store.h"
 
 namespace kvstash::cache {

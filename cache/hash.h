@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "base/status.h"
-#include "engine/kv_cache.h"
+#include "engine/kv_pool.h"
 #include "storage/block_key.h"
 
 namespace kvstash::engine {

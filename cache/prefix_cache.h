@@ -26,7 +26,7 @@
 
 #include "base/status.h"
 #include "cache/hash.h"
-#include "engine/kv_cache.h"
+#include "engine/kv_pool.h"
 
 namespace kvstash::storage {
 class BlockStore;

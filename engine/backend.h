@@ -10,8 +10,8 @@
 #include <memory>
 #include <span>
 
-#include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/kv_pool.h"
+#include "engine/model/model.h"
 
 namespace kvstash::engine {
 

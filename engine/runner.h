@@ -15,8 +15,8 @@
 
 #include "base/status.h"
 #include "engine/backend.h"
-#include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/kv_pool.h"
+#include "engine/model/model.h"
 
 namespace kvstash::engine {
 

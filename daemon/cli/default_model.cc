@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "engine/mkmodel.h"
+#include "engine/model/mkmodel.h"
 
 namespace kvstash::cli {
 

@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "daemon/cli/commands.h"
-#include "engine/gguf.h"
-#include "engine/hf_tokenizer.h"
-#include "engine/tokenizer.h"
-#include "engine/vocab.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/hf_tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/vocab.h"
 
 namespace kvstash::cli {
 namespace {

@@ -1,5 +1,5 @@
 // kvstash-mkmodel: writes synthetic GGUF models (deterministic random weights in the shapes of
-// real models) for tests, benchmarks and the demo. See engine/mkmodel.h.
+// real models) for tests, benchmarks and the demo. See engine/model/mkmodel.h.
 //
 // Exit codes: 0 ok, 1 runtime error (I/O, unreadable tokenizer file), 2 usage error (bad flag,
 // unknown preset or type, inconsistent dimensions).
@@ -14,9 +14,9 @@
 #include <optional>
 #include <string>
 
-#include "engine/hf_tokenizer.h"
-#include "engine/mkmodel.h"
-#include "engine/vocab_gguf.h"
+#include "engine/tokenizer/hf_tokenizer.h"
+#include "engine/model/mkmodel.h"
+#include "engine/tokenizer/vocab_gguf.h"
 
 namespace {
 

@@ -15,7 +15,7 @@
 #include "engine/cpu/fp16.h"
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/thread_pool.h"
-#include "engine/quant.h"
+#include "engine/gguf/quant.h"
 
 namespace kvstash::engine {
 namespace {

@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/ggml_types.h"
+#include "engine/gguf/ggml_types.h"
 
 namespace kvstash::engine::cpu {
 

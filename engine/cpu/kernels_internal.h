@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "engine/cpu/kernels.h"
-#include "engine/ggml_types.h"
+#include "engine/gguf/ggml_types.h"
 
 namespace kvstash::engine::cpu {
 

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/mkmodel.h"
-#include "engine/model.h"
+#include "engine/model/mkmodel.h"
+#include "engine/model/model.h"
 #include "engine/runner.h"
 
 namespace kvstash::engine::testutil {

@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <span>
 
-#include "engine/gguf.h"
-#include "engine/model.h"
+#include "engine/gguf/gguf.h"
+#include "engine/model/model.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using kvstash::engine::GgufFile;

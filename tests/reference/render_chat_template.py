@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference renderer for Hugging Face chat templates, used by tests/engine/chat_template_test.cc.
+"""Reference renderer for Hugging Face chat templates, used by tests/engine/chat/chat_template_test.cc.
 
 Renders a Jinja chat template the way transformers' apply_chat_template does: an
 ImmutableSandboxedEnvironment with trim_blocks and lstrip_blocks, the loopcontrols extension, a

@@ -1,0 +1,143 @@
+// Synthetic GGUF models: deterministic random weights in the shapes of real models.
+//
+// kvstash-mkmodel, the tests and the benchmarks use these files wherever only the shape matters
+// (timings, KV layout, cache behaviour). Files follow llama.cpp's key and tensor names and byte
+// layouts exactly (llama, qwen2, qwen3), so llama.cpp loads them too. Weights come from a
+// counter-based generator keyed by (seed, tensor name, element index): the bytes depend only on
+// the options, never on the thread count. Scales are chosen so the forward pass stays well
+// conditioned (unit-variance activations after each norm, next-token distributions that are
+// neither uniform nor one-hot).
+//
+// All functions are reentrant; BuildSyntheticModel uses `n_threads` worker threads internally
+// and calls `progress` from the calling thread only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/gguf/ggml_types.h"
+#include "engine/gguf/gguf_writer.h"
+
+namespace kvstash::engine {
+
+// Shape and hyperparameters; the union of what llama, qwen2 and qwen3 need.
+struct ModelConfig {
+  std::string name;            // general.name
+  std::string arch = "llama";  // "llama" | "qwen2" (adds q/k/v biases) | "qwen3" (adds q/k norms)
+  int64_t n_embd = 0;          // {arch}.embedding_length
+  int64_t n_layer = 0;         // {arch}.block_count
+  int64_t n_head = 0;          // {arch}.attention.head_count
+  int64_t n_head_kv = 0;       // {arch}.attention.head_count_kv; divides n_head
+  int64_t head_dim = 0;        // 0 = n_embd / n_head; otherwise key_length/value_length are written
+  int64_t n_ff = 0;            // {arch}.feed_forward_length
+  int64_t n_vocab = 0;         // token count; a copied tokenizer overrides it
+  int64_t n_ctx = 0;           // {arch}.context_length
+  float rope_base = 10000.0f;  // {arch}.rope.freq_base
+  float norm_eps = 1e-5f;      // {arch}.attention.layer_norm_rms_epsilon
+  bool tied_embeddings = false;  // true: no output.weight, token_embd is also the LM head
+  // Llama-3 RoPE scaling, written as the rope_freqs.weight tensor [head_dim/2] (llama only).
+  // factor 0 = no scaling.
+  float rope_scaling_factor = 0.0f;
+  float rope_low_freq_factor = 1.0f;
+  float rope_high_freq_factor = 4.0f;
+  int64_t rope_original_ctx = 8192;
+
+  int64_t EffectiveHeadDim() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
+  bool HasQkvBias() const { return arch == "qwen2"; }
+  bool HasQkNorm() const { return arch == "qwen3"; }
+};
+
+struct ModelPreset {
+  std::string_view name;         // "qwen3-0.6b"
+  std::string_view description;  // one line for --list-presets
+  ModelConfig config;
+};
+
+// Every preset: real shapes (stories260k, smollm2-135m, qwen3-0.6b, qwen2.5-0.5b, qwen2.5-7b,
+// llama-3.2-1b, llama-3.1-8b), the demo `default`, and the small `tiny-*` test shapes.
+const std::vector<ModelPreset>& ModelPresets();
+// NotFound (listing the valid names) for an unknown preset.
+Result<ModelConfig> FindPreset(std::string_view name);
+// InvalidArgument naming the first bad field.
+Status ValidateConfig(const ModelConfig& config);
+
+// The weight type of the 2-D tensors: one ggml type for all, or llama.cpp's Q4_K_M mix
+// (Q4_K; Q6_K for the LM head and for attn_v/ffn_down of llama.cpp's "more bits" layers).
+// 1-D tensors (norms, biases, rope_freqs) are always F32. Where a row length does not fit the
+// type's block, the type falls back as llama-quantize does: Q4_K -> Q5_0, Q6_K -> Q8_0, and
+// anything still misfitting -> F16.
+struct WeightType {
+  GgmlType type = GgmlType::kF16;
+  bool q4_k_m = false;
+};
+// "f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q4_k q6_k q4_k_m" (case-insensitive).
+Result<WeightType> ParseWeightType(std::string_view name);
+std::string WeightTypeName(WeightType t);  // "q4_k_m", "q8_0", ...
+uint32_t LlamaFileType(WeightType t);      // general.file_type (llama_ftype numbering)
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> dims;  // innermost first, as in GGUF
+  GgmlType type = GgmlType::kF32;
+  int64_t n_elements() const;
+  uint64_t n_bytes() const;
+};
+// Every tensor of the model in file order, with its final type. No data is generated, so this is
+// cheap for any size (used to test big presets and to size a file before writing it).
+Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& config, WeightType weight_type);
+// Llama-3 rope frequency factors [head_dim/2], as llama.cpp's converter computes them.
+std::vector<float> Llama3RopeFactors(const ModelConfig& config);
+
+// Writes tokenizer.* keys into `w` and returns the vocabulary size they define.
+using TokenizerEmitter = std::function<Result<int64_t>(GgufWriter& w)>;
+// The built-in byte-fallback SentencePiece ("llama") vocabulary of exactly `n_vocab` tokens
+// (>= 259): <unk> <s> </s>, <0x00>..<0xFF>, "▁", printable ASCII, frequent English words and
+// pieces (every multi-character piece is the concatenation of two shorter ones, so SPM merging
+// reaches it), then <unused_N>. bos 1, eos 2, unk 0, add_bos true.
+Status AddBuiltinTokenizer(GgufWriter& w, int64_t n_vocab);
+// Copies every tokenizer.* key of an existing GGUF file; returns its token count.
+Result<int64_t> CopyTokenizerFrom(GgufWriter& w, const std::string& gguf_path);
+
+struct MkModelProgress {
+  int64_t tensors_done = 0;
+  int64_t n_tensors = 0;
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  std::string_view tensor;  // the tensor just finished
+};
+
+struct MkModelOptions {
+  ModelConfig config;      // a preset plus overrides; validated
+  WeightType weight_type;  // default f16
+  uint64_t seed = 0;
+  // Tokenizer source, first match wins: `tokenizer` (hook for other formats, e.g. a future
+  // tokenizer.json importer), then `tokenizer_gguf` (copy from that file), else built-in.
+  TokenizerEmitter tokenizer;
+  std::string tokenizer_gguf;
+  int n_threads = 0;  // 0 = std::thread::hardware_concurrency()
+  uint32_t alignment = kGgufDefaultAlignment;
+  std::function<void(const MkModelProgress&)> progress;  // after each tensor; may be empty
+};
+
+struct MkModelSummary {
+  std::string path;  // empty for in-memory builds
+  std::string name;
+  std::string arch;
+  std::string type;      // WeightTypeName
+  int64_t n_params = 0;  // elements of all tensors (rope_freqs included)
+  int64_t n_vocab = 0;
+  int64_t n_tensors = 0;
+  uint64_t file_bytes = 0;
+};
+
+// Builds the complete model in memory (peak memory ~ the file size).
+Result<GgufWriter> BuildSyntheticModel(const MkModelOptions& options,
+                                       MkModelSummary* summary = nullptr);
+// BuildSyntheticModel + GgufWriter::WriteFile (written to path.tmp, then renamed).
+Result<MkModelSummary> WriteSyntheticModel(const std::string& path, const MkModelOptions& options);
+
+}  // namespace kvstash::engine

@@ -1,0 +1,216 @@
+// CPU kernel tables against the definitions: for every weight type, gemm over quantized rows and
+// quantized activations equals the float dot of the dequantized weights and dequantized
+// activations (exact integer arithmetic, so only float rounding differs), for every tile shape;
+// and the tables (scalar, AVX2, AVX-512) agree with each other.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "engine/cpu/kernels.h"
+#include "engine/gguf/quant.h"
+
+namespace kvstash::engine::cpu {
+namespace {
+
+std::vector<float> RandomRow(std::mt19937& rng, int64_t n, float scale) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Dequantized activations, as the kernels see them.
+std::vector<float> DequantAct(ActFormat f, const uint8_t* a, int64_t n) {
+  std::vector<float> out(n);
+  if (f == ActFormat::kF32) {
+    std::memcpy(out.data(), a, n * 4);
+  } else if (f == ActFormat::kQ8A) {
+    const auto* b = reinterpret_cast<const BlockQ8A*>(a);
+    for (int64_t i = 0; i < n; ++i) out[i] = b[i / 32].d * b[i / 32].qs[i % 32];
+  } else {
+    const auto* b = reinterpret_cast<const BlockQ8_K*>(a);
+    for (int64_t i = 0; i < n; ++i) out[i] = b[i / 256].d * b[i / 256].qs[i % 256];
+  }
+  return out;
+}
+
+std::vector<const KernelTable*> Tables() {
+  std::vector<const KernelTable*> t = {&ScalarKernels()};
+  if (Avx2Kernels()) t.push_back(Avx2Kernels());
+  if (Avx512Kernels()) t.push_back(Avx512Kernels());
+  return t;
+}
+
+class KernelTest : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(KernelTest, GemmEqualsDequantizedDotForEveryTileShape) {
+  const GgmlType type = GetParam();
+  const int64_t n =
+      Traits(type).block_elems == 256 ? 512 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
+  const int rows = 7, toks = 6;  // odd sizes exercise every tile remainder
+  std::mt19937 rng(42);
+  const size_t row_bytes = RowBytes(type, n);
+  std::vector<uint8_t> w(row_bytes * rows);
+  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
+  for (int r = 0; r < rows; ++r) {
+    auto v = RandomRow(rng, n, 0.05f);
+    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
+    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
+  }
+  const ActFormat fmt = ActFormatFor(type);
+  const size_t xs = ActRowBytes(fmt, n);
+  std::vector<uint8_t> x(xs * toks);
+  std::vector<std::vector<float>> xf;
+  for (int t = 0; t < toks; ++t) {
+    auto v = RandomRow(rng, n, 1.0f);
+    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
+    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
+  }
+  for (const KernelTable* k : Tables()) {
+    SCOPED_TRACE(k->name);
+    for (int nt : {1, toks}) {
+      std::vector<float> y(static_cast<size_t>(toks) * rows, NAN);
+      k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, nt, n, y.data(), rows);
+      for (int t = 0; t < nt; ++t) {
+        for (int r = 0; r < rows; ++r) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            ref += double{wf[r][i]} * xf[t][i];
+            mag += std::fabs(double{wf[r][i]} * xf[t][i]);
+          }
+          EXPECT_NEAR(y[t * rows + r], ref, 1e-5 * mag + 1e-6) << "row " << r << " tok " << t;
+        }
+      }
+    }
+    // A token's result never depends on how many tokens shared the call.
+    std::vector<float> all(static_cast<size_t>(toks) * rows), one(rows);
+    k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, toks, n, all.data(), rows);
+    for (int t = 0; t < toks; ++t) {
+      k->gemm(type, w.data(), row_bytes, rows, x.data() + t * xs, xs, 1, n, one.data(), rows);
+      for (int r = 0; r < rows; ++r) EXPECT_EQ(one[r], all[t * rows + r]);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
+                         ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
+                                           GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0,
+                                           GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K),
+                         [](const auto& info) { return std::string(Traits(info.param).name); });
+
+TEST(KernelTableTest, SimdTablesQuantizeActivationsExactlyAsScalar) {
+  std::mt19937 rng(7);
+  const int64_t n = 1024;
+  for (ActFormat fmt : {ActFormat::kQ8A, ActFormat::kQ8K}) {
+    for (float scale : {1.0f, 1e-3f, 300.0f}) {
+      auto v = RandomRow(rng, n, scale);
+      v[5] = 0.5f * scale;  // ties and exact zeros exercise the rounding and d == 0 paths
+      std::fill(v.begin() + 256, v.begin() + 512, 0.0f);
+      std::vector<uint8_t> a(ActRowBytes(fmt, n)), b(a.size());
+      ScalarKernels().quantize_act(fmt, v.data(), a.data(), n);
+      for (const KernelTable* k : Tables()) {
+        std::fill(b.begin(), b.end(), 0xAB);
+        k->quantize_act(fmt, v.data(), b.data(), n);
+        EXPECT_EQ(a, b) << k->name << " format " << static_cast<int>(fmt) << " scale " << scale;
+      }
+    }
+  }
+}
+
+TEST(KernelTableTest, SwiGluMatchesDefinition) {
+  std::mt19937 rng(3);
+  auto gate = RandomRow(rng, 1003, 30.0f);
+  auto up = RandomRow(rng, 1003, 2.0f);
+  gate[0] = -200.0f, gate[1] = 200.0f, gate[2] = 0.0f;  // saturated tails and zero
+  for (const KernelTable* k : Tables()) {
+    std::vector<float> out(gate.size());
+    k->swiglu(gate.data(), up.data(), static_cast<int64_t>(gate.size()), out.data());
+    for (size_t i = 0; i < gate.size(); ++i) {
+      const double g = gate[i], ref = g / (1.0 + std::exp(-g)) * up[i];
+      EXPECT_NEAR(out[i], ref, 1e-6 * std::fabs(ref) + 1e-30) << k->name << " i=" << i;
+    }
+    // Where a call's boundary falls never changes a value (prefix invariance).
+    std::vector<float> split(gate.size());
+    k->swiglu(gate.data(), up.data(), 13, split.data());
+    k->swiglu(gate.data() + 13, up.data() + 13, static_cast<int64_t>(gate.size()) - 13,
+              split.data() + 13);
+    EXPECT_EQ(split, out) << k->name;
+  }
+}
+
+// Two pages of online-softmax updates against a direct softmax in double; and each query's result
+// is bit-identical whether it is updated alone or together with others (tile independence).
+TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
+  std::mt19937 rng(11);
+  for (int hd : {64, 40, 128}) {
+    for (int n : {16, 7, 33}) {
+      const int nq = 7;
+      auto q = RandomRow(rng, int64_t{nq} * hd, 1.0f);
+      auto k = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
+      auto v = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
+      // Query i sees all of page 0 and (i * 3) % (n + 1) keys of page 1 (0 included).
+      std::vector<int> all_valid(nq, n), page1(nq);
+      for (int i = 0; i < nq; ++i) page1[i] = (i * 3) % (n + 1);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      for (const KernelTable* kt : Tables()) {
+        SCOPED_TRACE(std::string(kt->name) + " hd " + std::to_string(hd) + " n " +
+                     std::to_string(n));
+        auto run = [&](int q0, int qn, std::vector<float>& acc, std::vector<float>& m,
+                       std::vector<float>& l) {
+          acc.assign(static_cast<size_t>(qn) * hd, 0.0f);
+          m.assign(qn, -INFINITY);
+          l.assign(qn, 0.0f);
+          std::vector<float> scores(n);
+          for (int page = 0; page < 2; ++page) {
+            const int* valid = (page == 0 ? all_valid.data() : page1.data()) + q0;
+            kt->attn_update(q.data() + static_cast<size_t>(q0) * hd, qn, valid,
+                            k.data() + static_cast<size_t>(page) * n * hd,
+                            v.data() + static_cast<size_t>(page) * n * hd, n, hd, scale, m.data(),
+                            l.data(), acc.data(), scores.data());
+          }
+        };
+        std::vector<float> acc, m, l;
+        run(0, nq, acc, m, l);
+        for (int i = 0; i < nq; ++i) {
+          const int keys = n + page1[i];
+          std::vector<double> w(keys);
+          double mx = -1e300, sum = 0;
+          for (int s = 0; s < keys; ++s) {
+            double dot = 0;
+            for (int d = 0; d < hd; ++d) dot += double{q[i * hd + d]} * k[s * hd + d];
+            w[s] = dot * scale;
+            mx = std::max(mx, w[s]);
+          }
+          for (auto& x : w) sum += (x = std::exp(x - mx));
+          for (int d = 0; d < hd; d += 7) {
+            double ref = 0;
+            for (int s = 0; s < keys; ++s) ref += w[s] / sum * v[s * hd + d];
+            EXPECT_NEAR(acc[i * hd + d] / l[i], ref, 2e-5) << "query " << i << " dim " << d;
+          }
+          std::vector<float> acc1, m1, l1;
+          run(i, 1, acc1, m1, l1);
+          EXPECT_EQ(0, std::memcmp(acc1.data(), acc.data() + i * hd, hd * sizeof(float)));
+          EXPECT_EQ(m1[0], m[i]);
+          EXPECT_EQ(l1[0], l[i]);
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelTableTest, SimdTablesMatchScalarOnFp16Conversion) {
+  std::mt19937 rng(1);
+  auto v = RandomRow(rng, 1003, 100.0f);
+  std::vector<uint16_t> a(v.size()), b(v.size());
+  ScalarKernels().f32_to_f16(v.data(), a.data(), v.size());
+  for (const KernelTable* k : Tables()) {
+    k->f32_to_f16(v.data(), b.data(), v.size());
+    EXPECT_EQ(a, b) << k->name;
+  }
+  EXPECT_NE(Kernels().name, nullptr);
+}
+
+}  // namespace
+}  // namespace kvstash::engine::cpu
