@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <list>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
@@ -217,10 +218,35 @@ class PrefixCache::Impl {
   }
 
   const Hash128& ns() const { return ns_; }
+  int ReclaimablePages() const {
+    int n = 0;
+    for (const auto& [key, e] : device_) n += pool_.refcount(e.page) == 1;
+    return n;
+  }
+
+  // The namespace a request's salt selects: "" is the cache's own; any other salt joins the
+  // cache's (ARCHITECTURE.md §3), so tenants never share blocks. Memoized; engine thread only.
+  struct Root {
+    Hash128 hash;
+    NamespaceParams params;
+  };
+  const Root& RootFor(const std::string& salt) {
+    auto it = roots_.find(salt);
+    if (it != roots_.end()) return it->second;
+    Root r;
+    r.params = ns_params_;
+    if (!salt.empty()) {
+      r.params.cache_salt =
+          ns_params_.cache_salt.empty() ? salt : ns_params_.cache_salt + "/" + salt;
+    }
+    r.hash = salt.empty() ? ns_ : NamespaceHash(r.params);
+    return roots_.emplace(salt, std::move(r)).first->second;
+  }
 
   Result<AcquireResult> Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
-                                int max_positions, const Hash128* tail_key);
-  void Publish(const engine::Sequence& seq);
+                                int max_positions, const Hash128* tail_key,
+                                const std::string& salt);
+  void Publish(const engine::Sequence& seq, const std::string& salt);
   void Release(engine::Sequence& seq) {
     for (int32_t p : seq.block_table) pool_.Unref(p);
     seq.block_table.clear();
@@ -233,8 +259,9 @@ class PrefixCache::Impl {
     std::lock_guard<std::mutex> lock(stats_mu_);
     prefill_tps_ = prefill_tps_ <= 0 ? tps : (1 - kEwmaWeight) * prefill_tps_ + kEwmaWeight * tps;
   }
-  Status SaveSession(const std::string& name, const engine::Sequence& seq);
-  Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq, int leave_tokens);
+  Status SaveSession(const std::string& name, const engine::Sequence& seq, const std::string& salt);
+  Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq, int leave_tokens,
+                                  const std::string& salt);
   Status Flush() {
     if (writer_ == nullptr) return Status::Ok();
     return writer_->Flush();
@@ -418,6 +445,7 @@ class PrefixCache::Impl {
   storage::BlockStore* store_;
   NamespaceParams ns_params_;
   Hash128 ns_;
+  std::map<std::string, Root> roots_;
   CacheOptions options_;
   engine::KvLayout layout_;
   size_t block_bytes_;
@@ -492,7 +520,8 @@ size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
 
 Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
                                                  std::span<const int32_t> tokens, int max_positions,
-                                                 const Hash128* tail_key) {
+                                                 const Hash128* tail_key,
+                                                 const std::string& salt) {
   if (!seq.tokens.empty() || !seq.block_table.empty()) {
     return Status::InvalidArgument("Acquire needs an empty sequence");
   }
@@ -512,7 +541,7 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
   const int n_full = n / bt_;
   std::vector<PlanBlock> plan;
   std::vector<int> n_tokens_of;  // tokens each plan block covers (bt, or the tail's count)
-  Hash128 parent = ns_;
+  Hash128 parent = RootFor(salt).hash;
   for (int i = 0; i < n_full && i * bt_ < max_positions; ++i) {
     const auto toks = tokens.subspan(static_cast<size_t>(i) * bt_, bt_);
     const Hash128 key = ChainHash(parent, toks);
@@ -684,9 +713,9 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
   return out;
 }
 
-void PrefixCache::Impl::Publish(const engine::Sequence& seq) {
+void PrefixCache::Impl::Publish(const engine::Sequence& seq, const std::string& salt) {
   const int n_full = seq.n_past() / bt_;
-  Hash128 parent = ns_;
+  Hash128 parent = RootFor(salt).hash;
   for (int i = 0; i < n_full && i < static_cast<int>(seq.block_table.size()); ++i) {
     const auto toks =
         std::span<const int32_t>(seq.tokens).subspan(static_cast<size_t>(i) * bt_, bt_);
@@ -708,7 +737,9 @@ void PrefixCache::Impl::Publish(const engine::Sequence& seq) {
   }
 }
 
-Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Sequence& seq) {
+Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Sequence& seq,
+                                      const std::string& salt) {
+  const Root& root = RootFor(salt);
   KV_RETURN_IF_ERROR(ValidateSessionName(name));
   if (store_ == nullptr) {
     return Status::InvalidArgument("sessions need a disk tier (--cache-dir)");
@@ -719,7 +750,7 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
   const std::span<const int32_t> all(seq.tokens);
   std::vector<std::future<Status>> pending;
   nlohmann::json blocks = nlohmann::json::array();
-  Hash128 parent = ns_;
+  Hash128 parent = root.hash;
   for (int i = 0; i < n_full; ++i) {
     const auto toks = all.subspan(static_cast<size_t>(i) * bt_, bt_);
     const Hash128 key = ChainHash(parent, toks);
@@ -754,8 +785,8 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
   }
   nlohmann::json m;
   m["format"] = kManifestFormat;
-  m["namespace"] = HashHex(ns_);
-  m["namespace_text"] = NamespaceString(ns_params_);
+  m["namespace"] = HashHex(root.hash);
+  m["namespace_text"] = NamespaceString(root.params);
   m["model"] = {{"path", model_path_},
                 {"description", model_description_},
                 {"fingerprint", HashHex(ns_params_.model_fingerprint)}};
@@ -772,13 +803,15 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
 
 Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::string& name,
                                                                 engine::Sequence& seq,
-                                                                int leave_tokens) {
+                                                                int leave_tokens,
+                                                                const std::string& salt) {
+  const Root& root = RootFor(salt);
   KV_RETURN_IF_ERROR(ValidateSessionName(name));
   if (store_ == nullptr) {
     return Status::InvalidArgument("sessions need a disk tier (--cache-dir)");
   }
   KV_ASSIGN_OR_RETURN(nlohmann::json m, LoadManifest(*store_, name));
-  if (m.value("namespace", "") != HashHex(ns_)) {
+  if (m.value("namespace", "") != HashHex(root.hash)) {
     const std::string fp = m.value("model", nlohmann::json::object()).value("fingerprint", "");
     if (fp != HashHex(ns_params_.model_fingerprint)) {
       return Status::Incompatible("session '" + name + "' was saved with another model (" +
@@ -788,7 +821,7 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
     }
     return Status::Incompatible("session '" + name + "' was saved with other KV settings (" +
                                 m.value("namespace_text", std::string("?")) + "); this run uses " +
-                                NamespaceString(ns_params_));
+                                NamespaceString(root.params));
   }
   Restored r;
   if (!m.contains("tokens") || !m["tokens"].is_array()) {
@@ -806,7 +839,7 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
     KV_ASSIGN_OR_RETURN(Hash128 k, ParseHex(t));
     tail = k;
   }
-  KV_ASSIGN_OR_RETURN(r.acquired, Acquire(seq, r.tokens, max_positions, tail ? &*tail : nullptr));
+  KV_ASSIGN_OR_RETURN(r.acquired, Acquire(seq, r.tokens, max_positions, tail ? &*tail : nullptr, salt));
   m["last_used_us"] = WallNowUs();
   (void)store_->PutSession(name, m.dump());
   return r;
@@ -833,22 +866,27 @@ Result<std::unique_ptr<PrefixCache>> PrefixCache::Create(
 
 const Hash128& PrefixCache::namespace_hash() const { return impl_->ns(); }
 Result<AcquireResult> PrefixCache::Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
-                                           int max_positions) {
-  return impl_->Acquire(seq, tokens, max_positions, nullptr);
+                                           int max_positions, const std::string& salt) {
+  return impl_->Acquire(seq, tokens, max_positions, nullptr, salt);
 }
-void PrefixCache::Publish(const engine::Sequence& seq) { impl_->Publish(seq); }
+void PrefixCache::Publish(const engine::Sequence& seq, const std::string& salt) {
+  impl_->Publish(seq, salt);
+}
 void PrefixCache::Release(engine::Sequence& seq) { impl_->Release(seq); }
 void PrefixCache::ObservePrefill(int tokens, double ms) { impl_->ObservePrefill(tokens, ms); }
-Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence& seq) {
-  return impl_->SaveSession(name, seq);
+Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence& seq,
+                                const std::string& salt) {
+  return impl_->SaveSession(name, seq, salt);
 }
 Result<PrefixCache::Restored> PrefixCache::RestoreSession(const std::string& name,
-                                                          engine::Sequence& seq, int leave_tokens) {
-  return impl_->RestoreSession(name, seq, leave_tokens);
+                                                          engine::Sequence& seq, int leave_tokens,
+                                                          const std::string& salt) {
+  return impl_->RestoreSession(name, seq, leave_tokens, salt);
 }
 Status PrefixCache::Flush() { return impl_->Flush(); }
 void PrefixCache::EvictDevice() { impl_->EvictDevice(); }
 void PrefixCache::DropHost() { impl_->DropHost(); }
 CacheStats PrefixCache::Stats() const { return impl_->Stats(); }
+int PrefixCache::ReclaimablePages() const { return impl_->ReclaimablePages(); }
 
 }  // namespace kvstash::cache

@@ -144,11 +144,15 @@ class PrefixCache {
   // `max_positions` positions (default: tokens.size() - 1, so the caller always prefills at least
   // the last token and gets its logits). The caller then prefills tokens[seq.n_past()..].
   // Fails only on misuse (non-empty sequence); cache trouble degrades to fewer cached tokens.
+  //
+  // `salt` (all of the methods that name blocks take one) selects a tenant's namespace: "" is the
+  // cache's own (CacheOptions::cache_salt); another salt joins it, so its blocks, sessions and
+  // lookups never meet those of other salts.
   Result<AcquireResult> Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
-                                int max_positions = -1);
+                                int max_positions = -1, const std::string& salt = "");
   // Registers every full block of `seq` that is not cached yet (device tier, and the disk tier
   // per the write policy). Call after prefill and as generation fills blocks. Never blocks.
-  void Publish(const engine::Sequence& seq);
+  void Publish(const engine::Sequence& seq, const std::string& salt = "");
   // Returns the sequence's pages; cached ones stay in the device tier.
   void Release(engine::Sequence& seq);
   // Tells the planner how fast prefill ran (tokens computed in `ms`).
@@ -156,7 +160,8 @@ class PrefixCache {
 
   // Saves `seq` (tokens and KV, partial tail included) as `name`, replacing a session of that
   // name. Durable when it returns. InvalidArgument without a disk tier.
-  Status SaveSession(const std::string& name, const engine::Sequence& seq);
+  Status SaveSession(const std::string& name, const engine::Sequence& seq,
+                     const std::string& salt = "");
   struct Restored {
     std::vector<int32_t> tokens;  // the session's tokens (seq holds a prefix of them)
     AcquireResult acquired;
@@ -166,7 +171,7 @@ class PrefixCache {
   // from every tier are left for the caller to prefill from tokens[seq.n_past()..]. NotFound for an
   // unknown name; Incompatible when it was saved under another model, KV type, block size or salt.
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
-                                  int leave_tokens = 0);
+                                  int leave_tokens = 0, const std::string& salt = "");
 
   // Everything queued for disk is durable when it returns.
   Status Flush();
@@ -176,6 +181,9 @@ class PrefixCache {
   void DropHost();
 
   CacheStats Stats() const;
+  // Device-tier pages no live sequence references: the pool's reclaimer can free them on demand.
+  // Engine thread only.
+  int ReclaimablePages() const;
 
   class Impl;
 

@@ -38,25 +38,31 @@ void Runner::Release(Sequence& seq) {
   seq.tokens.clear();
 }
 
-Status Runner::Prefill(Sequence& seq, std::span<const int32_t> tokens, LogitsMode mode,
-                       std::vector<float>* logits) {
-  const HParams& c = model_.config();
-  if (tokens.empty()) return Status::InvalidArgument("no tokens to process");
+Status Runner::CheckTokens(std::span<const int32_t> tokens) const {
+  const int n_vocab = model_.config().n_vocab;
   for (int32_t t : tokens) {
-    if (t < 0 || t >= c.n_vocab) {
+    if (t < 0 || t >= n_vocab) {
       return Status::InvalidArgument("token id " + std::to_string(t) + " out of range [0, " +
-                                     std::to_string(c.n_vocab) + ")");
+                                     std::to_string(n_vocab) + ")");
     }
   }
-  const int64_t end = seq.n_past() + static_cast<int64_t>(tokens.size());
-  if (end > options_.n_ctx) {
-    return Status::ResourceExhausted("context full: " + std::to_string(end) +
+  return Status::Ok();
+}
+
+int Runner::PagesNeeded(const Sequence& seq, int64_t n_positions) const {
+  const int bt = options_.block_tokens;
+  const int64_t blocks = (n_positions + bt - 1) / bt;
+  return static_cast<int>(std::max<int64_t>(0, blocks - static_cast<int64_t>(seq.block_table.size())));
+}
+
+Status Runner::Reserve(Sequence& seq, int64_t n_positions) {
+  if (n_positions > options_.n_ctx) {
+    return Status::ResourceExhausted("context full: " + std::to_string(n_positions) +
                                      " positions requested, context size is " +
                                      std::to_string(options_.n_ctx));
   }
-  // Allocate every page up front so a full pool fails before any state changes.
   const int bt = options_.block_tokens;
-  const size_t blocks_needed = static_cast<size_t>((end + bt - 1) / bt);
+  const size_t blocks_needed = static_cast<size_t>((n_positions + bt - 1) / bt);
   const size_t old_blocks = seq.block_table.size();
   while (seq.block_table.size() < blocks_needed) {
     int p = pool_->Allocate();
@@ -70,6 +76,16 @@ Status Runner::Prefill(Sequence& seq, std::span<const int32_t> tokens, LogitsMod
     }
     seq.block_table.push_back(p);
   }
+  return Status::Ok();
+}
+
+Status Runner::Prefill(Sequence& seq, std::span<const int32_t> tokens, LogitsMode mode,
+                       std::vector<float>* logits) {
+  const HParams& c = model_.config();
+  if (tokens.empty()) return Status::InvalidArgument("no tokens to process");
+  KV_RETURN_IF_ERROR(CheckTokens(tokens));
+  // Allocate every page up front so a full pool fails before any state changes.
+  KV_RETURN_IF_ERROR(Reserve(seq, seq.n_past() + static_cast<int64_t>(tokens.size())));
   if (logits != nullptr) {
     const size_t rows =
         mode == LogitsMode::kAll ? tokens.size() : (mode == LogitsMode::kLast ? 1 : 0);
@@ -79,29 +95,56 @@ Status Runner::Prefill(Sequence& seq, std::span<const int32_t> tokens, LogitsMod
   while (done < tokens.size()) {
     const size_t n = std::min<size_t>(options_.n_batch, tokens.size() - done);
     const bool last_chunk = done + n == tokens.size();
-    LogitsMode chunk_mode = mode == LogitsMode::kAll                    ? LogitsMode::kAll
-                            : (mode == LogitsMode::kLast && last_chunk) ? LogitsMode::kLast
-                                                                        : LogitsMode::kNone;
-    float* out = nullptr;
-    if (logits != nullptr && chunk_mode == LogitsMode::kAll)
-      out = logits->data() + done * c.n_vocab;
-    if (logits != nullptr && chunk_mode == LogitsMode::kLast) out = logits->data();
-    Status s = ForwardChunk(seq, tokens.subspan(done, n), chunk_mode, out);
-    if (!s.ok()) return s;
+    BatchSegment seg;
+    seg.seq = &seq;
+    seg.tokens = tokens.subspan(done, n);
+    seg.logits = mode == LogitsMode::kAll                    ? LogitsMode::kAll
+                 : (mode == LogitsMode::kLast && last_chunk) ? LogitsMode::kLast
+                                                             : LogitsMode::kNone;
+    if (logits == nullptr) seg.logits = LogitsMode::kNone;
+    if (seg.logits == LogitsMode::kAll) seg.out = logits->data() + done * c.n_vocab;
+    if (seg.logits == LogitsMode::kLast) seg.out = logits->data();
+    KV_RETURN_IF_ERROR(Forward(std::span<const BatchSegment>(&seg, 1)));
     done += n;
   }
   return Status::Ok();
 }
 
-Status Runner::ForwardChunk(Sequence& seq, std::span<const int32_t> tokens, LogitsMode mode,
-                            float* logits) {
+Status Runner::Forward(std::span<const BatchSegment> segments) {
   const HParams& c = model_.config();
   Backend& be = *backend_;
-  const int n = static_cast<int>(tokens.size());
-  const int pos0 = seq.n_past();
+  // Validate everything before any state changes.
+  size_t nn = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const BatchSegment& s = segments[i];
+    if (s.seq == nullptr || s.tokens.empty()) {
+      return Status::InvalidArgument("batch segment " + std::to_string(i) + " is empty");
+    }
+    KV_RETURN_IF_ERROR(CheckTokens(s.tokens));
+    const int64_t end = s.seq->n_past() + static_cast<int64_t>(s.tokens.size());
+    if (end > options_.n_ctx) {
+      return Status::ResourceExhausted("context full: " + std::to_string(end) +
+                                       " positions requested, context size is " +
+                                       std::to_string(options_.n_ctx));
+    }
+    if (PagesNeeded(*s.seq, end) > 0) {
+      return Status::InvalidArgument("batch segment " + std::to_string(i) +
+                                     " has no pages reserved for its positions");
+    }
+    if (s.logits != LogitsMode::kNone && s.out == nullptr) {
+      return Status::InvalidArgument("batch segment " + std::to_string(i) + " has no logits buffer");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (segments[j].seq == s.seq) {
+        return Status::InvalidArgument("a sequence appears twice in one batch");
+      }
+    }
+    nn += s.tokens.size();
+  }
+  if (nn == 0) return Status::Ok();
+  const int n = static_cast<int>(nn);
   const int64_t q_dim = int64_t{c.n_head} * c.head_dim;
   const int64_t kv_dim = int64_t{c.n_head_kv} * c.head_dim;
-  const size_t nn = static_cast<size_t>(n);
   x_.resize(nn * c.n_embd);
   xn_.resize(nn * std::max<int64_t>(c.n_embd, q_dim));
   q_.resize(nn * q_dim);
@@ -111,11 +154,17 @@ Status Runner::ForwardChunk(Sequence& seq, std::span<const int32_t> tokens, Logi
   tmp_.resize(nn * c.n_embd);
   gate_.resize(nn * c.n_ff);
   up_.resize(nn * c.n_ff);
-  positions_.resize(n);
-  for (int i = 0; i < n; ++i) positions_[i] = pos0 + i;
+  tokens_.clear();
+  positions_.clear();
+  for (const BatchSegment& s : segments) {
+    tokens_.insert(tokens_.end(), s.tokens.begin(), s.tokens.end());
+    for (size_t t = 0; t < s.tokens.size(); ++t) {
+      positions_.push_back(s.seq->n_past() + static_cast<int32_t>(t));
+    }
+  }
   RopeParams rope{c.n_rot, c.head_dim, c.rope_style, inv_freq_.data()};
 
-  KV_RETURN_IF_ERROR(be.Embed(model_.token_embd(), tokens, x_.data()));
+  KV_RETURN_IF_ERROR(be.Embed(model_.token_embd(), tokens_, x_.data()));
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = model_.layers()[l];
     be.RmsNorm(x_.data(), L.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
@@ -135,10 +184,18 @@ Status Runner::ForwardChunk(Sequence& seq, std::span<const int32_t> tokens, Logi
     }
     be.Rope(q_.data(), n, c.n_head, positions_.data(), rope);
     be.Rope(k_.data(), n, c.n_head_kv, positions_.data(), rope);
-    // The sequence's length is advanced only after the last layer; StoreKv/Attention take the
+    // Attention is per sequence: each segment stores its rows' K/V into its own pages and
+    // attends over them. Sequences grow only after the last layer, so StoreKv/Attention take the
     // absolute positions explicitly.
-    be.StoreKv(*pool_, seq, l, pos0, n, k_.data(), v_.data());
-    be.Attention(*pool_, seq, l, pos0, n, c.n_head, q_.data(), att_.data());
+    size_t row = 0;
+    for (const BatchSegment& s : segments) {
+      const int m = static_cast<int>(s.tokens.size());
+      const int pos0 = s.seq->n_past();
+      be.StoreKv(*pool_, *s.seq, l, pos0, m, k_.data() + row * kv_dim, v_.data() + row * kv_dim);
+      be.Attention(*pool_, *s.seq, l, pos0, m, c.n_head, q_.data() + row * q_dim,
+                   att_.data() + row * q_dim);
+      row += s.tokens.size();
+    }
     be.MatMul(L.wo, att_.data(), n, tmp_.data());
     be.Add(tmp_.data(), nn * c.n_embd, x_.data());
     be.RmsNorm(x_.data(), L.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
@@ -148,13 +205,36 @@ Status Runner::ForwardChunk(Sequence& seq, std::span<const int32_t> tokens, Logi
     be.MatMul(L.w_down, gate_.data(), n, tmp_.data());
     be.Add(tmp_.data(), nn * c.n_embd, x_.data());
   }
-  seq.tokens.insert(seq.tokens.end(), tokens.begin(), tokens.end());
-  if (mode == LogitsMode::kNone || logits == nullptr) return Status::Ok();
-  const int first = mode == LogitsMode::kAll ? 0 : n - 1;
-  const int rows = n - first;
-  be.RmsNorm(x_.data() + static_cast<size_t>(first) * c.n_embd, model_.output_norm().data(), rows,
-             c.n_embd, c.rms_eps, xn_.data());
-  be.MatMul(model_.output(), xn_.data(), rows, logits);
+  // Gather the rows that want logits, one output matmul for all of them, scatter back.
+  int rows = 0;
+  {
+    size_t row = 0;
+    for (const BatchSegment& s : segments) {
+      const size_t m = s.tokens.size();
+      const size_t first = s.logits == LogitsMode::kAll ? 0 : m - 1;
+      if (s.logits != LogitsMode::kNone) {
+        for (size_t t = first; t < m; ++t, ++rows) {
+          be.RmsNorm(x_.data() + (row + t) * c.n_embd, model_.output_norm().data(), 1, c.n_embd,
+                     c.rms_eps, xn_.data() + static_cast<size_t>(rows) * c.n_embd);
+        }
+      }
+      row += m;
+    }
+  }
+  if (rows > 0) {
+    out_.resize(static_cast<size_t>(rows) * c.n_vocab);
+    be.MatMul(model_.output(), xn_.data(), rows, out_.data());
+    size_t r = 0;
+    for (const BatchSegment& s : segments) {
+      if (s.logits == LogitsMode::kNone) continue;
+      const size_t k = s.logits == LogitsMode::kAll ? s.tokens.size() : 1;
+      std::copy_n(out_.data() + r * c.n_vocab, k * c.n_vocab, s.out);
+      r += k;
+    }
+  }
+  for (const BatchSegment& s : segments) {
+    s.seq->tokens.insert(s.seq->tokens.end(), s.tokens.begin(), s.tokens.end());
+  }
   return Status::Ok();
 }
 

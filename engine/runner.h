@@ -5,6 +5,12 @@
 // bit-identical however the prompt was split into Prefill calls (chunk sizes, block boundaries),
 // which is what lets cached blocks stand in for recomputed ones.
 //
+// Forward(segments) is the batched form (ARCHITECTURE.md §6): one pass over rows from several
+// sequences (decode rows and prefill chunks together), each segment attending only to its own
+// pages, so concurrent decodes stream every weight byte once per step instead of once per
+// sequence. Every kernel computes a row from that row's inputs alone, so the KV and logits of a
+// row are bit-identical whatever else rode in the batch (tests/engine/batch_invariance_test.cc).
+//
 // Not thread-safe: one engine thread drives a Runner. The Model must outlive it.
 #pragma once
 
@@ -31,6 +37,16 @@ struct RunnerOptions {
 
 enum class LogitsMode { kNone, kLast, kAll };
 
+// One sequence's part of a batched forward: `tokens` are appended at positions
+// seq->n_past().. of `seq`, whose pages for them must already be reserved (Runner::Reserve).
+struct BatchSegment {
+  Sequence* seq = nullptr;
+  std::span<const int32_t> tokens;
+  LogitsMode logits = LogitsMode::kNone;
+  // Receives n_vocab floats (kLast) or tokens.size() * n_vocab (kAll); unused for kNone.
+  float* out = nullptr;
+};
+
 class Runner {
  public:
   static Result<std::unique_ptr<Runner>> Create(const Model& model, const RunnerOptions& options);
@@ -53,19 +69,40 @@ class Runner {
   // Returns the sequence's pages to the pool and clears it.
   void Release(Sequence& seq);
 
+  // Makes sure `seq` has pages for positions [0, n_positions): allocates the missing ones, all or
+  // none. ResourceExhausted when the pool (after its reclaimer) cannot supply them or
+  // n_positions exceeds the context size; the sequence is then unchanged.
+  Status Reserve(Sequence& seq, int64_t n_positions);
+  // Pages `seq` still needs to hold n_positions positions.
+  int PagesNeeded(const Sequence& seq, int64_t n_positions) const;
+
+  // One forward pass over every segment's rows (at most one segment per sequence; pages
+  // reserved). Token ids are validated first; on error no sequence has changed. Each segment's
+  // sequence grows by its tokens.
+  Status Forward(std::span<const BatchSegment> segments);
+
  private:
   Runner(const Model& model, const RunnerOptions& options) : model_(model), options_(options) {}
-  Status ForwardChunk(Sequence& seq, std::span<const int32_t> tokens, LogitsMode mode,
-                      float* logits);
+  Status CheckTokens(std::span<const int32_t> tokens) const;
 
   const Model& model_;
   RunnerOptions options_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<KvPool> pool_;
   std::vector<float> inv_freq_;
-  // Activation scratch, sized for n_batch tokens.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
-  std::vector<int32_t> positions_;
+  // Activation scratch for the n rows of one forward (grown on demand, never shrunk).
+  std::vector<float> x_;     // [n][n_embd] residual stream
+  std::vector<float> xn_;    // [n][max(n_embd, n_head * head_dim)] normed input of a matmul
+  std::vector<float> q_;     // [n][n_head * head_dim]
+  std::vector<float> k_;     // [n][n_head_kv * head_dim]
+  std::vector<float> v_;     // [n][n_head_kv * head_dim]
+  std::vector<float> att_;   // [n][n_head * head_dim] attention output
+  std::vector<float> tmp_;   // [n][n_embd] projection output before the residual add
+  std::vector<float> gate_;  // [n][n_ff]
+  std::vector<float> up_;    // [n][n_ff]
+  std::vector<float> out_;   // [rows wanting logits][n_vocab]
+  std::vector<int32_t> tokens_;     // [n] every row's token id
+  std::vector<int32_t> positions_;  // [n] every row's absolute position
 };
 
 }  // namespace kvstash::engine

@@ -13,8 +13,16 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <optional>
+
 #include "base/clock.h"
 #include "cache/prefix_cache.h"
+#include "serve/engine.h"
 #include "daemon/cli/commands.h"
 #include "daemon/cli/default_model.h"
 #include "engine/chat/chat_template.h"
@@ -69,17 +77,6 @@ struct RunArgs {
   std::string save_session;
 };
 
-// The cache tiers of one run: the store (disk tier) and the PrefixCache over the runner's pool.
-// Declared before the runner so it is destroyed after the cache, which drains into the store.
-struct CacheRun {
-  std::unique_ptr<storage::BlockStore> store;
-  std::unique_ptr<cache::PrefixCache> cache;
-  double open_ms = 0;
-  double fingerprint_ms = 0;
-  bool fingerprint_remembered = false;
-  cache::Hash128 fingerprint;
-};
-
 Result<std::vector<int32_t>> ParseIds(const std::string& s) {
   std::vector<int32_t> ids;
   std::string norm = s;
@@ -120,362 +117,369 @@ Result<std::string> RenderChatPrompt(const RunArgs& a, const std::string& user,
   return engine::RenderChat(*tmpl, messages, o);
 }
 
-int Run(const RunArgs& a) {
-  auto fail = [&](const Status& s, int code = 1) {
-    if (a.json) {
+// Set by SIGINT/SIGTERM: the request is cancelled (its full blocks stay in the cache) and the
+// engine closes cleanly, so an interrupted long prefill is not lost.
+std::atomic<int> g_signal{0};
+extern "C" void OnSignal(int sig) { g_signal.store(sig); }
+
+struct Fail {
+  bool json;
+  int operator()(const Status& s, int code = 1) const {
+    if (json) {
       nlohmann::json j = {{"error", s.ToString()}};
       std::printf("%s\n", j.dump().c_str());
     }
     std::fprintf(stderr, "kvstash run: %s\n", s.ToString().c_str());
     return code;
-  };
-  int given = !a.prompt.empty() + !a.file.empty() + !a.prompt_ids.empty();
-  if (given > 1) {
-    return fail(Status::InvalidArgument("give only one of -p/--prompt, -f/--file, --prompt-ids"),
-                2);
   }
-  auto kv_dtype = engine::ParseKvDtype(a.kv_type);
-  if (!kv_dtype.ok()) return fail(kv_dtype.status(), 2);
-  if (a.n_predict < 0) return fail(Status::InvalidArgument("-n must be >= 0"), 2);
-  if (a.top_logits < 0) return fail(Status::InvalidArgument("--top-logits must be >= 0"), 2);
+};
 
+// Flags that need no model: exit code 2 on misuse.
+Status ValidateArgs(const RunArgs& a) {
+  int given = !a.prompt.empty() + !a.file.empty() + !a.prompt_ids.empty();
+  if (given > 1) return Status::InvalidArgument("give only one of -p/--prompt, -f/--file, --prompt-ids");
+  if (a.n_predict < 0) return Status::InvalidArgument("-n must be >= 0");
+  if (a.top_logits < 0) return Status::InvalidArgument("--top-logits must be >= 0");
+  if (a.threads < 0) return Status::InvalidArgument("-t must be >= 0");
   if ((!a.session.empty() || !a.save_session.empty()) && a.cache_dir.empty()) {
-    return fail(Status::InvalidArgument("--session/--save-session need --cache-dir"), 2);
+    return Status::InvalidArgument("--session/--save-session need --cache-dir");
   }
   for (const std::string* name : {&a.session, &a.save_session}) {
-    if (!name->empty()) {
-      if (Status s = cache::ValidateSessionName(*name); !s.ok()) return fail(s, 2);
+    if (!name->empty()) KV_RETURN_IF_ERROR(cache::ValidateSessionName(*name));
+  }
+  if ((a.chat || !a.system.empty()) && !a.prompt_ids.empty()) {
+    return Status::InvalidArgument("--chat/--system need a text prompt, not --prompt-ids");
+  }
+  return Status::Ok();
+}
+
+Result<serve::EngineOptions> EngineOptionsFrom(const RunArgs& a, std::string model_path) {
+  serve::EngineOptions o;
+  o.model_path = std::move(model_path);
+  KV_ASSIGN_OR_RETURN(o.weights, engine::ParseWeightMemory(a.weights));
+  KV_ASSIGN_OR_RETURN(o.runner.kv_dtype, engine::ParseKvDtype(a.kv_type));
+  o.runner.n_threads = a.threads;
+  o.runner.n_ctx = a.ctx_size;
+  o.runner.block_tokens = a.block_tokens;
+  o.runner.n_batch = a.n_batch;
+  o.scheduler.batch_tokens = std::max(1, a.n_batch);
+  o.scheduler.max_running = 1;
+  o.use_cache = !a.cache_dir.empty();
+  o.cache_dir = a.cache_dir;
+  auto disk = ParseByteSize(a.cache_bytes);
+  if (!disk.ok()) return disk.status().WithContext("--cache-bytes");
+  o.cache_bytes = *disk;
+  auto host = ParseByteSize(a.host_cache_bytes);
+  if (!host.ok()) return host.status().WithContext("--host-cache-bytes");
+  o.cache.host_bytes = *host;
+  KV_ASSIGN_OR_RETURN(o.cache.write_policy, cache::ParseWritePolicy(a.write_policy));
+  o.cache.cache_salt = a.cache_salt;
+  return o;
+}
+
+// The prompt's token ids: --prompt-ids as given, or text (-p / -f) through the tokenizer and,
+// with --chat, the chat template. No prompt at all generates from BOS (said on stderr).
+Result<std::vector<int32_t>> BuildPrompt(const RunArgs& a, const serve::Engine& eng) {
+  if (!a.prompt_ids.empty()) return ParseIds(a.prompt_ids);
+  const engine::Tokenizer* tok = eng.tokenizer();
+  if (tok == nullptr) {
+    return Status::InvalidArgument("the model has no tokenizer vocabulary: use --prompt-ids");
+  }
+  if (a.prompt.empty() && a.file.empty() && a.session.empty()) {
+    std::fprintf(stderr,
+                 "kvstash run: no prompt given (-p, -f or --prompt-ids): generating from the BOS "
+                 "token\n");
+  }
+  std::string text = a.prompt;
+  if (!a.file.empty()) {
+    std::ifstream in(a.file, std::ios::binary);
+    if (!in) return Status::NotFound("cannot read prompt file " + a.file);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  bool add_bos = !a.no_bos && tok->vocab().add_bos && a.session.empty();
+  if (a.chat) {
+    KV_ASSIGN_OR_RETURN(std::string rendered, RenderChatPrompt(a, text, *tok));
+    // Templates that write the BOS text themselves must not get a second BOS.
+    const int32_t bos = tok->vocab().bos_id;
+    if (bos >= 0 && rendered.rfind(tok->TokenToPiece(bos, true), 0) == 0) add_bos = false;
+    text = std::move(rendered);
+  }
+  std::vector<int32_t> ids = tok->Encode(text, add_bos, /*parse_special=*/a.chat);
+  if (ids.empty() && a.session.empty()) {
+    if (tok->vocab().bos_id < 0) {
+      return Status::InvalidArgument("empty prompt and the model has no BOS token");
+    }
+    ids.push_back(tok->vocab().bos_id);
+  }
+  return ids;
+}
+
+serve::Request MakeRequest(const RunArgs& a, std::vector<int32_t> prompt, uint64_t seed) {
+  serve::Request r;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = a.temp;
+  r.sampling.top_k = a.top_k;
+  r.sampling.top_p = a.top_p;
+  r.sampling.min_p = a.min_p;
+  r.sampling.repeat_penalty = a.repeat_penalty;
+  r.sampling.penalty_last_n = a.repeat_last_n;
+  r.sampling.presence_penalty = a.presence_penalty;
+  r.sampling.frequency_penalty = a.frequency_penalty;
+  r.sampling.seed = seed;
+  r.limits.max_tokens = a.n_predict;
+  r.limits.ignore_eog = a.ignore_eos;
+  r.limits.stop_strings = a.stop;
+  r.restore_session = a.session;
+  r.save_session = a.save_session;
+  r.top_logits = a.top_logits;
+  r.progress = true;
+  r.id = "run";
+  return r;
+}
+
+// What the request produced, collected from its events.
+struct Outcome {
+  std::vector<int32_t> generated;
+  std::string text;
+  nlohmann::json top = nlohmann::json::array();
+  serve::Usage usage;
+  bool interrupted = false;
+};
+
+// Reads the request's events: streams text to stdout (unless --json), shows prefill progress on
+// a terminal, and turns SIGINT/SIGTERM into a cancel.
+Result<Outcome> Consume(const RunArgs& a, serve::RequestHandle& h) {
+  Outcome o;
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  bool progress_shown = false;
+  for (;;) {
+    if (g_signal.load() != 0 && !h.cancelled()) {
+      h.Cancel();
+      o.interrupted = true;
+    }
+    std::optional<serve::Event> e = h.Next(std::chrono::milliseconds(100));
+    if (!e) continue;
+    switch (e->kind) {
+      case serve::Event::Kind::kPrefillProgress:
+        if (tty && e->total_tokens >= 256) {
+          std::fprintf(stderr, "\rprefill %d/%d tokens (%d cached), %.0f tokens/s   ",
+                       e->done_tokens, e->total_tokens, e->cached_tokens, e->tokens_per_s);
+          progress_shown = true;
+        }
+        break;
+      case serve::Event::Kind::kToken:
+        if (progress_shown) {
+          std::fprintf(stderr, "\r%*s\r", 70, "");
+          progress_shown = false;
+        }
+        o.generated.push_back(e->token);
+        for (const auto& t : e->top_logits) o.top.push_back({t.id, t.logit});
+        o.text += e->text;
+        if (!a.json && !e->text.empty()) {
+          std::fwrite(e->text.data(), 1, e->text.size(), stdout);
+          std::fflush(stdout);
+        }
+        break;
+      case serve::Event::Kind::kDone:
+        if (progress_shown) std::fprintf(stderr, "\n");
+        o.text += e->text;
+        if (!a.json && !e->text.empty()) std::fwrite(e->text.data(), 1, e->text.size(), stdout);
+        o.usage = e->usage;
+        return o;
+      case serve::Event::Kind::kError:
+        if (progress_shown) std::fprintf(stderr, "\n");
+        return e->status;
     }
   }
-  auto write_policy = cache::ParseWritePolicy(a.write_policy);
-  if (!write_policy.ok()) return fail(write_policy.status(), 2);
-  auto disk_budget = ParseByteSize(a.cache_bytes);
-  if (!disk_budget.ok()) return fail(disk_budget.status().WithContext("--cache-bytes"), 2);
-  auto host_budget = ParseByteSize(a.host_cache_bytes);
-  if (!host_budget.ok()) return fail(host_budget.status().WithContext("--host-cache-bytes"), 2);
+}
 
+nlohmann::json JsonReport(const RunArgs& a, const serve::Engine& eng, const Outcome& o,
+                          const std::vector<int32_t>& prompt, uint64_t seed, double tokenize_ms,
+                          double flush_ms, const cache::CacheStats& cs) {
+  const serve::Usage& u = o.usage;
+  const serve::OpenReport& rep = eng.report();
+  nlohmann::json j;
+  j["model"] = {{"path", eng.options().model_path},
+                {"arch", eng.model().config().arch_name},
+                {"description", eng.model().Describe()},
+                {"weights", engine::WeightMemoryName(eng.model().gguf().memory())},
+                {"n_vocab", eng.model().config().n_vocab}};
+  j["backend"] = eng.backend_name();
+  j["threads"] = eng.n_threads();
+  j["seed"] = seed;
+  j["prompt_ids"] = prompt;
+  j["generated_ids"] = o.generated;
+  j["text"] = o.text;
+  j["stop_reason"] = serve::FinishReasonName(u.finish);
+  j["top_logits"] = o.top;
+  if (eng.has_cache()) {
+    j["cache"] = {{"cached_tokens", u.cached_tokens},
+                  {"device_tokens", u.device_tokens},
+                  {"host_tokens", u.host_tokens},
+                  {"disk_tokens", u.disk_tokens},
+                  {"load_ms", u.load_ms},
+                  {"context_tokens", u.prompt_tokens},
+                  {"prefilled_tokens", u.prefilled_tokens},
+                  {"recomputed_blocks", u.recomputed_blocks},
+                  {"dir", a.cache_dir},
+                  {"namespace", rep.namespace_hash},
+                  {"model_fingerprint", rep.model_fingerprint},
+                  {"fingerprint_ms", rep.fingerprint_ms},
+                  {"fingerprint_remembered", rep.fingerprint_remembered},
+                  {"open_ms", rep.store_open_ms},
+                  {"session", a.session},
+                  {"saved_session", u.session_saved},
+                  {"save_ms", u.save_ms},
+                  {"flush_ms", flush_ms},
+                  {"published_blocks", cs.published_blocks},
+                  {"written_blocks", cs.written_blocks},
+                  {"write_dropped", cs.write_dropped},
+                  {"write_failed", cs.write_failed},
+                  {"corrupt_blocks", cs.corrupt_blocks}};
+  }
+  const double pp_tps = u.prefilled_tokens / std::max(u.prefill_ms, 1e-6) * 1e3;
+  j["timings"] = {{"load_ms", rep.load_ms},
+                  // No token, no time to first token (-n 0).
+                  {"ttft_ms", o.generated.empty() && u.finish != serve::FinishReason::kEndOfGeneration
+                                  ? nlohmann::json(nullptr)
+                                  : nlohmann::json(tokenize_ms + u.ttft_ms)},
+                  {"prefill_ms", u.prefill_ms},
+                  {"decode_ms", u.decode_ms},
+                  {"prompt_tokens", u.prompt_tokens},
+                  {"generated_tokens", o.generated.size()},
+                  {"prompt_tokens_per_s", pp_tps},
+                  {"gen_tokens_per_s", u.decode_tokens_per_s}};
+  return j;
+}
+
+void HumanReport(const RunArgs& a, const serve::Engine& eng, const Outcome& o, double tokenize_ms,
+                 const cache::CacheStats& cs) {
+  const serve::Usage& u = o.usage;
+  if (eng.tokenizer() == nullptr) {
+    for (int32_t t : o.generated) std::printf("%d ", t);
+  }
+  std::printf("\n");
+  if (a.top_logits > 0) {
+    std::fprintf(stderr, "top logits at the last prompt position:\n");
+    for (const auto& e : o.top) {
+      std::fprintf(stderr, "  %6d  %10.5f\n", e[0].get<int>(), e[1].get<double>());
+    }
+  }
+  const double pp_tps = u.prefilled_tokens / std::max(u.prefill_ms, 1e-6) * 1e3;
+  std::fprintf(stderr,
+               "\nkvstash run: model %s (%s), backend %s, %d threads\n"
+               "  load        %8.1f ms\n"
+               "  prefill     %8d tokens  %8.1f ms  %8.1f tokens/s\n"
+               "  generation  %8zu tokens  %8.1f ms  %8.1f tokens/s\n",
+               eng.options().model_path.c_str(), eng.model().Describe().c_str(),
+               eng.backend_name(), eng.n_threads(), eng.report().load_ms, u.prefilled_tokens,
+               u.prefill_ms, pp_tps, o.generated.size(), u.decode_ms, u.decode_tokens_per_s);
+  if (o.generated.empty()) {
+    std::fprintf(stderr, "  time to first token: none (no token generated)\n");
+  } else {
+    std::fprintf(stderr, "  time to first token %.1f ms\n", tokenize_ms + u.ttft_ms);
+  }
+  if (eng.has_cache()) {
+    std::fprintf(stderr,
+                 "  cache       %8d of %d context tokens reused (device %d, host %d, disk %d), "
+                 "load %.1f ms; %d prefilled\n",
+                 u.cached_tokens, u.prompt_tokens, u.device_tokens, u.host_tokens, u.disk_tokens,
+                 u.load_ms, u.prefilled_tokens);
+    if (!u.session_saved.empty()) {
+      std::fprintf(stderr, "  session     saved '%s' (%zu tokens) in %.1f ms\n",
+                   u.session_saved.c_str(), u.prompt_tokens + o.generated.size(), u.save_ms);
+    }
+  }
+}
+
+// Problems the user must hear about even without --json: blocks that never reached the disk.
+void WarnAboutWrites(const cache::CacheStats& cs, const std::string& dir) {
+  if (cs.write_failed > 0) {
+    std::fprintf(stderr,
+                 "kvstash run: warning: %llu KV blocks could not be written to %s (disk full or "
+                 "I/O error; see above): they will be recomputed next time\n",
+                 static_cast<unsigned long long>(cs.write_failed), dir.c_str());
+  }
+  if (cs.write_dropped > 0) {
+    std::fprintf(stderr,
+                 "kvstash run: warning: %llu KV blocks were not persisted (the write-behind queue "
+                 "was full)\n",
+                 static_cast<unsigned long long>(cs.write_dropped));
+  }
+}
+
+int Run(const RunArgs& a) {
+  const Fail fail{a.json};
+  if (Status s = ValidateArgs(a); !s.ok()) return fail(s, 2);
   std::string model_path = a.model;
   if (model_path.empty()) {
     auto p = EnsureDefaultModel();
     if (!p.ok()) return fail(p.status());
     model_path = *p;
   }
-  auto weight_memory = engine::ParseWeightMemory(a.weights);
-  if (!weight_memory.ok()) return fail(weight_memory.status().WithContext("--weights"), 2);
-  Stopwatch load_watch;
-  auto model = engine::Model::Load(model_path, *weight_memory);
-  if (!model.ok()) return fail(model.status());
-  const double load_ms = load_watch.ElapsedMs();
-  const engine::HParams& hp = (*model)->config();
-
-  std::unique_ptr<engine::Tokenizer> tokenizer;
-  {
-    auto vocab = engine::Vocab::FromGguf((*model)->gguf());
-    if (vocab.ok()) {
-      auto t = engine::Tokenizer::Create(std::move(*vocab));
-      if (t.ok())
-        tokenizer = std::move(*t);
-      else if (a.prompt_ids.empty())
-        return fail(t.status());
-    } else if (a.prompt_ids.empty()) {
-      return fail(vocab.status());
-    }
+  auto opts = EngineOptionsFrom(a, model_path);
+  if (!opts.ok()) return fail(opts.status(), 2);
+  auto eng = serve::Engine::Open(*opts);
+  if (!eng.ok()) {
+    const bool usage = eng.status().code() == StatusCode::kInvalidArgument;
+    return fail(eng.status(), usage ? 2 : 1);
   }
-
-  CacheRun cr;
-  if (!a.cache_dir.empty()) {
-    Stopwatch w;
-    storage::Options so;
-    so.path = a.cache_dir;
-    so.capacity_bytes = *disk_budget;
-    so.segment_bytes = std::min<uint64_t>(
-        so.segment_bytes, std::max<uint64_t>(*disk_budget / 4, 64 << 10) & ~uint64_t{4095});
-    auto store = storage::BlockStore::Open(so);
-    if (!store.ok()) return fail(store.status().WithContext("--cache-dir " + a.cache_dir));
-    cr.store = std::move(*store);
-    cr.open_ms = w.ElapsedMs();
-    w.Reset();
-    auto fp = cache::FingerprintFile(model_path, cr.store.get(), &cr.fingerprint_remembered);
-    if (!fp.ok()) return fail(fp.status());
-    cr.fingerprint = *fp;
-    cr.fingerprint_ms = w.ElapsedMs();
+  for (const std::string& w : (*eng)->report().warnings) {
+    std::fprintf(stderr, "kvstash run: warning: %s\n", w.c_str());
   }
-
-  Stopwatch ttft_watch;  // covers tokenization, cache lookup and load, prefill, first sample
-  std::vector<int32_t> prompt;
-  if (!a.prompt_ids.empty()) {
-    auto ids = ParseIds(a.prompt_ids);
-    if (!ids.ok()) return fail(ids.status(), 2);
-    prompt = std::move(*ids);
-  } else {
-    std::string text = a.prompt;
-    if (!a.file.empty()) {
-      std::ifstream in(a.file, std::ios::binary);
-      if (!in) return fail(Status::NotFound("cannot read prompt file " + a.file));
-      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-    bool add_bos = !a.no_bos && tokenizer->vocab().add_bos && a.session.empty();
-    if (a.chat) {
-      auto rendered = RenderChatPrompt(a, text, *tokenizer);
-      if (!rendered.ok()) return fail(rendered.status(), 2);
-      // Templates that write the BOS text themselves must not get a second BOS.
-      const int32_t bos = tokenizer->vocab().bos_id;
-      if (bos >= 0 && rendered->rfind(tokenizer->TokenToPiece(bos, true), 0) == 0) add_bos = false;
-      text = std::move(*rendered);
-    }
-    prompt = tokenizer->Encode(text, add_bos, /*parse_special=*/a.chat);
+  Stopwatch tokenize_watch;
+  auto prompt = BuildPrompt(a, **eng);
+  if (!prompt.ok()) {
+    const bool usage = prompt.status().code() == StatusCode::kInvalidArgument;
+    return fail(prompt.status(), usage ? 2 : 1);
   }
-  if ((a.chat || !a.system.empty()) && !a.prompt_ids.empty()) {
-    return fail(Status::InvalidArgument("--chat/--system need a text prompt, not --prompt-ids"), 2);
-  }
-  if (prompt.empty() && a.session.empty()) {
-    if (tokenizer && tokenizer->vocab().bos_id >= 0) {
-      prompt.push_back(tokenizer->vocab().bos_id);
-    } else {
-      return fail(Status::InvalidArgument("empty prompt and the model has no BOS token"), 2);
-    }
-  }
-
-  engine::RunnerOptions ro;
-  ro.n_threads = a.threads;
-  ro.n_ctx = a.ctx_size;
-  ro.block_tokens = a.block_tokens;
-  ro.kv_dtype = *kv_dtype;
-  ro.n_batch = a.n_batch;
-  auto runner = engine::Runner::Create(**model, ro);
-  if (!runner.ok()) return fail(runner.status(), 2);
-  // After the runner, so it is destroyed first (it drains write-behind into the store).
-  struct CacheCloser {
-    CacheRun& cr;
-    ~CacheCloser() { cr.cache.reset(); }
-  } cache_closer{cr};
-  if (cr.store) {
-    cache::CacheOptions co;
-    co.cache_salt = a.cache_salt;
-    co.host_bytes = *host_budget;
-    co.write_policy = *write_policy;
-    auto ns = cache::NamespaceFor(**model, cr.fingerprint, (*runner)->kv_layout(), a.cache_salt);
-    auto c = cache::PrefixCache::Create((*runner)->pool(), cr.store.get(), ns, co, model_path,
-                                        (*model)->Describe());
-    if (!c.ok()) return fail(c.status());
-    cr.cache = std::move(*c);
-  }
-  // The context: a restored session's tokens, then this run's prompt.
-  engine::Sequence seq;
-  std::vector<int32_t> context;
-  cache::AcquireResult acquired;
-  if (!a.session.empty()) {
-    // With nothing appended, the session's last token is recomputed for its logits.
-    auto restored = cr.cache->RestoreSession(a.session, seq, prompt.empty() ? 1 : 0);
-    if (!restored.ok()) return fail(restored.status());
-    context = std::move(restored->tokens);
-    acquired = restored->acquired;
-  }
-  context.insert(context.end(), prompt.begin(), prompt.end());
-  if (context.empty()) {
-    return fail(Status::InvalidArgument("empty prompt and the model has no BOS token"), 2);
-  }
-  if (static_cast<int64_t>(context.size()) + a.n_predict > (*runner)->options().n_ctx) {
-    return fail(Status::InvalidArgument("prompt (" + std::to_string(context.size()) +
+  const int n_ctx = (*eng)->runner_options().n_ctx;
+  if (a.session.empty() && static_cast<int64_t>(prompt->size()) + a.n_predict > n_ctx) {
+    return fail(Status::InvalidArgument("prompt (" + std::to_string(prompt->size()) +
                                         " tokens) + n_predict (" + std::to_string(a.n_predict) +
-                                        ") exceeds the context size " +
-                                        std::to_string((*runner)->options().n_ctx) + "; raise -c"),
+                                        ") exceeds the context size " + std::to_string(n_ctx) +
+                                        "; raise -c"),
                 2);
   }
-
   const uint64_t seed = a.seed >= 0 ? static_cast<uint64_t>(a.seed) : std::random_device{}();
-  engine::SamplerOptions so;
-  so.temperature = a.temp;
-  so.top_k = a.top_k;
-  so.top_p = a.top_p;
-  so.min_p = a.min_p;
-  so.repeat_penalty = a.repeat_penalty;
-  so.penalty_last_n = a.repeat_last_n;
-  so.presence_penalty = a.presence_penalty;
-  so.frequency_penalty = a.frequency_penalty;
-  so.seed = seed;
-  auto sampler = engine::Sampler::Create(so);
-  if (!sampler.ok()) return fail(sampler.status(), 2);
-  engine::GenerationLimits limits;
-  limits.max_tokens = a.n_predict;
-  limits.ignore_eog = a.ignore_eos;
-  limits.stop_strings = a.stop;
-  if (tokenizer) {
-    for (int32_t id : {tokenizer->vocab().eos_id, tokenizer->vocab().eot_id}) {
-      if (id >= 0) limits.eog_tokens.push_back(id);
-    }
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto handle = (*eng)->Submit(MakeRequest(a, *prompt, seed));
+  const double tokenize_ms = tokenize_watch.ElapsedMs();
+  if (!handle.ok()) {
+    const bool usage = handle.status().code() == StatusCode::kInvalidArgument;
+    return fail(handle.status(), usage ? 2 : 1);
   }
-  engine::StopChecker stop(limits);
-  if (cr.cache && a.session.empty()) {
-    auto got = cr.cache->Acquire(seq, context);
-    if (!got.ok()) return fail(got.status());
-    acquired = *got;
+  auto outcome = Consume(a, **handle);
+  // Whatever happened, what the request computed goes to the disk tier before we exit.
+  Stopwatch flush_watch;
+  Status flushed = (*eng)->Flush();
+  const double flush_ms = flush_watch.ElapsedMs();
+  const cache::CacheStats cs = (*eng)->cache_stats();
+  if (!flushed.ok()) {
+    std::fprintf(stderr, "kvstash run: warning: cache flush: %s\n", flushed.ToString().c_str());
   }
-  std::vector<float> logits;
-  Stopwatch prefill_watch;
-  const std::span<const int32_t> suffix(context.data() + seq.n_past(),
-                                        context.size() - seq.n_past());
-  if (Status s = (*runner)->Prefill(seq, suffix, engine::LogitsMode::kLast, &logits); !s.ok()) {
-    return fail(s);
+  if (!outcome.ok()) return fail(outcome.status());
+  if (outcome->interrupted) {
+    const int bt = (*eng)->runner_options().block_tokens;
+    const int kept = (outcome->usage.cached_tokens + outcome->usage.prefilled_tokens) / bt;
+    std::fprintf(stderr,
+                 "\nkvstash run: interrupted; %d full blocks (%d tokens) of the context are in the "
+                 "cache%s\n",
+                 kept, kept * bt, (*eng)->has_disk_tier() ? " directory for the next run" : "");
+    WarnAboutWrites(cs, a.cache_dir);
+    (void)(*eng)->Close();
+    return 130;
   }
-  const double prefill_ms = prefill_watch.ElapsedMs();
-  if (cr.cache) {
-    cr.cache->ObservePrefill(static_cast<int>(suffix.size()), prefill_ms);
-    cr.cache->Publish(seq);
-  }
-
-  nlohmann::json top = nlohmann::json::array();
-  if (a.top_logits > 0) {
-    std::vector<int32_t> order(logits.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-    const size_t k = std::min<size_t>(a.top_logits, order.size());
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t x, int32_t y) {
-      return logits[x] > logits[y] || (logits[x] == logits[y] && x < y);
-    });
-    for (size_t i = 0; i < k; ++i) top.push_back({order[i], logits[order[i]]});
-  }
-
-  std::vector<int32_t> generated;
-  int32_t last_sampled = -1;
-  std::string text;
-  double ttft_ms = 0;
-  Stopwatch decode_watch;
-  engine::StopReason reason = engine::StopReason::kNone;
-  for (int i = 0; i < a.n_predict; ++i) {
-    auto tok = sampler->Sample(logits);
-    if (!tok.ok()) return fail(tok.status());
-    if (i == 0) {
-      ttft_ms = ttft_watch.ElapsedMs();
-      decode_watch.Reset();
-    }
-    sampler->Accept(*tok);
-    last_sampled = *tok;
-    const std::string piece = tokenizer ? tokenizer->TokenToPiece(*tok, false) : "";
-    engine::StopChecker::Step step = stop.Push(*tok, piece);
-    if (step.reason != engine::StopReason::kEndOfGeneration) generated.push_back(*tok);
-    text += step.text;
-    if (!a.json && !step.text.empty()) {
-      std::fwrite(step.text.data(), 1, step.text.size(), stdout);
-      std::fflush(stdout);
-    }
-    if (step.reason != engine::StopReason::kNone) {
-      reason = step.reason;
-      break;
-    }
-    if (Status s = (*runner)->Decode(seq, *tok, &logits); !s.ok()) return fail(s);
-    last_sampled = -1;  // now part of the sequence
-    if (cr.cache && seq.n_past() % (*runner)->options().block_tokens == 0) cr.cache->Publish(seq);
-  }
-  const double decode_ms = a.n_predict > 0 ? decode_watch.ElapsedMs() : 0.0;
-  const double pp_tps = suffix.size() / std::max(prefill_ms, 1e-6) * 1e3;
-
-  double save_ms = 0, flush_ms = 0;
-  cache::CacheStats cache_stats;
-  if (cr.cache) {
-    if (!a.save_session.empty()) {
-      Stopwatch w;
-      // The session holds every token of the conversation, the last sampled one included.
-      if (last_sampled >= 0 && seq.n_past() < (*runner)->options().n_ctx) {
-        if (Status s = (*runner)->Decode(seq, last_sampled, &logits); !s.ok()) return fail(s);
-      }
-      cr.cache->Publish(seq);
-      if (Status s = cr.cache->SaveSession(a.save_session, seq); !s.ok()) return fail(s);
-      save_ms = w.ElapsedMs();
-    }
-    cr.cache->Release(seq);
-    Stopwatch w;
-    if (Status s = cr.cache->Flush(); !s.ok()) {
-      std::fprintf(stderr, "kvstash run: warning: cache flush: %s\n", s.ToString().c_str());
-    }
-    flush_ms = w.ElapsedMs();
-    cache_stats = cr.cache->Stats();
-  }
-  const int n_decoded = generated.empty() ? 0 : static_cast<int>(generated.size()) - 1;
-  const double tg_tps = n_decoded > 0 ? n_decoded / std::max(decode_ms, 1e-6) * 1e3 : 0.0;
-
   if (a.json) {
-    nlohmann::json j;
-    j["model"] = {{"path", model_path},
-                  {"arch", hp.arch_name},
-                  {"description", (*model)->Describe()},
-                  {"weights", engine::WeightMemoryName((*model)->gguf().memory())},
-                  {"n_vocab", hp.n_vocab}};
-    j["backend"] = (*runner)->backend().name();
-    j["threads"] = (*runner)->backend().n_threads();
-    j["seed"] = seed;
-    j["prompt_ids"] = prompt;
-    j["generated_ids"] = generated;
-    j["text"] = text;
-    j["stop_reason"] = reason == engine::StopReason::kEndOfGeneration ? "eog"
-                       : reason == engine::StopReason::kStopString    ? "stop_string"
-                                                                      : "max_tokens";
-    j["top_logits"] = top;
-    if (cr.cache) {
-      j["cache"] = {{"cached_tokens", acquired.cached_tokens},
-                    {"device_tokens", acquired.device_tokens},
-                    {"host_tokens", acquired.host_tokens},
-                    {"disk_tokens", acquired.disk_tokens},
-                    {"load_ms", acquired.load_ms},
-                    {"context_tokens", context.size()},
-                    {"prefilled_tokens", suffix.size()},
-                    {"recomputed_blocks", acquired.recomputed_blocks},
-                    {"dir", a.cache_dir},
-                    {"namespace", cr.cache->namespace_hash().ToHex()},
-                    {"model_fingerprint", cr.fingerprint.ToHex()},
-                    {"fingerprint_ms", cr.fingerprint_ms},
-                    {"fingerprint_remembered", cr.fingerprint_remembered},
-                    {"open_ms", cr.open_ms},
-                    {"session", a.session},
-                    {"saved_session", a.save_session},
-                    {"save_ms", save_ms},
-                    {"flush_ms", flush_ms},
-                    {"published_blocks", cache_stats.published_blocks},
-                    {"written_blocks", cache_stats.written_blocks},
-                    {"write_dropped", cache_stats.write_dropped},
-                    {"write_failed", cache_stats.write_failed},
-                    {"corrupt_blocks", cache_stats.corrupt_blocks}};
-    }
-    j["timings"] = {{"load_ms", load_ms},
-                    {"ttft_ms", ttft_ms},
-                    {"prefill_ms", prefill_ms},
-                    {"decode_ms", decode_ms},
-                    {"prompt_tokens", context.size()},
-                    {"generated_tokens", generated.size()},
-                    {"prompt_tokens_per_s", pp_tps},
-                    {"gen_tokens_per_s", tg_tps}};
+    nlohmann::json j = JsonReport(a, **eng, *outcome, *prompt, seed, tokenize_ms, flush_ms, cs);
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
-    if (!tokenizer) {
-      for (int32_t t : generated) std::printf("%d ", t);
-    }
-    std::printf("\n");
-    if (a.top_logits > 0) {
-      std::fprintf(stderr, "top logits at the last prompt position:\n");
-      for (const auto& e : top) {
-        std::fprintf(stderr, "  %6d  %10.5f\n", e[0].get<int>(), e[1].get<double>());
-      }
-    }
-    std::fprintf(stderr,
-                 "\nkvstash run: model %s (%s), backend %s, %d threads\n"
-                 "  load        %8.1f ms\n"
-                 "  prefill     %8zu tokens  %8.1f ms  %8.1f tokens/s\n"
-                 "  generation  %8zu tokens  %8.1f ms  %8.1f tokens/s\n"
-                 "  time to first token %.1f ms\n",
-                 model_path.c_str(), (*model)->Describe().c_str(), (*runner)->backend().name(),
-                 (*runner)->backend().n_threads(), load_ms, suffix.size(), prefill_ms, pp_tps,
-                 generated.size(), decode_ms, tg_tps, ttft_ms);
-    if (cr.cache) {
-      std::fprintf(stderr,
-                   "  cache       %8d of %zu context tokens reused (device %d, host %d, disk %d), "
-                   "load %.1f ms; %zu prefilled\n",
-                   acquired.cached_tokens, context.size(), acquired.device_tokens,
-                   acquired.host_tokens, acquired.disk_tokens, acquired.load_ms, suffix.size());
-      if (!a.save_session.empty()) {
-        std::fprintf(stderr, "  session     saved '%s' (%d tokens) in %.1f ms\n",
-                     a.save_session.c_str(), static_cast<int>(context.size() + generated.size()),
-                     save_ms);
-      }
-    }
+    HumanReport(a, **eng, *outcome, tokenize_ms, cs);
+  }
+  WarnAboutWrites(cs, a.cache_dir);
+  if (Status s = (*eng)->Close(); !s.ok()) {
+    std::fprintf(stderr, "kvstash run: warning: closing the cache: %s\n", s.ToString().c_str());
   }
   return 0;
 }
@@ -496,7 +500,9 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--temp", args->temp, "Sampling temperature; 0 = greedy")->capture_default_str();
   cmd->add_option("--seed", args->seed, "Sampling seed; -1 = random (printed in --json)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", args->threads, "Compute threads; 0 = all cores")
+  cmd->add_option("-t,--threads", args->threads,
+                  "Compute threads; 0 = all cores (more than the cores available are capped, "
+                  "with a warning)")
       ->capture_default_str();
   cmd->add_option("-c,--ctx-size", args->ctx_size,
                   "Context size in tokens (prompt + generation); 0 = the model's")
@@ -541,8 +547,9 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
                   "half of the available memory)")
       ->capture_default_str();
   cmd->add_option("--cache-dir", args->cache_dir,
-                  "Persistent prefix cache directory (created if missing): reuse the KV of "
-                  "prompt prefixes computed by earlier runs, and store this run's");
+                  "Persistent prefix cache directory (created if missing): reuse the KV blocks of "
+                  "prompt prefixes computed by earlier runs, and store this run's blocks there "
+                  "for later ones");
   cmd->add_option("--cache-salt", args->cache_salt,
                   "Cache namespace salt: runs with different salts never share blocks");
   cmd->add_option("--cache-bytes", args->cache_bytes,

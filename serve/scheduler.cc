@@ -1,0 +1,671 @@
+#include "serve/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+
+#include "base/clock.h"
+#include "base/logging.h"
+#include "cache/prefix_cache.h"
+#include "engine/runner.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace kvstash::serve {
+
+namespace {
+using SteadyClock = std::chrono::steady_clock;
+
+double MsSince(SteadyClock::time_point t0, SteadyClock::time_point t1) {
+  return std::chrono::duration<double, std::milli>(t1 - t0).count();
+}
+}  // namespace
+
+// One request from admission to its final event. Engine thread only (the handle is shared).
+struct Scheduler::Active {
+  Active(Request r, std::shared_ptr<RequestHandle> h, engine::Sampler s)
+      : req(std::move(r)), handle(std::move(h)), sampler(std::move(s)), stop(req.limits) {}
+
+  Request req;
+  std::shared_ptr<RequestHandle> handle;
+  engine::Sampler sampler;
+  engine::StopChecker stop;
+  // Every position that must be in the KV before the next sample: session tokens + prompt on
+  // first admission; after a preemption, everything the sequence held.
+  std::vector<int32_t> context;
+  engine::Sequence seq;
+  int32_t pending = -1;      // sampled, not yet in the KV (the next decode row)
+  bool admitted = false;
+  bool started = false;      // first admission done (the session restored, usage counted)
+  uint64_t admit_order = 0;  // larger = admitted later (preemption victim order)
+  int prompt_end = 0;        // context size of the first admission (prompt positions)
+  int computed_prompt = 0;   // prompt positions computed (not loaded)
+  SteadyClock::time_point submitted, admitted_at, first_token, prefill_started;
+  bool have_first_token = false;
+  bool prefill_done = false;
+  Usage usage;
+  int published_blocks = 0;
+};
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kEndOfGeneration:
+      return "eog";
+    case FinishReason::kStopString:
+      return "stop_string";
+    case FinishReason::kMaxTokens:
+      return "max_tokens";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kContextFull:
+      return "context_full";
+  }
+  return "?";
+}
+
+// ---- RequestHandle ------------------------------------------------------------------------------
+
+std::optional<Event> RequestHandle::Next(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (final_taken_) return std::nullopt;
+  if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return std::nullopt;
+  Event e = std::move(events_.front());
+  events_.pop_front();
+  if (e.kind == Event::Kind::kDone || e.kind == Event::Kind::kError) final_taken_ = true;
+  return e;
+}
+
+bool RequestHandle::finished() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return final_pushed_;
+}
+
+void RequestHandle::Push(Event e) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (final_pushed_) return;
+    if (e.kind == Event::Kind::kDone || e.kind == Event::Kind::kError) final_pushed_ = true;
+    events_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+// ---- Scheduler ----------------------------------------------------------------------------------
+
+Scheduler::Scheduler(engine::Runner& runner, cache::PrefixCache* cache,
+                     const engine::Tokenizer* tokenizer, const SchedulerOptions& options)
+    : runner_(runner), cache_(cache), tokenizer_(tokenizer), options_(options) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<std::shared_ptr<RequestHandle>> Scheduler::Submit(Request request) {
+  const engine::HParams& hp = runner_.model().config();
+  for (int32_t t : request.prompt) {
+    if (t < 0 || t >= hp.n_vocab) {
+      return Status::InvalidArgument("prompt token id " + std::to_string(t) + " out of range [0, " +
+                                     std::to_string(hp.n_vocab) + ")");
+    }
+  }
+  if (request.prompt.empty() && request.restore_session.empty()) {
+    return Status::InvalidArgument("empty prompt");
+  }
+  const int n_ctx = runner_.options().n_ctx;
+  if (static_cast<int64_t>(request.prompt.size()) >= n_ctx) {
+    return Status::InvalidArgument("prompt (" + std::to_string(request.prompt.size()) +
+                                   " tokens) does not fit the context size " +
+                                   std::to_string(n_ctx) + " with room to generate");
+  }
+  if ((!request.restore_session.empty() || !request.save_session.empty()) && cache_ == nullptr) {
+    return Status::InvalidArgument("sessions need the prefix cache with a disk tier");
+  }
+  if (request.top_logits < 0) return Status::InvalidArgument("top_logits must be >= 0");
+  if (request.limits.eog_tokens.empty() && tokenizer_ != nullptr) {
+    for (int32_t id : {tokenizer_->vocab().eos_id, tokenizer_->vocab().eot_id}) {
+      if (id >= 0) request.limits.eog_tokens.push_back(id);
+    }
+  }
+  KV_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(request.sampling));
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) return Status::Cancelled("the engine is shutting down");
+  {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    if (stats_.queue_depth >= static_cast<uint64_t>(options_.max_queue)) {
+      ++stats_.refused;
+      return Status::ResourceExhausted("too many requests waiting (" +
+                                       std::to_string(options_.max_queue) +
+                                       "; --max-queue): try again later");
+    }
+    ++stats_.queue_depth;
+    ++stats_.submitted;
+  }
+  if (request.id.empty()) request.id = "req-" + std::to_string(++next_id_);
+  auto handle = std::make_shared<RequestHandle>(request.id);
+  auto a = std::make_unique<Active>(std::move(request), handle, std::move(sampler));
+  a->submitted = SteadyClock::now();
+  inbox_.push_back(std::move(a));
+  lock.unlock();
+  cv_.notify_all();
+  return handle;
+}
+
+SchedulerStats Scheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+void Scheduler::Loop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] {
+        return stopping_ || !inbox_.empty() || !waiting_.empty() || !running_.empty();
+      });
+      while (!inbox_.empty()) {
+        waiting_.push_back(std::move(inbox_.front()));
+        inbox_.pop_front();
+      }
+      if (stopping_) break;
+    }
+    try {
+      Step();
+    } catch (const std::exception& e) {
+      // An engine bug must not leave callers waiting forever: fail everything in flight.
+      Status s = Status::Internal(std::string("engine step failed: ") + e.what());
+      DefaultLogger()->error("scheduler: {}", s.ToString());
+      while (!running_.empty()) Fail(*running_.front(), s);
+      while (!waiting_.empty()) Fail(*waiting_.front(), s);
+    }
+  }
+  // Shutdown: everything still here is cancelled (full blocks stay cached).
+  while (!running_.empty()) Finish(*running_.front(), FinishReason::kCancelled, "");
+  while (!waiting_.empty()) Finish(*waiting_.front(), FinishReason::kCancelled, "");
+}
+
+void Scheduler::Step() {
+  const auto now = SteadyClock::now();
+  // 1. Cancellations and deadlines, waiting and running.
+  for (auto* q : {&running_, &waiting_}) {
+    for (size_t i = 0; i < q->size();) {
+      Active& a = *(*q)[i];
+      const bool expired = a.req.deadline && now >= *a.req.deadline;
+      if (a.handle->cancelled() || expired) {
+        Finish(a, FinishReason::kCancelled, "");  // removes it from its queue
+      } else {
+        ++i;
+      }
+    }
+  }
+  // 2. Admission, in arrival order (a preempted request is at the front).
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
+    Active& a = *waiting_.front();
+    if (!Admit(a)) break;
+  }
+  {
+    // Lock order: mu_ before stats_mu_ (as in Submit).
+    std::lock_guard<std::mutex> l1(mu_);
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.queue_depth = waiting_.size() + inbox_.size();
+    stats_.running = running_.size();
+  }
+  // 3-5.
+  if (!running_.empty()) BuildAndRunBatch();
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    const engine::KvPool& pool = runner_.pool();
+    stats_.pages_total = pool.n_pages();
+    stats_.pages_free = pool.n_free();
+    stats_.pages_used = pool.n_pages() - pool.n_free();
+    stats_.running = running_.size();
+    ++stats_.steps;
+  }
+}
+
+// Admits the front waiting request when the pool can hold it; false to stop admitting for now.
+bool Scheduler::Admit(Active& a) {
+  engine::KvPool& pool = runner_.pool();
+  const int bt = runner_.options().block_tokens;
+  if (!a.started) {
+    // Build the context: session tokens (restored into the sequence) + the prompt.
+    a.context.clear();
+    if (!a.req.restore_session.empty()) {
+      auto r = cache_->RestoreSession(a.req.restore_session, a.seq,
+                                      a.req.prompt.empty() ? 1 : 0, a.req.cache_salt);
+      if (!r.ok()) {
+        Fail(a, r.status());
+        return true;
+      }
+      a.context = r->tokens;
+      a.usage.cached_tokens = r->acquired.cached_tokens;
+      a.usage.device_tokens = r->acquired.device_tokens;
+      a.usage.host_tokens = r->acquired.host_tokens;
+      a.usage.disk_tokens = r->acquired.disk_tokens;
+      a.usage.recomputed_blocks = r->acquired.recomputed_blocks;
+      a.usage.load_ms = r->acquired.load_ms;
+    }
+    a.context.insert(a.context.end(), a.req.prompt.begin(), a.req.prompt.end());
+    const int n_ctx = runner_.options().n_ctx;
+    if (static_cast<int>(a.context.size()) >= n_ctx) {
+      Fail(a, Status::InvalidArgument("context (" + std::to_string(a.context.size()) +
+                                      " tokens) does not fit the context size " +
+                                      std::to_string(n_ctx) + " with room to generate"));
+      return true;
+    }
+    a.prompt_end = static_cast<int>(a.context.size());
+  }
+  // Pages: the whole remaining context plus the first generated token. A request that cannot
+  // fit the pool even alone is refused; otherwise it waits until running sequences leave.
+  const int need = runner_.PagesNeeded(a.seq, static_cast<int64_t>(a.context.size()) + 1);
+  const int whole = static_cast<int>((a.context.size() + 1 + bt - 1) / bt);
+  if (whole > pool.n_pages()) {
+    Fail(a, Status::ResourceExhausted("the context needs " + std::to_string(whole) +
+                                      " KV pages, the pool has " + std::to_string(pool.n_pages())));
+    return true;
+  }
+  if (!running_.empty()) {
+    const int reclaimable = cache_ != nullptr ? cache_->ReclaimablePages() : 0;
+    if (need > pool.n_free() + reclaimable) return false;
+  }
+  // Match against the prefix cache (a restored session already holds its prefix).
+  if (cache_ != nullptr && a.seq.n_past() == 0) {
+    // On resume with a pending token the whole context may come from the cache; otherwise the
+    // last position is computed for its logits.
+    const int max_positions =
+        a.pending >= 0 ? static_cast<int>(a.context.size()) : static_cast<int>(a.context.size()) - 1;
+    auto got = cache_->Acquire(a.seq, a.context, max_positions, a.req.cache_salt);
+    if (!got.ok()) {
+      Fail(a, got.status());
+      return true;
+    }
+    if (!a.started) {
+      a.usage.cached_tokens = got->cached_tokens;
+      a.usage.device_tokens = got->device_tokens;
+      a.usage.host_tokens = got->host_tokens;
+      a.usage.disk_tokens = got->disk_tokens;
+      a.usage.recomputed_blocks = got->recomputed_blocks;
+      a.usage.load_ms = got->load_ms;
+    }
+  }
+  a.published_blocks = a.seq.n_past() / bt;
+  a.admitted = true;
+  a.admit_order = ++admit_counter_;
+  a.admitted_at = SteadyClock::now();
+  if (!a.started) {
+    a.usage.queue_ms = MsSince(a.submitted, a.admitted_at);
+    a.usage.prompt_tokens = a.prompt_end;
+    a.prefill_started = a.admitted_at;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.cached_device += a.usage.device_tokens;
+    stats_.cached_host += a.usage.host_tokens;
+    stats_.cached_disk += a.usage.disk_tokens;
+  }
+  a.started = true;
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if (it->get() == &a) {
+      running_.push_back(std::move(*it));
+      waiting_.erase(it);
+      break;
+    }
+  }
+  return true;
+}
+
+// Gives up the sequence's pages (its full blocks are published and stay cached) and puts it
+// at the front of the queue; it resumes by re-acquiring them.
+void Scheduler::Preempt(Active& a) {
+  PublishFull(a);
+  // Decoding: everything in the KV is the context to resume (the pending token follows it).
+  // Still prefilling: the context stays the prompt, of which the sequence held a prefix.
+  if (a.prefill_done) a.context.assign(a.seq.tokens.begin(), a.seq.tokens.end());
+  Release(a);
+  a.admitted = false;
+  ++a.usage.preemptions;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.preemptions;
+  }
+  for (auto it = running_.begin(); it != running_.end(); ++it) {
+    if (it->get() == &a) {
+      waiting_.push_front(std::move(*it));
+      running_.erase(it);
+      break;
+    }
+  }
+}
+
+void Scheduler::Release(Active& a) {
+  if (cache_ != nullptr) {
+    cache_->Release(a.seq);
+  } else {
+    runner_.Release(a.seq);
+  }
+}
+
+void Scheduler::PublishFull(Active& a) {
+  if (cache_ == nullptr) return;
+  const int full = a.seq.n_past() / runner_.options().block_tokens;
+  if (full > a.published_blocks) {
+    cache_->Publish(a.seq, a.req.cache_salt);
+    a.published_blocks = full;
+  }
+}
+
+
+bool Scheduler::BuildAndRunBatch() {
+  const int V = runner_.model().config().n_vocab;
+  const int bt = runner_.options().block_tokens;
+  // Rows each running sequence wants this step: decode rows first, then prompt chunks by age.
+  struct Want {
+    Active* a;
+    int rows;
+  };
+  std::vector<Want> plan;
+  int budget = std::max(1, options_.batch_tokens);
+  for (auto& up : running_) {
+    if (up->pending >= 0 && up->seq.n_past() >= static_cast<int>(up->context.size())) {
+      plan.push_back({up.get(), 1});
+      --budget;
+    }
+  }
+  for (auto& up : running_) {
+    Active& a = *up;
+    const int left = static_cast<int>(a.context.size()) - a.seq.n_past();
+    if (left > 0 && budget > 0) {
+      const int m = std::min(left, budget);
+      plan.push_back({&a, m});
+      budget -= m;
+    }
+  }
+  // Reserve pages, preempting the most recently admitted sequences when the pool is dry.
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Active* a = plan[i].a;
+    if (a == nullptr) continue;
+    for (;;) {
+      const int64_t end = a->seq.n_past() + static_cast<int64_t>(plan[i].rows);
+      if (runner_.Reserve(a->seq, end).ok()) break;
+      Active* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+        if (it->get() != a) {
+          victim = it->get();
+          break;
+        }
+      }
+      if (victim == nullptr) {
+        // Alone and still short of pages: take what fits, or give up on the request.
+        const int fit = (a->seq.block_table.size() + runner_.pool().n_free()) * bt - a->seq.n_past();
+        if (fit > 0 && fit < plan[i].rows) {
+          plan[i].rows = fit;
+          continue;
+        }
+        Fail(*a, Status::ResourceExhausted("KV pool exhausted with no other sequence to preempt (" +
+                                           std::to_string(runner_.pool().n_pages()) + " pages)"));
+        plan[i].a = nullptr;
+        break;
+      }
+      for (auto& w : plan) {
+        if (w.a == victim) w.a = nullptr;
+      }
+      Preempt(*victim);
+    }
+  }
+  std::vector<engine::BatchSegment> segs;
+  std::vector<Active*> who;
+  std::vector<bool> is_decode;
+  std::vector<std::vector<float>> outs;
+  std::vector<int32_t> pending_tokens;
+  pending_tokens.reserve(plan.size());
+  outs.reserve(plan.size());
+  for (const Want& w : plan) {
+    if (w.a == nullptr) continue;
+    Active& a = *w.a;
+    engine::BatchSegment seg;
+    seg.seq = &a.seq;
+    const bool decode = a.seq.n_past() >= static_cast<int>(a.context.size());
+    if (decode) {
+      pending_tokens.push_back(a.pending);
+      seg.tokens = std::span<const int32_t>(&pending_tokens.back(), 1);
+      seg.logits = engine::LogitsMode::kLast;
+    } else {
+      seg.tokens = std::span<const int32_t>(a.context.data() + a.seq.n_past(), w.rows);
+      const bool reaches_end = a.seq.n_past() + w.rows == static_cast<int>(a.context.size());
+      // The prompt's last row gives the first token's logits; a resumed decoding sequence has
+      // its next token pending and needs none.
+      seg.logits = reaches_end && a.pending < 0 ? engine::LogitsMode::kLast
+                                                : engine::LogitsMode::kNone;
+    }
+    outs.emplace_back(seg.logits == engine::LogitsMode::kNone ? 0 : V);
+    seg.out = outs.back().empty() ? nullptr : outs.back().data();
+    is_decode.push_back(decode);
+    segs.push_back(seg);
+    who.push_back(&a);
+  }
+  if (segs.empty()) return false;
+  size_t rows = 0;
+  for (const auto& s : segs) rows += s.tokens.size();
+  Status st = runner_.Forward(segs);
+  if (!st.ok()) {
+    for (Active* a : who) Fail(*a, st);
+    return false;
+  }
+  const auto now = SteadyClock::now();
+  uint64_t prefilled = 0;
+  for (size_t k = 0; k < segs.size(); ++k) {
+    Active& a = *who[k];
+    if (is_decode[k]) {
+      a.pending = -1;
+    } else {
+      if (a.seq.n_past() <= a.prompt_end) {
+        a.computed_prompt += static_cast<int>(segs[k].tokens.size());
+        prefilled += segs[k].tokens.size();
+      }
+      if (a.req.progress && !a.prefill_done) {
+        Event e;
+        e.kind = Event::Kind::kPrefillProgress;
+        e.done_tokens = std::min(a.seq.n_past(), a.prompt_end);
+        e.total_tokens = a.prompt_end;
+        e.cached_tokens = a.usage.cached_tokens;
+        const double ms = MsSince(a.prefill_started, now);
+        e.tokens_per_s = ms > 0 ? a.computed_prompt / ms * 1e3 : 0;
+        a.handle->Push(std::move(e));
+      }
+    }
+    PublishFull(a);
+    if (segs[k].logits == engine::LogitsMode::kNone) continue;
+    if (!a.prefill_done) {
+      a.prefill_done = true;
+      a.usage.prefill_ms = MsSince(a.prefill_started, now);
+      if (cache_ != nullptr) cache_->ObservePrefill(a.computed_prompt, a.usage.prefill_ms);
+    }
+    SampleNext(a, outs[k].data());
+  }
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.batch_rows += rows;
+  stats_.prefilled_tokens += prefilled;
+  return true;
+}
+
+// Samples from a row of logits and emits the token; finishes the request on a stop condition.
+void Scheduler::SampleNext(Active& a, const float* logits_ptr) {
+  const int V = runner_.model().config().n_vocab;
+  const std::span<const float> logits(logits_ptr, V);
+  if (a.req.limits.max_tokens == 0) {
+    Finish(a, FinishReason::kMaxTokens, "");
+    return;
+  }
+  auto tok = a.sampler.Sample(logits);
+  if (!tok.ok()) {
+    Fail(a, tok.status());
+    return;
+  }
+  const auto now = SteadyClock::now();
+  Event e;
+  e.kind = Event::Kind::kToken;
+  e.token = *tok;
+  if (!a.have_first_token) {
+    a.have_first_token = true;
+    a.first_token = now;
+    a.usage.ttft_ms = MsSince(a.submitted, now);
+    if (a.req.top_logits > 0) {
+      std::vector<int32_t> order(V);
+      for (int i = 0; i < V; ++i) order[i] = i;
+      const int k = std::min(a.req.top_logits, V);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t x, int32_t y) {
+        return logits[x] > logits[y] || (logits[x] == logits[y] && x < y);
+      });
+      for (int i = 0; i < k; ++i) e.top_logits.push_back({order[i], logits[order[i]]});
+    }
+  }
+  if (a.req.logprobs >= 0) {
+    // Log-probabilities of the model's distribution (raw logits, before penalties/temperature).
+    float mx = -INFINITY;
+    for (float v : logits) mx = std::max(mx, v);
+    double sum = 0;
+    for (float v : logits) sum += std::exp(static_cast<double>(v - mx));
+    const double lse = mx + std::log(sum);
+    e.logprob = static_cast<float>(logits[*tok] - lse);
+    if (a.req.logprobs > 0) {
+      std::vector<int32_t> order(V);
+      for (int i = 0; i < V; ++i) order[i] = i;
+      const int k = std::min(a.req.logprobs, V);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t x, int32_t y) {
+        return logits[x] > logits[y] || (logits[x] == logits[y] && x < y);
+      });
+      for (int i = 0; i < k; ++i) {
+        e.top.push_back({order[i], static_cast<float>(logits[order[i]] - lse)});
+      }
+    }
+  }
+  a.sampler.Accept(*tok);
+  const std::string piece = tokenizer_ != nullptr ? tokenizer_->TokenToPiece(*tok, false) : "";
+  engine::StopChecker::Step step = a.stop.Push(*tok, piece);
+  if (step.reason == engine::StopReason::kEndOfGeneration) {
+    Finish(a, FinishReason::kEndOfGeneration, step.text);
+    return;
+  }
+  ++a.usage.generated_tokens;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.generated_tokens;
+  }
+  if (step.reason != engine::StopReason::kNone) {
+    e.text = std::move(step.text);
+    a.handle->Push(std::move(e));
+    a.pending = *tok;  // part of the conversation (saved with a session)
+    Finish(a, step.reason == engine::StopReason::kStopString ? FinishReason::kStopString
+                                                             : FinishReason::kMaxTokens,
+           "");
+    return;
+  }
+  e.text = std::move(step.text);
+  a.handle->Push(std::move(e));
+  a.pending = *tok;
+  if (a.seq.n_past() + 1 > runner_.options().n_ctx) {
+    Finish(a, FinishReason::kContextFull, "");
+  }
+}
+
+// Ends a request normally (or cancelled): saves its session when asked, keeps its full blocks
+// in the cache, frees its pages and pushes kDone with the usage record.
+void Scheduler::Finish(Active& a, FinishReason reason, const std::string& tail_text) {
+  const auto now = SteadyClock::now();
+  Usage& u = a.usage;
+  u.finish = reason;
+  u.prefilled_tokens = a.computed_prompt;
+  if (a.have_first_token) {
+    u.decode_ms = MsSince(a.first_token, now);
+    const int decoded = u.generated_tokens - 1;
+    u.decode_tokens_per_s = decoded > 0 && u.decode_ms > 0 ? decoded / u.decode_ms * 1e3 : 0;
+  }
+  if (a.admitted && !a.req.save_session.empty() && reason != FinishReason::kCancelled &&
+      a.seq.n_past() > 0) {
+    const auto t0 = SteadyClock::now();
+    // The session holds every token of the conversation, the last sampled one included.
+    if (a.pending >= 0 && a.seq.n_past() >= static_cast<int>(a.context.size()) &&
+        a.seq.n_past() < runner_.options().n_ctx &&
+        runner_.Reserve(a.seq, a.seq.n_past() + 1).ok()) {
+      engine::BatchSegment seg;
+      seg.seq = &a.seq;
+      seg.tokens = std::span<const int32_t>(&a.pending, 1);
+      (void)runner_.Forward(std::span<const engine::BatchSegment>(&seg, 1)).ok();
+    }
+    PublishFull(a);
+    Status s = cache_->SaveSession(a.req.save_session, a.seq, a.req.cache_salt);
+    if (!s.ok()) {
+      Fail(a, s);
+      return;
+    }
+    u.session_saved = a.req.save_session;
+    u.save_ms = MsSince(t0, SteadyClock::now());
+  }
+  if (a.admitted) {
+    PublishFull(a);
+    Release(a);
+  } else if (a.seq.n_past() > 0 || !a.seq.block_table.empty()) {
+    Release(a);
+  }
+  u.total_ms = MsSince(a.submitted, SteadyClock::now());
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    if (reason == FinishReason::kCancelled) {
+      ++stats_.cancelled;
+    } else {
+      ++stats_.completed;
+    }
+  }
+  Event e;
+  e.kind = Event::Kind::kDone;
+  e.text = tail_text;
+  e.usage = u;
+  a.handle->Push(std::move(e));
+  std::unique_ptr<Active> keep;  // `a` dies with it, after the push
+  for (auto* q : {&running_, &waiting_}) {
+    for (auto it = q->begin(); it != q->end(); ++it) {
+      if (it->get() == &a) {
+        keep = std::move(*it);
+        q->erase(it);
+        break;
+      }
+    }
+    if (keep) break;
+  }
+}
+
+void Scheduler::Fail(Active& a, const Status& s) {
+  if (a.admitted || a.seq.n_past() > 0 || !a.seq.block_table.empty()) {
+    PublishFull(a);
+    Release(a);
+  }
+  DefaultLogger()->warn("request {}: {}", a.req.id, s.ToString());
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.failed;
+  }
+  Event e;
+  e.kind = Event::Kind::kError;
+  e.status = s;
+  e.usage = a.usage;
+  a.handle->Push(std::move(e));
+  std::unique_ptr<Active> keep;
+  for (auto* q : {&running_, &waiting_}) {
+    for (auto it = q->begin(); it != q->end(); ++it) {
+      if (it->get() == &a) {
+        keep = std::move(*it);
+        q->erase(it);
+        break;
+      }
+    }
+    if (keep) break;
+  }
+}
+
+}  // namespace kvstash::serve

@@ -1,0 +1,128 @@
+// The scheduler (ARCHITECTURE.md §1, §6): one engine thread drives the Runner over many
+// sequences; callers on other threads Submit requests and read events from their handles.
+//
+// Each step:
+//   1. cancelled and expired requests finish (their pages are freed, full blocks stay cached);
+//   2. waiting requests are admitted in arrival order while sequences and pages allow: the
+//      prompt is matched against the prefix cache (Acquire) at admission;
+//   3. one batch is built: every decoding sequence's next row first, then prompt tokens of
+//      prefilling sequences (oldest first) up to `batch_tokens`, so a long prefill never freezes
+//      the streams that already decode (chunked prefill);
+//   4. pages are reserved for the batch; when the pool runs dry the most recently admitted
+//      sequence is preempted: its full blocks are already published to the cache, its pages go
+//      back, and it returns to the front of the queue to resume by re-acquiring them (never
+//      truncated);
+//   5. one Runner::Forward over the batch; full blocks are published as they fill (so an
+//      interrupted prefill keeps what it computed); logits are sampled; events are pushed.
+//
+// Thread safety: Submit, Stats and Stop may be called from any thread. The Runner and
+// PrefixCache passed in belong to the engine thread from construction until Stop returns.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "base/status.h"
+#include "serve/request.h"
+
+namespace kvstash::engine {
+class Runner;
+class Tokenizer;
+}  // namespace kvstash::engine
+namespace kvstash::cache {
+class PrefixCache;
+}
+
+namespace kvstash::serve {
+
+struct SchedulerOptions {
+  // Rows (decode rows + prompt tokens) in one forward pass. Default 256.
+  int batch_tokens = 256;
+  // Sequences in flight at once (decoding or prefilling). Default 16.
+  int max_running = 16;
+  // Requests waiting for admission beyond which Submit refuses (ResourceExhausted; the daemon
+  // answers 503 with Retry-After). Default 64.
+  int max_queue = 64;
+};
+
+struct SchedulerStats {
+  uint64_t queue_depth = 0;  // waiting now
+  uint64_t running = 0;      // admitted now
+  uint64_t pages_total = 0;
+  uint64_t pages_free = 0;  // on the pool's free list (cached pages are not free)
+  uint64_t pages_used = 0;  // referenced by a live sequence or held by the device tier
+  uint64_t submitted = 0;
+  uint64_t refused = 0;  // Submit refused: queue full
+  uint64_t completed = 0;
+  uint64_t failed = 0;
+  uint64_t cancelled = 0;
+  uint64_t preemptions = 0;
+  uint64_t steps = 0;
+  uint64_t batch_rows = 0;        // rows computed, all steps
+  uint64_t prefilled_tokens = 0;  // prompt positions computed
+  uint64_t cached_device = 0;     // prompt positions reused, per tier
+  uint64_t cached_host = 0;
+  uint64_t cached_disk = 0;
+  uint64_t generated_tokens = 0;
+};
+
+class Scheduler {
+ public:
+  // `cache` may be null (no reuse; sessions refused). Starts the engine thread.
+  Scheduler(engine::Runner& runner, cache::PrefixCache* cache, const engine::Tokenizer* tokenizer,
+            const SchedulerOptions& options);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a request. InvalidArgument for a request that can never run (bad token ids, longer
+  // than the context, bad sampling options), ResourceExhausted when max_queue requests wait,
+  // Cancelled after Stop.
+  Result<std::shared_ptr<RequestHandle>> Submit(Request request);
+  // Cancels every request (each gets its kDone/kError event) and joins the engine thread.
+  // Idempotent.
+  void Stop();
+  SchedulerStats Stats() const;
+  const SchedulerOptions& options() const { return options_; }
+
+  struct Active;
+
+ private:
+  void Loop();
+  void Step();
+  bool Admit(Active& a);
+  void Preempt(Active& a);
+  void Finish(Active& a, FinishReason reason, const std::string& tail_text);
+  void Fail(Active& a, const Status& s);
+  void Release(Active& a);
+  void PublishFull(Active& a);
+  void SampleNext(Active& a, const float* logits);
+  bool BuildAndRunBatch();
+
+  engine::Runner& runner_;
+  cache::PrefixCache* cache_;
+  const engine::Tokenizer* tokenizer_;
+  const SchedulerOptions options_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Active>> inbox_;  // submitted, not yet seen by the engine thread
+  bool stopping_ = false;
+  uint64_t next_id_ = 0;
+
+  // Engine thread only.
+  std::deque<std::unique_ptr<Active>> waiting_;
+  std::deque<std::unique_ptr<Active>> running_;  // admission order
+  uint64_t admit_counter_ = 0;
+
+  mutable std::mutex stats_mu_;
+  SchedulerStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace kvstash::serve

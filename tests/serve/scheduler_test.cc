@@ -1,0 +1,319 @@
+// The scheduler end to end through serve::Engine: concurrent requests give exactly what each
+// gives alone, the prefix cache serves shared prefixes per request, a pool too small for the
+// load preempts and resumes without truncating or leaking pages, and cancellation frees pages.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "serve/engine.h"
+#include "tests/cache/cache_test_util.h"
+#include "tests/engine/engine_test_util.h"
+#include "tests/fixtures.h"
+
+namespace kvstash::serve {
+namespace {
+
+using cache::testutil::MakePrompt;
+
+struct Result_ {
+  std::vector<int32_t> tokens;
+  Usage usage;
+  Status error = Status::Ok();
+  int progress_events = 0;
+};
+
+Result_ Collect(RequestHandle& h) {
+  Result_ r;
+  for (;;) {
+    auto e = h.Next(std::chrono::seconds(120));
+    if (!e) {
+      r.error = Status::Internal("timed out waiting for an event");
+      return r;
+    }
+    switch (e->kind) {
+      case Event::Kind::kToken:
+        r.tokens.push_back(e->token);
+        break;
+      case Event::Kind::kPrefillProgress:
+        ++r.progress_events;
+        break;
+      case Event::Kind::kDone:
+        r.usage = e->usage;
+        return r;
+      case Event::Kind::kError:
+        r.error = e->status;
+        r.usage = e->usage;
+        return r;
+    }
+  }
+}
+
+Request Greedy(std::vector<int32_t> prompt, int n) {
+  Request r;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = 0;
+  r.limits.max_tokens = n;
+  r.limits.ignore_eog = true;
+  return r;
+}
+
+std::unique_ptr<Engine> OpenEngine(const std::string& model, bool use_cache, int n_pages,
+                                   int max_running = 16, int batch_tokens = 64,
+                                   int block_tokens = 16) {
+  EngineOptions o;
+  o.model_path = model;
+  o.weights = engine::WeightMemory::kMmap;
+  o.runner.n_threads = 2;
+  o.runner.n_ctx = 512;
+  o.runner.block_tokens = block_tokens;
+  o.runner.n_pages = n_pages;
+  o.use_cache = use_cache;
+  o.scheduler.max_running = max_running;
+  o.scheduler.batch_tokens = batch_tokens;
+  auto e = Engine::Open(o);
+  EXPECT_TRUE(e.ok()) << e.status().ToString();
+  return e.ok() ? std::move(*e) : nullptr;
+}
+
+// Each prompt alone (one at a time) on an engine without a cache: the reference.
+std::vector<std::vector<int32_t>> RunAlone(const std::string& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           int n) {
+  auto eng = OpenEngine(model, false, 0, 1);
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& p : prompts) {
+    auto h = eng->Submit(Greedy(p, n));
+    EXPECT_TRUE(h.ok()) << h.status().ToString();
+    Result_ r = Collect(**h);
+    EXPECT_TRUE(r.error.ok()) << r.error.ToString();
+    EXPECT_EQ(static_cast<int>(r.tokens.size()), n);
+    out.push_back(r.tokens);
+  }
+  return out;
+}
+
+// Pages only the device tier holds once nothing runs: nothing may be referenced by a sequence.
+void ExpectIdlePool(Engine& eng) {
+  // The scheduler updates its counters at the end of each step; give it one.
+  for (int i = 0; i < 100 && eng.scheduler_stats().running > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  SchedulerStats s = eng.scheduler_stats();
+  EXPECT_EQ(s.running, 0u);
+  EXPECT_EQ(s.queue_depth, 0u);
+  EXPECT_EQ(s.pages_used, eng.cache_stats().device.blocks) << "pages leaked";
+}
+
+TEST(SchedulerTest, SixteenConcurrentRequestsEqualEachAlone) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  const int V = 1024;  // tiny-llama's vocabulary
+  // Eight share a 64-token prefix (system prompt + context); all differ after it.
+  const std::vector<int32_t> shared = MakePrompt(64, V, 99);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 16; ++i) {
+    std::vector<int32_t> p = i < 8 ? shared : std::vector<int32_t>{};
+    auto own = MakePrompt(10 + 7 * i, V, 100 + i);
+    p.insert(p.end(), own.begin(), own.end());
+    prompts.push_back(p);
+  }
+  const int n = 12;
+  auto alone = RunAlone(model, prompts, n);
+
+  auto eng = OpenEngine(model, true, 512);
+  ASSERT_TRUE(eng);
+  // Warm the shared prefix so the other sharers find it in the device tier.
+  {
+    auto h = eng->Submit(Greedy(prompts[0], n));
+    ASSERT_TRUE(h.ok());
+    Result_ r = Collect(**h);
+    ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+    EXPECT_EQ(r.tokens, alone[0]);
+    EXPECT_EQ(r.usage.cached_tokens, 0);
+  }
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  for (const auto& p : prompts) {
+    auto h = eng->Submit(Greedy(p, n));
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    handles.push_back(*h);
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Result_ r = Collect(*handles[i]);
+    ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+    EXPECT_EQ(r.tokens, alone[i]) << "request " << i;
+    EXPECT_EQ(r.usage.prompt_tokens, static_cast<int>(prompts[i].size()));
+    EXPECT_EQ(r.usage.cached_tokens + r.usage.prefilled_tokens, r.usage.prompt_tokens);
+    if (i == 0) {
+      // Request 0 ran before: its whole prompt but the last position is cached.
+      EXPECT_EQ(r.usage.cached_tokens, (static_cast<int>(prompts[0].size()) - 1) / 16 * 16);
+    } else if (i < 8) {
+      EXPECT_EQ(r.usage.cached_tokens, 64) << "request " << i;
+      EXPECT_EQ(r.usage.device_tokens, 64);
+    } else {
+      EXPECT_EQ(r.usage.cached_tokens, 0) << "request " << i;
+    }
+  }
+  SchedulerStats s = eng->scheduler_stats();
+  EXPECT_EQ(s.completed, 17u);
+  EXPECT_GT(s.batch_rows, 0u);
+  // Batching happened: fewer steps than one per row.
+  EXPECT_LT(s.steps, s.batch_rows);
+  ExpectIdlePool(*eng);
+}
+
+TEST(SchedulerTest, PoolExhaustionPreemptsAndResumesWithoutTruncation) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-qwen3", "f16");
+  const int V = 4096;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 8; ++i) prompts.push_back(MakePrompt(60 + 9 * i, V, 300 + i));
+  const int n = 40;
+  auto alone = RunAlone(model, prompts, n);
+  // 8 sequences of up to 163 positions need ~80 pages of 16; give the pool 24 (each fits alone).
+  for (bool use_cache : {true, false}) {
+    SCOPED_TRACE(use_cache ? "with the prefix cache" : "without a cache");
+    auto eng = OpenEngine(model, use_cache, 24, 8, 32);
+    ASSERT_TRUE(eng);
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    for (const auto& p : prompts) {
+      auto h = eng->Submit(Greedy(p, n));
+      ASSERT_TRUE(h.ok()) << h.status().ToString();
+      handles.push_back(*h);
+    }
+    int preempted = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      Result_ r = Collect(*handles[i]);
+      ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+      EXPECT_EQ(r.tokens, alone[i]) << "request " << i;
+      EXPECT_EQ(r.usage.finish, FinishReason::kMaxTokens);
+      preempted += r.usage.preemptions;
+    }
+    SchedulerStats s = eng->scheduler_stats();
+    EXPECT_EQ(s.completed, prompts.size());
+    EXPECT_EQ(static_cast<int>(s.preemptions), preempted);
+    EXPECT_GT(s.preemptions + 0u, 0u) << "the pool was never exhausted: the test lost its point";
+    ExpectIdlePool(*eng);
+  }
+}
+
+TEST(SchedulerTest, RequestLargerThanThePoolIsRefusedNotTruncated) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  auto eng = OpenEngine(model, true, 4);
+  ASSERT_TRUE(eng);
+  auto h = eng->Submit(Greedy(MakePrompt(100, 1024, 5), 4));
+  ASSERT_TRUE(h.ok());
+  Result_ r = Collect(**h);
+  EXPECT_EQ(r.error.code(), StatusCode::kResourceExhausted) << r.error.ToString();
+  ExpectIdlePool(*eng);
+}
+
+TEST(SchedulerTest, CancellationMidPrefillAndMidDecodeFreesPagesWithinAStep) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-qwen3", "f16");
+  auto eng = OpenEngine(model, true, 256, 4, 8);  // 8 tokens per step: a long prefill
+  ASSERT_TRUE(eng);
+  // Mid-prefill: 400 prompt tokens take 50 steps.
+  {
+    Request req = Greedy(MakePrompt(400, 4096, 7), 8);
+    req.progress = true;
+    auto h = eng->Submit(req);
+    ASSERT_TRUE(h.ok());
+    // Wait for a progress event, then cancel.
+    auto e = (*h)->Next(std::chrono::seconds(30));
+    ASSERT_TRUE(e);
+    ASSERT_EQ(e->kind, Event::Kind::kPrefillProgress);
+    (*h)->Cancel();
+    Result_ r = Collect(**h);
+    ASSERT_TRUE(r.error.ok());
+    EXPECT_EQ(r.usage.finish, FinishReason::kCancelled);
+    EXPECT_TRUE(r.tokens.empty());
+    EXPECT_LT(r.usage.prefilled_tokens, 400);
+    ExpectIdlePool(*eng);
+    // The full blocks it computed stay cached: the same prompt now starts from them.
+    auto h2 = eng->Submit(Greedy(MakePrompt(400, 4096, 7), 1));
+    ASSERT_TRUE(h2.ok());
+    Result_ r2 = Collect(**h2);
+    ASSERT_TRUE(r2.error.ok());
+    EXPECT_EQ(r2.usage.cached_tokens, r.usage.prefilled_tokens / 16 * 16);
+    EXPECT_GT(r2.usage.cached_tokens, 0);
+  }
+  // Mid-decode: a long generation cancelled after a few tokens.
+  {
+    auto h = eng->Submit(Greedy(MakePrompt(20, 4096, 8), 400));
+    ASSERT_TRUE(h.ok());
+    int tokens = 0;
+    while (tokens < 3) {
+      auto e = (*h)->Next(std::chrono::seconds(30));
+      ASSERT_TRUE(e);
+      if (e->kind == Event::Kind::kToken) ++tokens;
+    }
+    (*h)->Cancel();
+    Result_ r = Collect(**h);
+    ASSERT_TRUE(r.error.ok());
+    EXPECT_EQ(r.usage.finish, FinishReason::kCancelled);
+    EXPECT_LT(r.usage.generated_tokens, 400);
+    ExpectIdlePool(*eng);
+  }
+  EXPECT_EQ(eng->scheduler_stats().cancelled, 2u);
+}
+
+TEST(SchedulerTest, DeadlineCancels) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  auto eng = OpenEngine(model, true, 256);
+  ASSERT_TRUE(eng);
+  Request req = Greedy(MakePrompt(20, 1024, 9), 400);
+  req.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto h = eng->Submit(req);
+  ASSERT_TRUE(h.ok());
+  Result_ r = Collect(**h);
+  ASSERT_TRUE(r.error.ok());
+  EXPECT_EQ(r.usage.finish, FinishReason::kCancelled);
+  ExpectIdlePool(*eng);
+}
+
+TEST(SchedulerTest, QueueBeyondMaxQueueIsRefused) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  EngineOptions o;
+  o.model_path = model;
+  o.runner.n_threads = 1;
+  o.runner.n_ctx = 512;
+  o.scheduler.max_running = 1;
+  o.scheduler.max_queue = 2;
+  auto eng = Engine::Open(o);
+  ASSERT_TRUE(eng.ok());
+  std::vector<std::shared_ptr<RequestHandle>> ok;
+  int refused = 0;
+  for (int i = 0; i < 12; ++i) {
+    auto h = (*eng)->Submit(Greedy(MakePrompt(30, 1024, 50 + i), 200));
+    if (h.ok()) {
+      ok.push_back(*h);
+    } else {
+      EXPECT_EQ(h.status().code(), StatusCode::kResourceExhausted);
+      EXPECT_NE(h.status().message().find("max-queue"), std::string::npos);
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0);
+  for (auto& h : ok) h->Cancel();
+  for (auto& h : ok) EXPECT_TRUE(Collect(*h).error.ok());
+  EXPECT_EQ((*eng)->scheduler_stats().refused, static_cast<uint64_t>(refused));
+}
+
+TEST(SchedulerTest, BadRequestsAreRefusedAtSubmit) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  auto eng = OpenEngine(model, false, 64);
+  ASSERT_TRUE(eng);
+  EXPECT_EQ(eng->Submit(Greedy({1, 99999}, 1)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(eng->Submit(Greedy({}, 1)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(eng->Submit(Greedy(MakePrompt(600, 1024, 1), 1)).status().code(),
+            StatusCode::kInvalidArgument);
+  Request nan = Greedy({1, 2, 3}, 1);
+  nan.sampling.temperature = 1;
+  nan.sampling.top_p = std::nanf("");
+  EXPECT_EQ(eng->Submit(nan).status().code(), StatusCode::kInvalidArgument);
+  Request session = Greedy({1, 2, 3}, 1);
+  session.save_session = "x";
+  EXPECT_EQ(eng->Submit(session).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvstash::serve
