@@ -28,6 +28,7 @@
 
 #include "base/clock.h"
 #include "cache/prefix_cache.h"
+#include "serve/generate.h"
 #include "engine/model/mkmodel.h"
 #include "engine/model/model.h"
 #include "engine/runner.h"
@@ -54,10 +55,6 @@ std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
   std::vector<int32_t> t(n);
   for (int& x : t) x = 3 + static_cast<int>(rng() % static_cast<uint32_t>(vocab - 3));
   return t;
-}
-
-int Argmax(const std::vector<float>& v) {
-  return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
 double Median(std::vector<double> v) {
@@ -168,31 +165,26 @@ struct Ttft {
   cache::AcquireResult acquired;
 };
 
-// Lookup + load + prefill of the rest + first token, as `kvstash run` does it.
+// Lookup + load + prefill of the rest + first token, through the same generation path as
+// `kvstash run` (serve::RunToCompletion).
 Ttft TimeToFirstToken(engine::Runner& runner, cache::PrefixCache* cache,
                       const std::vector<int32_t>& prompt) {
+  std::vector<serve::Request> reqs;
+  reqs.push_back(serve::GreedyRequest(prompt, 1));
+  const serve::Usage u = Must(serve::RunToCompletion(runner, cache, nullptr, std::move(reqs)),
+                              "generate")[0]
+                             .usage;
   Ttft t;
-  engine::Sequence seq;
-  std::vector<float> logits;
-  const int64_t t0 = MonotonicNowNs();
-  if (cache != nullptr) t.acquired = Must(cache->Acquire(seq, prompt), "acquire");
-  const int64_t t1 = MonotonicNowNs();
-  const std::span<const int32_t> rest(prompt.data() + seq.n_past(), prompt.size() - seq.n_past());
-  Must(runner.Prefill(seq, rest, engine::LogitsMode::kLast, &logits), "prefill");
-  const int64_t t2 = MonotonicNowNs();
-  (void)Argmax(logits);
-  const int64_t t3 = MonotonicNowNs();
-  t.ttft_ms = (t3 - t0) / 1e6;
-  t.load_ms = (t1 - t0) / 1e6;
-  t.prefill_ms = (t2 - t1) / 1e6;
-  t.cached = t.acquired.cached_tokens;
-  if (cache != nullptr) {
-    cache->ObservePrefill(static_cast<int>(rest.size()), t.prefill_ms);
-    cache->Publish(seq);
-    cache->Release(seq);
-  } else {
-    runner.Release(seq);
-  }
+  t.ttft_ms = u.ttft_ms;
+  t.load_ms = u.load_ms;
+  t.prefill_ms = u.prefill_ms;
+  t.cached = u.cached_tokens;
+  t.acquired.cached_tokens = u.cached_tokens;
+  t.acquired.device_tokens = u.device_tokens;
+  t.acquired.host_tokens = u.host_tokens;
+  t.acquired.disk_tokens = u.disk_tokens;
+  t.acquired.recomputed_blocks = u.recomputed_blocks;
+  t.acquired.load_ms = u.load_ms;
   return t;
 }
 
@@ -308,31 +300,18 @@ nlohmann::json AgentLoop(const std::string& model_path, const engine::Model& mod
       for (int s = 0; s < sessions; ++s) {
         const auto msg = RandomTokens(msg_tokens, V, 5000 + 100 * s + t);
         history[s].insert(history[s].end(), msg.begin(), msg.end());
-        engine::Sequence seq;
-        std::vector<float> logits;
-        const int64_t t0 = MonotonicNowNs();
-        if (on) cached += Must(tiers.cache->Acquire(seq, history[s]), "acquire").cached_tokens;
-        const std::span<const int32_t> rest(history[s].data() + seq.n_past(),
-                                            history[s].size() - seq.n_past());
-        prefilled += static_cast<int64_t>(rest.size());
-        Must(runner->Prefill(seq, rest, engine::LogitsMode::kLast, &logits), "prefill");
-        const int64_t t1 = MonotonicNowNs();
-        prefill_ms += (t1 - t0) / 1e6;
-        std::vector<int32_t> answer;
-        for (int i = 0; i < answer_tokens; ++i) {
-          const int32_t tok = Argmax(logits);
-          if (i == 0) ttft_ms += (MonotonicNowNs() - t0) / 1e6;
-          answer.push_back(tok);
-          Must(runner->Decode(seq, tok, &logits), "decode");
-        }
-        history[s].insert(history[s].end(), answer.begin(), answer.end());
-        answers[on].push_back(answer);
-        if (on) {
-          tiers.cache->Publish(seq);
-          tiers.cache->Release(seq);
-        } else {
-          runner->Release(seq);
-        }
+        std::vector<serve::Request> reqs;
+        reqs.push_back(serve::GreedyRequest(history[s], answer_tokens));
+        const serve::Completion c =
+            Must(serve::RunToCompletion(*runner, on ? tiers.cache.get() : nullptr, nullptr,
+                                        std::move(reqs)),
+                 "generate")[0];
+        cached += c.usage.cached_tokens;
+        prefilled += c.usage.prefilled_tokens;
+        prefill_ms += c.usage.load_ms + c.usage.prefill_ms;
+        ttft_ms += c.usage.ttft_ms;
+        history[s].insert(history[s].end(), c.tokens.begin(), c.tokens.end());
+        answers[on].push_back(c.tokens);
       }
     }
     const std::string key = on ? "cache_on" : "cache_off";

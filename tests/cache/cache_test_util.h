@@ -10,6 +10,7 @@
 
 #include "cache/prefix_cache.h"
 #include "engine/runner.h"
+#include "serve/generate.h"
 #include "storage/block_store.h"
 #include "storage/testing/test_blocks.h"
 #include "tests/engine/engine_test_util.h"
@@ -82,32 +83,26 @@ struct GenResult {
   AcquireResult acquired;
 };
 
-// Greedy generation of `n` tokens after `prompt`, reusing and filling the cache when given.
+// Greedy generation of `n` tokens after `prompt`, reusing and filling the cache when given: the
+// same generation path as `kvstash run` and kvstashd (serve::RunToCompletion).
 inline GenResult Generate(engine::Runner& runner, PrefixCache* cache,
                           const std::vector<int32_t>& prompt, int n) {
   GenResult out;
-  engine::Sequence seq;
-  if (cache != nullptr) {
-    auto a = cache->Acquire(seq, prompt);
-    EXPECT_TRUE(a.ok()) << a.status().ToString();
-    if (a.ok()) out.acquired = *a;
-    EXPECT_EQ(seq.n_past(), out.acquired.cached_tokens);
-    EXPECT_EQ(out.acquired.cached_tokens,
-              out.acquired.device_tokens + out.acquired.host_tokens + out.acquired.disk_tokens);
-  }
-  std::vector<float> logits;
-  std::span<const int32_t> rest(prompt.data() + seq.n_past(), prompt.size() - seq.n_past());
-  Status s = runner.Prefill(seq, rest, engine::LogitsMode::kLast, &logits);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  if (!s.ok()) return out;
-  if (cache != nullptr) cache->Publish(seq);
-  out.tokens = engine::testutil::Greedy(runner, seq, logits, n);
-  if (cache != nullptr) {
-    cache->Publish(seq);
-    cache->Release(seq);
-  } else {
-    runner.Release(seq);
-  }
+  std::vector<serve::Request> reqs;
+  reqs.push_back(serve::GreedyRequest(prompt, n));
+  auto done = serve::RunToCompletion(runner, cache, nullptr, std::move(reqs));
+  EXPECT_TRUE(done.ok()) << done.status().ToString();
+  if (!done.ok()) return out;
+  const serve::Usage& u = (*done)[0].usage;
+  out.tokens = (*done)[0].tokens;
+  out.acquired.cached_tokens = u.cached_tokens;
+  out.acquired.device_tokens = u.device_tokens;
+  out.acquired.host_tokens = u.host_tokens;
+  out.acquired.disk_tokens = u.disk_tokens;
+  out.acquired.recomputed_blocks = u.recomputed_blocks;
+  out.acquired.load_ms = u.load_ms;
+  EXPECT_EQ(out.acquired.cached_tokens,
+            out.acquired.device_tokens + out.acquired.host_tokens + out.acquired.disk_tokens);
   return out;
 }
 
