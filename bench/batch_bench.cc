@@ -1,0 +1,270 @@
+// batch_bench: aggregate decode throughput with N concurrent sequences (one batched forward pass
+// over N decode rows per step, Runner::Forward), beside llama.cpp's llama-batched-bench on the same
+// GGUF file in the same run. Also the single-stream rate and the engine's own prefill rate for
+// 8-token chunks (the compute bound that batching cannot beat), which set the goal at N = 8:
+// >= min(3 x single-stream, 0.8 x prefill-8).
+//
+//   build/bin/batch_bench --llama-batched-bench /path/to/llama-batched-bench
+//
+// Each of the N sequences first prefills its own random `--prompt` tokens (untimed, as in
+// llama-batched-bench's PP phase), then all N decode `--decode` tokens together (timed: TG).
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "base/clock.h"
+#include "engine/model/mkmodel.h"
+#include "engine/model/model.h"
+#include "engine/runner.h"
+
+namespace kvstash::bench {
+namespace {
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(3, vocab - 1);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = d(rng);
+  return t;
+}
+
+int Argmax(const float* v, int n) {
+  return static_cast<int>(std::max_element(v, v + n) - v);
+}
+
+// Aggregate decode tokens/s of n_seq sequences decoding together (median of reps).
+Result<double> MeasureBatchedDecode(engine::Runner& runner, int n_seq, int prompt, int decode,
+                                    int reps) {
+  const int V = runner.model().config().n_vocab;
+  std::vector<double> tps;
+  for (int r = 0; r < reps; ++r) {
+    std::vector<engine::Sequence> seqs(n_seq);
+    std::vector<int32_t> next(n_seq);
+    std::vector<std::vector<float>> logits(n_seq, std::vector<float>(V));
+    for (int s = 0; s < n_seq; ++s) {
+      std::vector<float> l;
+      const auto p = RandomTokens(prompt, V, 1000 + s);
+      KV_RETURN_IF_ERROR(runner.Prefill(seqs[s], p, engine::LogitsMode::kLast, &l));
+      next[s] = Argmax(l.data(), V);
+    }
+    std::vector<engine::BatchSegment> segs(n_seq);
+    Stopwatch sw;
+    for (int step = 0; step < decode; ++step) {
+      for (int s = 0; s < n_seq; ++s) {
+        KV_RETURN_IF_ERROR(runner.Reserve(seqs[s], seqs[s].n_past() + 1));
+        segs[s] = {&seqs[s], std::span<const int32_t>(&next[s], 1), engine::LogitsMode::kLast,
+                   logits[s].data()};
+      }
+      KV_RETURN_IF_ERROR(runner.Forward(segs));
+      for (int s = 0; s < n_seq; ++s) next[s] = Argmax(logits[s].data(), V);
+    }
+    tps.push_back(static_cast<double>(n_seq) * decode / sw.ElapsedMs() * 1e3);
+    for (auto& s : seqs) runner.Release(s);
+  }
+  std::sort(tps.begin(), tps.end());
+  return tps[tps.size() / 2];
+}
+
+// Prefill tokens/s when a prompt arrives in chunks of `chunk` tokens (one Forward per chunk).
+Result<double> MeasureChunkedPrefill(engine::Runner& runner, int n, int chunk, int reps) {
+  const int V = runner.model().config().n_vocab;
+  const auto tokens = RandomTokens(n, V, 7);
+  std::vector<double> tps;
+  for (int r = 0; r < reps; ++r) {
+    engine::Sequence seq;
+    Stopwatch sw;
+    for (int i = 0; i < n; i += chunk) {
+      const int m = std::min(chunk, n - i);
+      KV_RETURN_IF_ERROR(runner.Reserve(seq, i + m));
+      engine::BatchSegment seg{&seq, std::span<const int32_t>(tokens.data() + i, m),
+                               engine::LogitsMode::kNone, nullptr};
+      KV_RETURN_IF_ERROR(runner.Forward(std::span<const engine::BatchSegment>(&seg, 1)));
+    }
+    tps.push_back(n / sw.ElapsedMs() * 1e3);
+    runner.Release(seq);
+  }
+  std::sort(tps.begin(), tps.end());
+  return tps[tps.size() / 2];
+}
+
+// llama-batched-bench's aggregate TG tokens/s per parallel count, parsed from its jsonl output.
+std::map<int, double> RunPeer(const std::string& bin, const std::string& path, int threads,
+                              const std::vector<int>& npl, int prompt, int decode) {
+  std::string list;
+  for (int n : npl) list += (list.empty() ? "" : ",") + std::to_string(n);
+  const int ctx = (prompt + decode) * npl.back() + 256;
+  const std::string cmd = bin + " -m " + path + " -c " + std::to_string(ctx) +
+                          " -b 2048 -ub 512 -npp " + std::to_string(prompt) + " -ntg " +
+                          std::to_string(decode) + " -npl " + list + " -t " +
+                          std::to_string(threads) + " -tb " + std::to_string(threads) +
+                          " --no-mmap --output-format jsonl 2>/dev/null";
+  std::fprintf(stderr, "  peer: %s\n", cmd.c_str());
+  std::map<int, double> out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) return out;
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  pclose(f);
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    try {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("pl") && j.contains("speed_tg")) {
+        out[j["pl"].get<int>()] = j["speed_tg"].get<double>();
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "  peer: unparsable line: %s\n", line.c_str());
+    }
+  }
+  if (out.empty()) std::fprintf(stderr, "  peer: no results parsed from:\n%s\n", text.c_str());
+  return out;
+}
+
+std::string EnsureModel(const std::string& dir, const std::string& preset, const std::string& type) {
+  const std::string path = dir + "/" + preset + "-" + type + ".gguf";
+  if (std::filesystem::exists(path)) return path;
+  std::fprintf(stderr, "batch_bench: writing %s\n", path.c_str());
+  engine::MkModelOptions o;
+  auto cfg = engine::FindPreset(preset);
+  auto wt = engine::ParseWeightType(type);
+  if (!cfg.ok() || !wt.ok()) {
+    std::fprintf(stderr, "batch_bench: %s\n",
+                 (!cfg.ok() ? cfg.status() : wt.status()).ToString().c_str());
+    std::exit(2);
+  }
+  o.config = *cfg;
+  o.weight_type = *wt;
+  o.seed = 1;
+  if (auto r = engine::WriteSyntheticModel(path, o); !r.ok()) {
+    std::fprintf(stderr, "batch_bench: %s\n", r.status().ToString().c_str());
+    std::exit(1);
+  }
+  return path;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"Aggregate decode throughput of N concurrent sequences (batched forward), "
+               "optionally vs llama-batched-bench"};
+  std::string models_dir = "bench-models";
+  std::string preset = "qwen3-0.6b";
+  std::vector<std::string> types = {"q8_0", "q4_k"};
+  std::vector<int> npl = {1, 2, 4, 8, 16};
+  int threads = 2, prompt = 128, decode = 64, reps = 2;
+  std::string peer_bin;
+  bool json = false;
+  app.add_option("--models-dir", models_dir, "Where synthetic models are written and reused")
+      ->capture_default_str();
+  app.add_option("--preset", preset, "kvstash-mkmodel preset")->capture_default_str();
+  app.add_option("--types", types, "Weight types")->delimiter(',')->capture_default_str();
+  app.add_option("--parallel", npl, "Concurrent sequence counts")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("-t,--threads", threads, "Compute threads")->capture_default_str();
+  app.add_option("--prompt", prompt, "Prompt tokens per sequence (prefilled, untimed)")
+      ->capture_default_str();
+  app.add_option("--decode", decode, "Tokens each sequence decodes (timed)")->capture_default_str();
+  app.add_option("--reps", reps, "Repetitions (median)")->capture_default_str();
+  app.add_option("--llama-batched-bench", peer_bin,
+                 "Path of llama.cpp's llama-batched-bench: measure it on the same files");
+  app.add_flag("--json", json, "Print JSON instead of a table");
+  CLI11_PARSE(app, argc, argv);
+  std::sort(npl.begin(), npl.end());
+  std::filesystem::create_directories(models_dir);
+
+  nlohmann::json rows = nlohmann::json::array();
+  std::string backend;
+  for (const std::string& type : types) {
+    const std::string path = EnsureModel(models_dir, preset, type);
+    auto model = engine::Model::Load(path, engine::WeightMemory::kAuto);
+    if (!model.ok()) {
+      std::fprintf(stderr, "batch_bench: %s\n", model.status().ToString().c_str());
+      return 1;
+    }
+    engine::RunnerOptions ro;
+    ro.n_threads = threads;
+    ro.n_ctx = std::max(prompt + decode + 8, 264);
+    ro.n_pages = npl.back() * ((ro.n_ctx + 15) / 16) + 16;
+    auto runner = engine::Runner::Create(**model, ro);
+    if (!runner.ok()) {
+      std::fprintf(stderr, "batch_bench: %s\n", runner.status().ToString().c_str());
+      return 1;
+    }
+    backend = (*runner)->backend().name();
+    std::fprintf(stderr, "batch_bench: %s %s prefill in 8-token chunks\n", preset.c_str(),
+                 type.c_str());
+    auto pp8 = MeasureChunkedPrefill(**runner, 256, 8, reps);
+    if (!pp8.ok()) {
+      std::fprintf(stderr, "batch_bench: %s\n", pp8.status().ToString().c_str());
+      return 1;
+    }
+    std::map<int, double> peer;
+    if (!peer_bin.empty()) peer = RunPeer(peer_bin, path, threads, npl, prompt, decode);
+    double single = 0;
+    for (int n : npl) {
+      std::fprintf(stderr, "batch_bench: %s %s N=%d\n", preset.c_str(), type.c_str(), n);
+      auto tps = MeasureBatchedDecode(**runner, n, prompt, decode, reps);
+      if (!tps.ok()) {
+        std::fprintf(stderr, "batch_bench: %s\n", tps.status().ToString().c_str());
+        return 1;
+      }
+      if (n == 1) single = *tps;
+      nlohmann::json row = {{"preset", preset},         {"type", type},
+                            {"threads", threads},       {"parallel", n},
+                            {"decode_tokens_per_s", *tps}, {"single_stream_tokens_per_s", single},
+                            {"prefill8_tokens_per_s", *pp8}, {"backend", backend}};
+      if (peer.count(n)) {
+        row["llama_cpp_tokens_per_s"] = peer[n];
+        row["ratio_to_llama_cpp"] = *tps / peer[n];
+      }
+      if (n == 8 && single > 0) {
+        const double goal = std::min(3 * single, 0.8 * *pp8);
+        row["goal_tokens_per_s"] = goal;
+        row["meets_goal"] = *tps >= goal;
+      }
+      rows.push_back(row);
+    }
+  }
+  if (json) {
+    std::printf("%s\n", nlohmann::json({{"rows", rows}, {"backend", backend}}).dump(2).c_str());
+    return 0;
+  }
+  std::printf("kernel path: %s, %d threads, %d-token prompts, %d decoded tokens per sequence\n\n",
+              backend.c_str(), threads, prompt, decode);
+  std::printf(
+      "| model | type | N | kvstash agg tok/s | x single | llama.cpp agg tok/s | ratio | "
+      "prefill-8 tok/s | goal at N=8 |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+  for (const auto& r : rows) {
+    char peer[32] = "-", ratio[32] = "-", goal[64] = "";
+    if (r.contains("llama_cpp_tokens_per_s")) {
+      std::snprintf(peer, sizeof(peer), "%.1f", r["llama_cpp_tokens_per_s"].get<double>());
+      std::snprintf(ratio, sizeof(ratio), "%.2f", r["ratio_to_llama_cpp"].get<double>());
+    }
+    if (r.contains("goal_tokens_per_s")) {
+      std::snprintf(goal, sizeof(goal), ">= %.1f: %s", r["goal_tokens_per_s"].get<double>(),
+                    r["meets_goal"].get<bool>() ? "met" : "NOT met");
+    }
+    const double tps = r["decode_tokens_per_s"].get<double>();
+    const double single = r["single_stream_tokens_per_s"].get<double>();
+    std::printf("| %s | %s | %d | %.1f | %.2f | %s | %s | %.1f | %s |\n",
+                r["preset"].get<std::string>().c_str(), r["type"].get<std::string>().c_str(),
+                r["parallel"].get<int>(), tps, single > 0 ? tps / single : 0.0, peer, ratio,
+                r["prefill8_tokens_per_s"].get<double>(), goal);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvstash::bench
+
+int main(int argc, char** argv) { return kvstash::bench::Main(argc, argv); }
