@@ -1,6 +1,7 @@
 // `kvstash tokenize` and `kvstash detokenize`: the model's tokenizer on its own, for checking
 // prompts and ids by hand. Only the vocabulary is read (a GGUF model or vocab file, or a Hugging
-// Face tokenizer.json); no weights are touched.
+// Face tokenizer.json); no weights are touched. Without either, the embedded default model's
+// vocabulary is used, as `kvstash run` does.
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "daemon/cli/commands.h"
+#include "daemon/cli/default_model.h"
 #include "engine/gguf/gguf.h"
 #include "engine/tokenizer/hf_tokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -27,7 +29,7 @@ constexpr int kRuntimeError = 1;
 constexpr int kUsageError = 2;
 
 struct Source {
-  std::string model;           // -m: GGUF file
+  std::string model;           // -m: GGUF file; neither set: the default model
   std::string tokenizer_json;  // --tokenizer-json
 };
 
@@ -54,15 +56,19 @@ Result<std::unique_ptr<engine::Tokenizer>> LoadTokenizer(const Source& s) {
   if (!s.tokenizer_json.empty()) {
     KV_ASSIGN_OR_RETURN(vocab, engine::LoadHfVocab(s.tokenizer_json));
   } else {
-    KV_ASSIGN_OR_RETURN(auto file, engine::GgufFile::Open(s.model));
+    std::string path = s.model;
+    if (path.empty()) {
+      KV_ASSIGN_OR_RETURN(path, EnsureDefaultModel());
+    }
+    KV_ASSIGN_OR_RETURN(auto file, engine::GgufFile::Open(path));
     KV_ASSIGN_OR_RETURN(vocab, engine::Vocab::FromGguf(*file));
   }
   return engine::Tokenizer::Create(std::move(vocab));
 }
 
 bool CheckSource(const Source& s, const char* cmd) {
-  if (s.model.empty() == s.tokenizer_json.empty()) {
-    std::fprintf(stderr, "kvstash %s: give exactly one of -m MODEL and --tokenizer-json FILE\n",
+  if (!s.model.empty() && !s.tokenizer_json.empty()) {
+    std::fprintf(stderr, "kvstash %s: give at most one of -m MODEL and --tokenizer-json FILE\n",
                  cmd);
     return false;
   }
@@ -219,7 +225,9 @@ int RunDetokenize(const DetokenizeArgs& a) {
 }
 
 void AddSourceOptions(CLI::App* cmd, Source* s) {
-  cmd->add_option("-m,--model", s->model, "GGUF model or vocab-only file (only the vocab is read)");
+  cmd->add_option("-m,--model", s->model,
+                  "GGUF model or vocab-only file; only the vocab is read (default: the embedded "
+                  "default model, as for `kvstash run`, created on first use)");
   cmd->add_option("--tokenizer-json", s->tokenizer_json,
                   "Hugging Face tokenizer.json instead of -m (tokenizer_config.json beside it is "
                   "read when present)");

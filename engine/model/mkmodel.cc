@@ -16,8 +16,8 @@
 #include <filesystem>
 #include <memory>
 #include <numbers>
-#include <set>
 #include <thread>
+#include <unordered_set>
 
 #include "engine/gguf/gguf.h"
 #include "engine/gguf/quant.h"
@@ -360,8 +360,23 @@ constexpr std::string_view kWords =
     "language among The He She It They We You In This But And What When Once Then There Lily Tom "
     "said. day. it. him. her. ing ed er ly tion s es ness ment able ful est";
 
+// Pseudo-word k: consonant-vowel syllables spelling k in bijective base 75 ("ba", "be", ...,
+// "zu", "baba", ...). Every syllable is two letters, so distinct k give distinct words.
+std::string PseudoWord(uint64_t k) {
+  constexpr std::string_view kConsonants = "bdfghklmnprstvz";
+  constexpr std::string_view kVowels = "aeiou";
+  constexpr uint64_t kSyllables = kConsonants.size() * kVowels.size();
+  std::string word;
+  for (uint64_t n = k + 1; n > 0; n = (n - 1) / kSyllables) {
+    const uint64_t s = (n - 1) % kSyllables;
+    word += kConsonants[s / kVowels.size()];
+    word += kVowels[s % kVowels.size()];
+  }
+  return word;
+}
+
 void AddPiece(const std::string& piece, std::vector<std::string>& tokens,
-              std::set<std::string>& seen, size_t limit) {
+              std::unordered_set<std::string>& seen, size_t limit) {
   // Prefix closure: add every shorter prefix (by UTF-8 character) first, so SPM's bigram merging
   // can build each piece from two tokens of the vocabulary.
   for (size_t len = 1; len <= piece.size() && tokens.size() < limit; ++len) {
@@ -387,9 +402,9 @@ Status AddBuiltinTokenizer(GgufWriter& w, int64_t n_vocab) {
     tokens.emplace_back(buf);
     types.push_back(6);
   }
-  // Normal pieces: "▁", printable ASCII, words with their prefixes, then letter pairs.
+  // Normal pieces: "▁", printable ASCII, words with their prefixes, letter pairs, pseudo-words.
   std::vector<std::string> normal;
-  std::set<std::string> seen;
+  std::unordered_set<std::string> seen;
   const size_t normal_limit = limit - tokens.size();
   AddPiece(std::string(kSpace), normal, seen, normal_limit);
   for (char ch = 33; ch < 127; ++ch) AddPiece(std::string(1, ch), normal, seen, normal_limit);
@@ -409,6 +424,13 @@ Status AddBuiltinTokenizer(GgufWriter& w, int64_t n_vocab) {
       AddPiece(std::string(1, a) + b, normal, seen, normal_limit);
     }
   }
+  // The rest are pseudo-words, as word starts and word-internal pieces, so that every id a model
+  // samples prints visible text (no unused tokens). Word k never repeats, so this ends.
+  for (uint64_t k = 0; normal.size() < normal_limit; ++k) {
+    const std::string word = PseudoWord(k);
+    AddPiece(std::string(kSpace) + word, normal, seen, normal_limit);
+    AddPiece(word, normal, seen, normal_limit);
+  }
   std::vector<float> scores(tokens.size(), 0.0f);
   for (size_t i = 0; i < normal.size(); ++i) {
     tokens.push_back(normal[i]);
@@ -416,11 +438,6 @@ Status AddBuiltinTokenizer(GgufWriter& w, int64_t n_vocab) {
     // SPM merges the highest-scoring bigram first; earlier (shorter, more frequent) pieces
     // score higher, like a trained model's log-probabilities.
     scores.push_back(-static_cast<float>(i));
-  }
-  for (int64_t i = 0; tokens.size() < limit; ++i) {
-    tokens.push_back("<unused_" + std::to_string(i) + ">");
-    types.push_back(5);
-    scores.push_back(-1e9f);
   }
   w.SetString("tokenizer.ggml.model", "llama");
   w.SetStringArray("tokenizer.ggml.tokens", tokens);
@@ -515,6 +532,7 @@ Result<GgufWriter> BuildSyntheticModel(const MkModelOptions& options, MkModelSum
   const auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
   w.SetString("general.architecture", a);
   w.SetString("general.name", c.name);
+  w.SetUint32(std::string(kMkModelVersionKey), kMkModelVersion);
   w.SetUint32(a + ".vocab_size", 0);
   w.SetUint32(a + ".context_length", u32(c.n_ctx));
   w.SetUint32(a + ".embedding_length", u32(c.n_embd));

@@ -92,12 +92,21 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& config, WeightTyp
 // Llama-3 rope frequency factors [head_dim/2], as llama.cpp's converter computes them.
 std::vector<float> Llama3RopeFactors(const ModelConfig& config);
 
+// Written into every synthetic model as `kvstash.mkmodel.version` (uint32). Bumped whenever the
+// same options give a different file (vocabulary, weight generator, keys), so a cached file can
+// be recognised as stale (see daemon/cli/default_model.cc). Files without the key are version 1;
+// 2: pseudo-words replace <unused_N> in the built-in vocabulary.
+inline constexpr std::string_view kMkModelVersionKey = "kvstash.mkmodel.version";
+inline constexpr uint32_t kMkModelVersion = 2;
+
 // Writes tokenizer.* keys into `w` and returns the vocabulary size they define.
 using TokenizerEmitter = std::function<Result<int64_t>(GgufWriter& w)>;
 // The built-in byte-fallback SentencePiece ("llama") vocabulary of exactly `n_vocab` tokens
 // (>= 259): <unk> <s> </s>, <0x00>..<0xFF>, "▁", printable ASCII, frequent English words and
-// pieces (every multi-character piece is the concatenation of two shorter ones, so SPM merging
-// reaches it), then <unused_N>. bos 1, eos 2, unk 0, add_bos true.
+// pieces, letter pairs, then pronounceable pseudo-words ("▁kota", "rumi") up to `n_vocab`. Every
+// normal token prints distinct, non-empty text, so whatever id a random model samples is
+// visible. Every token's prefixes (by character) are tokens too, so SPM merging turns each
+// "▁word" token's text back into that one token. bos 1, eos 2, unk 0, add_bos true.
 Status AddBuiltinTokenizer(GgufWriter& w, int64_t n_vocab);
 // Copies every tokenizer.* key of an existing GGUF file; returns its token count.
 Result<int64_t> CopyTokenizerFrom(GgufWriter& w, const std::string& gguf_path);

@@ -1,6 +1,7 @@
 // Tests for engine/mkmodel.h: presets (shapes and parameter counts of the real models), the
 // tensor plan (llama.cpp names, type mix, fallbacks), metadata of generated files, the built-in
-// tokenizer, determinism, weight statistics, and the kvstash-mkmodel CLI.
+// tokenizer (every id prints distinct text), determinism, weight statistics, and the
+// kvstash-mkmodel CLI.
 
 #include "engine/model/mkmodel.h"
 
@@ -13,9 +14,12 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <unordered_set>
 
 #include "engine/gguf/gguf.h"
 #include "engine/gguf/quant.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/vocab.h"
 #include "tests/fixtures.h"
 
 namespace kvstash::engine {
@@ -493,6 +497,66 @@ TEST(MkModelTokenizer, BuiltinVocabIsClosedUnderSpmMerging) {
   GgufWriter small;
   ASSERT_TRUE(AddBuiltinTokenizer(small, 259).ok());
   EXPECT_EQ(AddBuiltinTokenizer(small, 258).code(), StatusCode::kInvalidArgument);
+}
+
+// Regression: qwen3-0.6b's built-in vocab was ~148k <unused_N> tokens that print nothing, so
+// `kvstash run -m` on it printed a blank line. Now every id prints visible text, and every
+// "▁word" token is what the tokenizer makes of that word. Every preset (including the qwen and
+// llama-3 shapes, whose real models use BPE) writes this built-in SPM vocab; there is no
+// built-in BPE vocab to check.
+TEST(MkModelTokenizer, EveryBuiltinTokenPrintsDistinctVisibleText) {
+  std::set<int64_t> sizes = {259, 300};
+  for (const ModelPreset& p : ModelPresets()) sizes.insert(p.config.n_vocab);
+  for (const int64_t n_vocab : sizes) {
+    SCOPED_TRACE("n_vocab " + std::to_string(n_vocab));
+    GgufWriter w;
+    ASSERT_TRUE(AddBuiltinTokenizer(w, n_vocab).ok());
+    const std::vector<uint8_t> bytes = w.Serialize();
+    auto f = GgufFile::OpenBytes(bytes);
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(*(*f)->GetString("tokenizer.ggml.model"), "llama");
+    auto vocab = Vocab::FromGguf(**f);
+    ASSERT_TRUE(vocab.ok()) << vocab.status().ToString();
+    auto tok = Tokenizer::Create(std::move(*vocab));
+    ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+    const Tokenizer& t = **tok;
+    ASSERT_EQ(t.vocab().size(), n_vocab);
+    std::unordered_set<std::string> normal_pieces;
+    int n_bad = 0;  // stop reporting after a few, there may be 150k of them
+    const auto bad = [&](int32_t id, const std::string& why) {
+      ADD_FAILURE() << "id " << id << " '" << t.vocab().tokens[id] << "': " << why;
+      return ++n_bad < 5;
+    };
+    for (int32_t id = 0; id < n_vocab; ++id) {
+      const TokenType type = t.vocab().types[id];
+      const std::string piece = t.TokenToPiece(id, /*render_special=*/true);
+      if (piece.empty() && !bad(id, "prints nothing")) break;
+      if (type == TokenType::kControl || type == TokenType::kUnknown) {
+        if (id > 2 && !bad(id, "special token past </s>")) break;
+        continue;
+      }
+      if (type == TokenType::kByte) continue;  // <0x00>..<0xFF>: one raw byte each
+      if (type != TokenType::kNormal && !bad(id, "neither normal, byte nor special")) break;
+      if (t.TokenToPiece(id, /*render_special=*/false) != piece &&
+          !bad(id, "needs render_special")) {
+        break;
+      }
+      if (!normal_pieces.insert(piece).second && !bad(id, "prints the same as another id")) break;
+      // A word-start token is how its word (after the space) encodes.
+      if (piece.size() > 1 && piece[0] == ' ' &&
+          t.Encode(piece.substr(1), /*add_bos=*/false, false) != std::vector<int32_t>{id} &&
+          !bad(id, "is not how '" + piece.substr(1) + "' encodes")) {
+        break;
+      }
+    }
+    // Generated text is ids drawn from the whole vocabulary; it decodes and re-encodes exactly
+    // (once "▁" is a token: with bytes only, the space Encode prefixes stays three bytes).
+    if (n_vocab == 259) continue;
+    std::vector<int32_t> ids = {1};
+    for (int64_t k = 0; k < 64; ++k) ids.push_back(static_cast<int32_t>((k * 7919 + 3) % n_vocab));
+    const std::string text = t.Decode(ids, /*render_special=*/false);
+    EXPECT_EQ(t.Decode(t.Encode(text, true, false), false), text);
+  }
 }
 
 TEST(MkModelTokenizer, CopiedTokenizerDecidesTheVocabSize) {
