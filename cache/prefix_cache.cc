@@ -1,17 +1,21 @@
 #include "cache/prefix_cache.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <list>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
 #include "base/clock.h"
+#include "base/logging.h"
 #include "cache/write_behind.h"
 #include "storage/block_store.h"
 
@@ -56,41 +60,202 @@ Result<Hash128> ParseHex(const std::string& s) {
   return h;
 }
 
-std::string SessionTailKeyHex(const nlohmann::json& m) {
-  return m.contains("tail") && m["tail"].is_string() ? m["tail"].get<std::string>() : "";
-}
+// Session manifests are JSON that anything with access to the store directory may have written,
+// so every read goes through FieldReader: nlohmann's .value()/.get() throw on a type mismatch,
+// and no exception may leave cache/. A field that is absent keeps its default (except `format`
+// and `tokens`, which a manifest cannot do without); one that is present with the wrong type or
+// out of range is Corruption naming the session and the field.
+using Json = nlohmann::json;
 
-Result<nlohmann::json> LoadManifest(storage::BlockStore& store, const std::string& name) {
+class FieldReader {
+ public:
+  // `obj` must be an object and outlive the reader; `prefix` names it ("model." for a member).
+  FieldReader(const std::string& session, const Json& obj, std::string prefix = "")
+      : session_(session), obj_(obj), prefix_(std::move(prefix)) {}
+
+  const Json* Find(const char* key) const {
+    auto it = obj_.find(key);
+    return it == obj_.end() ? nullptr : &*it;
+  }
+  Status Bad(const std::string& field, const std::string& want) const {
+    return Status::Corruption("session '" + session_ + "' manifest: field '" + prefix_ + field +
+                              "' is not " + want);
+  }
+  Status String(const char* key, std::string* out) const {
+    const Json* v = Find(key);
+    if (v == nullptr) return Status::Ok();
+    if (!v->is_string()) return Bad(key, "a string");
+    *out = v->get<std::string>();
+    return Status::Ok();
+  }
+  // An integer in [lo, INT64_MAX].
+  Status Int(const char* key, int64_t lo, int64_t* out) const {
+    const Json* v = Find(key);
+    if (v == nullptr) return Status::Ok();
+    std::optional<int64_t> i = IntOf(*v, lo, INT64_MAX);
+    if (!i) return Bad(key, lo == 0 ? "a non-negative integer" : "an integer");
+    *out = *i;
+    return Status::Ok();
+  }
+  Status Hash(const std::string& field, const Json& v, Hash128* out) const {
+    if (v.is_string()) {
+      if (Result<Hash128> h = ParseHex(v.get<std::string>()); h.ok()) {
+        *out = *h;
+        return Status::Ok();
+      }
+    }
+    return Bad(field, "a hash (32 lowercase hex digits)");
+  }
+  // The member object `key` (an empty object when absent).
+  Result<FieldReader> Object(const char* key) const {
+    const Json* v = Find(key);
+    if (v != nullptr && !v->is_object()) return Bad(key, "an object");
+    return FieldReader(session_, v != nullptr ? *v : Empty(), prefix_ + key + ".");
+  }
+
+  static std::optional<int64_t> IntOf(const Json& v, int64_t lo, int64_t hi) {
+    int64_t i;
+    if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      if (u > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+      i = static_cast<int64_t>(u);
+    } else if (v.is_number_integer()) {
+      i = v.get<int64_t>();
+    } else {
+      return std::nullopt;
+    }
+    if (i < lo || i > hi) return std::nullopt;
+    return i;
+  }
+
+ private:
+  static const Json& Empty() {
+    static const Json kEmpty = Json::object();
+    return kEmpty;
+  }
+  const std::string& session_;
+  const Json& obj_;
+  std::string prefix_;
+};
+
+// A session manifest as SaveSession writes it (docs/cache.md), every field type-checked.
+struct Manifest {
+  Json raw;  // the stored object (RestoreSession writes it back with a new last_used_us)
+  std::string ns_hex, ns_text;
+  std::string model_path, model_description, model_fingerprint;
+  std::string kv_dtype;
+  int64_t kv_block_tokens = 0;
+  int64_t n_tokens = -1;  // -1 until read (absent: the number of tokens)
+  std::vector<int32_t> tokens;
+  std::vector<Hash128> blocks;
+  std::optional<Hash128> tail;
+  int64_t bytes = 0;
+  int64_t created_us = 0, last_used_us = 0;
+};
+
+// The manifest bytes of `name` as a JSON object of a format this kvstash reads.
+Result<Json> LoadManifestJson(storage::BlockStore& store, const std::string& name) {
   Result<std::string> raw = store.GetSession(name);
   if (!raw.ok()) {
     if (raw.status().code() == StatusCode::kNotFound) {
       return Status::NotFound("no session named '" + name + "'");
     }
-    return raw.status();
+    return raw.status().WithContext("session '" + name + "'");
   }
-  nlohmann::json m = nlohmann::json::parse(*raw, nullptr, /*allow_exceptions=*/false);
-  if (m.is_discarded() || !m.is_object() || !m.contains("format") || !m["format"].is_number()) {
-    return Status::Corruption("session '" + name + "' has an unreadable manifest");
+  Json m = Json::parse(*raw, nullptr, /*allow_exceptions=*/false);
+  if (m.is_discarded() || !m.is_object()) {
+    return Status::Corruption("session '" + name + "' manifest is not a JSON object");
   }
-  if (m["format"].get<int>() != kManifestFormat) {
-    return Status::Incompatible("session '" + name + "' has manifest format " +
-                                std::to_string(m["format"].get<int>()) + "; this kvstash reads " +
-                                std::to_string(kManifestFormat));
+  const Json* format = FieldReader(name, m).Find("format");
+  if (format == nullptr) return FieldReader(name, m).Bad("format", "present");
+  const std::optional<int64_t> f = FieldReader::IntOf(*format, INT64_MIN, INT64_MAX);
+  if (!f) return FieldReader(name, m).Bad("format", "an integer");
+  if (*f != kManifestFormat) {
+    return Status::Incompatible("session '" + name + "' has manifest format " + std::to_string(*f) +
+                                "; this kvstash reads " + std::to_string(kManifestFormat));
   }
   return m;
 }
 
-SessionInfo InfoFromManifest(const std::string& name, const nlohmann::json& m) {
+Status ParseTail(const FieldReader& r, std::optional<Hash128>* tail) {
+  const Json* v = r.Find("tail");
+  if (v == nullptr) return Status::Ok();
+  Hash128 h;
+  KV_RETURN_IF_ERROR(r.Hash("tail", *v, &h));
+  *tail = h;
+  return Status::Ok();
+}
+
+Status ParseTokens(const FieldReader& r, Manifest* m) {
+  const Json* v = r.Find("tokens");
+  if (v == nullptr || !v->is_array()) return r.Bad("tokens", "an array of token ids");
+  m->tokens.reserve(v->size());
+  for (const Json& t : *v) {
+    const std::optional<int64_t> id = FieldReader::IntOf(t, 0, INT32_MAX);
+    if (!id) {
+      return r.Bad("tokens[" + std::to_string(m->tokens.size()) + "]",
+                   "a token id (an integer in [0, 2^31))");
+    }
+    m->tokens.push_back(static_cast<int32_t>(*id));
+  }
+  const int64_t n = static_cast<int64_t>(m->tokens.size());
+  if (m->n_tokens < 0) m->n_tokens = n;
+  if (m->n_tokens != n) {
+    return r.Bad("n_tokens", "the number of tokens (" + std::to_string(n) + ")");
+  }
+  return Status::Ok();
+}
+
+Status ParseBlocks(const FieldReader& r, Manifest* m) {
+  const Json* v = r.Find("blocks");
+  if (v == nullptr) return Status::Ok();
+  if (!v->is_array()) return r.Bad("blocks", "an array of hashes");
+  for (const Json& b : *v) {
+    Hash128 h;
+    KV_RETURN_IF_ERROR(r.Hash("blocks[" + std::to_string(m->blocks.size()) + "]", b, &h));
+    m->blocks.push_back(h);
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> ParseManifest(const std::string& name, Json raw) {
+  Manifest m;
+  const FieldReader r(name, raw);
+  KV_RETURN_IF_ERROR(r.String("namespace", &m.ns_hex));
+  KV_RETURN_IF_ERROR(r.String("namespace_text", &m.ns_text));
+  KV_ASSIGN_OR_RETURN(const FieldReader model, r.Object("model"));
+  KV_RETURN_IF_ERROR(model.String("path", &m.model_path));
+  KV_RETURN_IF_ERROR(model.String("description", &m.model_description));
+  KV_RETURN_IF_ERROR(model.String("fingerprint", &m.model_fingerprint));
+  KV_ASSIGN_OR_RETURN(const FieldReader kv, r.Object("kv"));
+  KV_RETURN_IF_ERROR(kv.String("dtype", &m.kv_dtype));
+  KV_RETURN_IF_ERROR(kv.Int("block_tokens", 0, &m.kv_block_tokens));
+  KV_RETURN_IF_ERROR(r.Int("n_tokens", 0, &m.n_tokens));
+  KV_RETURN_IF_ERROR(r.Int("bytes", 0, &m.bytes));
+  KV_RETURN_IF_ERROR(r.Int("created_us", 0, &m.created_us));
+  KV_RETURN_IF_ERROR(r.Int("last_used_us", 0, &m.last_used_us));
+  KV_RETURN_IF_ERROR(ParseTokens(r, &m));
+  KV_RETURN_IF_ERROR(ParseBlocks(r, &m));
+  KV_RETURN_IF_ERROR(ParseTail(r, &m.tail));
+  m.raw = std::move(raw);
+  return m;
+}
+
+Result<Manifest> LoadManifest(storage::BlockStore& store, const std::string& name) {
+  KV_ASSIGN_OR_RETURN(Json raw, LoadManifestJson(store, name));
+  return ParseManifest(name, std::move(raw));
+}
+
+SessionInfo InfoFromManifest(const std::string& name, const Manifest& m) {
   SessionInfo s;
   s.name = name;
-  const nlohmann::json& model = m.value("model", nlohmann::json::object());
-  s.model_path = model.value("path", "");
-  s.model_description = model.value("description", "");
-  s.model_fingerprint = model.value("fingerprint", "");
-  s.tokens = m.value("n_tokens", int64_t{0});
-  s.bytes = m.value("bytes", uint64_t{0});
-  s.created_us = m.value("created_us", int64_t{0});
-  s.last_used_us = m.value("last_used_us", int64_t{0});
+  s.model_path = m.model_path;
+  s.model_description = m.model_description;
+  s.model_fingerprint = m.model_fingerprint;
+  s.tokens = m.n_tokens;
+  s.bytes = static_cast<uint64_t>(m.bytes);
+  s.created_us = m.created_us;
+  s.last_used_us = m.last_used_us;
   return s;
 }
 
@@ -138,11 +303,12 @@ Result<std::vector<SessionInfo>> ListSessions(storage::BlockStore& store) {
   KV_ASSIGN_OR_RETURN(std::vector<std::string> names, store.ListSessions());
   std::vector<SessionInfo> out;
   for (const std::string& name : names) {
-    Result<nlohmann::json> m = LoadManifest(store, name);
+    Result<Manifest> m = LoadManifest(store, name);
     if (!m.ok()) {
+      // Listed, not skipped: the user sees the broken session and can remove it.
       SessionInfo s;
       s.name = name;
-      s.model_description = "(" + m.status().ToString() + ")";
+      s.model_description = m.status().ToString();
       out.push_back(std::move(s));
       continue;
     }
@@ -153,15 +319,19 @@ Result<std::vector<SessionInfo>> ListSessions(storage::BlockStore& store) {
 
 Status DeleteSession(storage::BlockStore& store, const std::string& name) {
   KV_RETURN_IF_ERROR(ValidateSessionName(name));
-  Result<nlohmann::json> m = LoadManifest(store, name);
+  // Only the tail is needed, so a manifest broken elsewhere still gives its tail back; one that
+  // cannot be read at all is removed anyway, so a broken session never becomes undeletable.
+  Result<Json> m = LoadManifestJson(store, name);
   if (!m.ok() && m.status().code() == StatusCode::kNotFound) return m.status();
-  if (m.ok()) {
-    const std::string tail = SessionTailKeyHex(*m);
-    if (!tail.empty()) {
-      Result<Hash128> key = ParseHex(tail);
-      if (key.ok()) KV_RETURN_IF_ERROR(store.Erase(*key));
-    }
+  std::optional<Hash128> tail;
+  Status s = m.ok() ? ParseTail(FieldReader(name, *m), &tail) : m.status();
+  if (!s.ok()) {
+    DefaultLogger()->warn(
+        "removing session '{}' without its tail block ({}): the block, if any, "
+        "stays until its segment is evicted",
+        name, s.ToString());
   }
+  if (tail) KV_RETURN_IF_ERROR(store.Erase(*tail));
   return store.DeleteSession(name);
 }
 
@@ -206,12 +376,8 @@ class PrefixCache::Impl {
     }
     writer_.reset();  // drains the queue
     if (store_ != nullptr) {
-      (void)store_->PutMeta(std::string(kRateMetaPrefix) + "disk_read_bytes_per_s",
-                            std::to_string(disk_bps_));
-      if (prefill_tps_ > 0) {
-        (void)store_->PutMeta(std::string(kRateMetaPrefix) + "prefill_tokens_per_s/" + HashHex(ns_),
-                              std::to_string(prefill_tps_));
-      }
+      WriteRateMeta("disk_read_bytes_per_s", disk_bps_);
+      if (prefill_tps_ > 0) WriteRateMeta("prefill_tokens_per_s/" + HashHex(ns_), prefill_tps_);
     }
     for (auto& [key, e] : device_) pool_.Unref(e.page);
     device_.clear();
@@ -324,11 +490,56 @@ class PrefixCache::Impl {
     int page = -1;  // destination page in the sequence
   };
 
-  double ReadRateMeta(const std::string& name) const {
+  // Store errors the cache absorbs (they degrade to misses, recomputation or a lost update): each
+  // is counted in `counter` (when there is one) and the first of each cause is logged with its
+  // text, so a failing disk shows up without one line per block.
+  enum Cause : uint8_t {
+    kDiskRead,
+    kCorruptBlock,
+    kErase,
+    kMetaWrite,
+    kMetaRead,
+    kReplacedManifest,
+    kNumCauses
+  };
+  void Absorb(Cause cause, uint64_t CacheStats::*counter, uint64_t n, const std::string& what,
+              const Status& s) {
+    bool first;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      if (counter != nullptr) stats_.*counter += n;
+      first = !logged_[cause];
+      logged_[cause] = true;
+    }
+    if (first) {
+      DefaultLogger()->warn("cache: {}: {} (the first of its kind; later ones are only counted)",
+                            what, s.ToString());
+    }
+  }
+  void EraseOrCount(const Hash128& key, const char* why) {
+    Status s = store_->Erase(key);
+    if (!s.ok()) {
+      Absorb(kErase, &CacheStats::erase_errors, 1,
+             std::string("erasing ") + why + " block " + HashHex(key), s);
+    }
+  }
+
+  double ReadRateMeta(const std::string& name) {
     Result<std::string> v = store_->GetMeta(std::string(kRateMetaPrefix) + name);
-    if (!v.ok()) return 0;
+    if (!v.ok()) {
+      if (v.status().code() != StatusCode::kNotFound) {
+        Absorb(kMetaRead, nullptr, 0, "reading planner estimate " + name, v.status());
+      }
+      return 0;
+    }
     const double d = std::strtod(v->c_str(), nullptr);
     return d > 0 && d < 1e15 ? d : 0;
+  }
+  void WriteRateMeta(const std::string& name, double value) {
+    Status s = store_->PutMeta(std::string(kRateMetaPrefix) + name, std::to_string(value));
+    if (!s.ok()) {
+      Absorb(kMetaWrite, &CacheStats::meta_write_errors, 1, "saving planner estimate " + name, s);
+    }
   }
 
   storage::BlockHeader HeaderFor(const Hash128& parent, std::span<const int32_t> toks) const {
@@ -436,6 +647,16 @@ class PrefixCache::Impl {
     ++stats_.host.evictions;
   }
 
+  // A disk block the store did not return. NotFound is an ordinary miss (evicted since the lookup).
+  void NoteReadFailure(const Status& s) {
+    if (s.code() == StatusCode::kNotFound) return;
+    if (s.code() == StatusCode::kCorruption) {
+      Absorb(kCorruptBlock, &CacheStats::corrupt_blocks, 1, "recomputing a disk block", s);
+    } else {
+      Absorb(kDiskRead, &CacheStats::disk_read_errors, 1, "recomputing a disk block", s);
+    }
+  }
+
   // Reads the disk blocks of `plan` (indices `idx`) into their pages in one batch. Returns the
   // index into `idx` of the first block that failed (idx.size() when all verified).
   size_t LoadDisk(const std::vector<PlanBlock>& plan, const std::vector<size_t>& idx,
@@ -462,8 +683,9 @@ class PrefixCache::Impl {
   // Sizes of device_ and host_, readable by Stats() from other threads.
   std::atomic<uint64_t> device_count_{0}, host_count_{0};
 
-  mutable std::mutex stats_mu_;  // guards stats_ and the estimates for Stats() readers
+  mutable std::mutex stats_mu_;  // guards stats_, logged_ and the estimates for Stats() readers
   CacheStats stats_;
+  std::array<bool, kNumCauses> logged_{};  // causes Absorb has logged
   double disk_bps_ = 0;
   double prefill_tps_ = 0;
 };
@@ -482,17 +704,17 @@ size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
   const int64_t t0 = MonotonicNowNs();
   Status s = store_->GetMany(keys, dest, results);
   const double secs = (MonotonicNowNs() - t0) / 1e9;
-  if (!s.ok()) return 0;
+  if (!s.ok()) {
+    Absorb(kDiskRead, &CacheStats::disk_read_errors, idx.size(), "batched disk read failed", s);
+    return 0;
+  }
   uint64_t bytes = 0;
   size_t first_bad = idx.size();
   for (size_t r = 0; r < idx.size(); ++r) {
     const PlanBlock& b = plan[idx[r]];
     const storage::ReadResult& rr = results[r];
     if (!rr.hit()) {
-      if (rr.status.code() == StatusCode::kCorruption) {
-        std::lock_guard<std::mutex> lock(stats_mu_);
-        ++stats_.corrupt_blocks;
-      }
+      NoteReadFailure(rr.status);
       first_bad = std::min(first_bad, r);
       continue;
     }
@@ -505,9 +727,10 @@ size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
                                      rr.header.token_ids.end());
     if (!verified) {
       // A stale or colliding entry: never used, and removed so it is not read again.
-      (void)store_->Erase(b.key);
-      std::lock_guard<std::mutex> lock(stats_mu_);
-      ++stats_.corrupt_blocks;
+      Absorb(kCorruptBlock, &CacheStats::corrupt_blocks, 1, "recomputing a disk block",
+             Status::Corruption("block " + HashHex(b.key) +
+                                " does not match its parent, tokens, layout or size"));
+      EraseOrCount(b.key, "unverified");
       first_bad = std::min(first_bad, r);
     }
   }
@@ -520,8 +743,7 @@ size_t PrefixCache::Impl::LoadDisk(const std::vector<PlanBlock>& plan,
 
 Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
                                                  std::span<const int32_t> tokens, int max_positions,
-                                                 const Hash128* tail_key,
-                                                 const std::string& salt) {
+                                                 const Hash128* tail_key, const std::string& salt) {
   if (!seq.tokens.empty() || !seq.block_table.empty()) {
     return Status::InvalidArgument("Acquire needs an empty sequence");
   }
@@ -775,15 +997,16 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
   KV_RETURN_IF_ERROR(store_->Flush());
   const int64_t now = WallNowUs();
   int64_t created = now;
-  if (Result<nlohmann::json> old = LoadManifest(*store_, name); old.ok()) {
-    created = old->value("created_us", now);
+  if (Result<Manifest> old = LoadManifest(*store_, name); old.ok()) {
+    if (old->created_us > 0) created = old->created_us;
     // The replaced session's tail is no longer named by anything.
-    const std::string old_tail = SessionTailKeyHex(*old);
-    if (!old_tail.empty() && old_tail != tail_hex) {
-      if (Result<Hash128> k = ParseHex(old_tail); k.ok()) (void)store_->Erase(*k);
-    }
+    if (old->tail && HashHex(*old->tail) != tail_hex) EraseOrCount(*old->tail, "replaced tail");
+  } else if (old.status().code() != StatusCode::kNotFound) {
+    Absorb(kReplacedManifest, nullptr, 0,
+           "replacing session '" + name + "' (its old tail block, if any, stays until evicted)",
+           old.status());
   }
-  nlohmann::json m;
+  Json m;
   m["format"] = kManifestFormat;
   m["namespace"] = HashHex(root.hash);
   m["namespace_text"] = NamespaceString(root.params);
@@ -798,7 +1021,8 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
   m["bytes"] = static_cast<uint64_t>(n_full + (tail_hex.empty() ? 0 : 1)) * block_bytes_;
   m["created_us"] = created;
   m["last_used_us"] = now;
-  return store_->PutSession(name, m.dump());
+  // Model paths and descriptions are not always UTF-8; dump() would throw on them.
+  return store_->PutSession(name, m.dump(-1, ' ', false, Json::error_handler_t::replace));
 }
 
 Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::string& name,
@@ -810,38 +1034,31 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
   if (store_ == nullptr) {
     return Status::InvalidArgument("sessions need a disk tier (--cache-dir)");
   }
-  KV_ASSIGN_OR_RETURN(nlohmann::json m, LoadManifest(*store_, name));
-  if (m.value("namespace", "") != HashHex(root.hash)) {
-    const std::string fp = m.value("model", nlohmann::json::object()).value("fingerprint", "");
-    if (fp != HashHex(ns_params_.model_fingerprint)) {
+  KV_ASSIGN_OR_RETURN(Manifest m, LoadManifest(*store_, name));
+  if (m.ns_hex != HashHex(root.hash)) {
+    const std::string fp = HashHex(ns_params_.model_fingerprint);
+    if (m.model_fingerprint != fp) {
       return Status::Incompatible("session '" + name + "' was saved with another model (" +
-                                  m["model"].value("path", std::string("?")) + ", fingerprint " +
-                                  fp + "); this run uses fingerprint " +
-                                  HashHex(ns_params_.model_fingerprint));
+                                  (m.model_path.empty() ? "?" : m.model_path) + ", fingerprint " +
+                                  m.model_fingerprint + "); this run uses fingerprint " + fp);
     }
     return Status::Incompatible("session '" + name + "' was saved with other KV settings (" +
-                                m.value("namespace_text", std::string("?")) + "); this run uses " +
+                                (m.ns_text.empty() ? "?" : m.ns_text) + "); this run uses " +
                                 NamespaceString(root.params));
   }
   Restored r;
-  if (!m.contains("tokens") || !m["tokens"].is_array()) {
-    return Status::Corruption("session '" + name + "' manifest has no tokens");
-  }
-  for (const auto& t : m["tokens"]) {
-    if (!t.is_number_integer()) return Status::Corruption("session '" + name + "': bad token");
-    r.tokens.push_back(t.get<int32_t>());
-  }
+  r.tokens = std::move(m.tokens);
   if (r.tokens.empty()) return Status::Corruption("session '" + name + "' has no tokens");
   const int n = static_cast<int>(r.tokens.size());
   const int max_positions = std::max(0, n - std::max(0, leave_tokens));
-  std::optional<Hash128> tail;
-  if (const std::string t = SessionTailKeyHex(m); !t.empty()) {
-    KV_ASSIGN_OR_RETURN(Hash128 k, ParseHex(t));
-    tail = k;
+  KV_ASSIGN_OR_RETURN(r.acquired,
+                      Acquire(seq, r.tokens, max_positions, m.tail ? &*m.tail : nullptr, salt));
+  m.raw["last_used_us"] = WallNowUs();
+  Status s = store_->PutSession(name, m.raw.dump(-1, ' ', false, Json::error_handler_t::replace));
+  if (!s.ok()) {
+    Absorb(kMetaWrite, &CacheStats::meta_write_errors, 1,
+           "recording the last use of session '" + name + "'", s);
   }
-  KV_ASSIGN_OR_RETURN(r.acquired, Acquire(seq, r.tokens, max_positions, tail ? &*tail : nullptr, salt));
-  m["last_used_us"] = WallNowUs();
-  (void)store_->PutSession(name, m.dump());
   return r;
 }
 

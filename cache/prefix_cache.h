@@ -81,7 +81,14 @@ struct CacheStats {
   uint64_t cached_tokens = 0;  // positions served from the cache
   uint64_t published_blocks = 0;
   uint64_t corrupt_blocks = 0;  // failed verification (checksum, parent, tokens, size): recomputed
-  uint64_t load_decisions = 0;  // disk runs the planner chose to load
+  // Store errors the cache absorbs: each degrades to a miss (recomputation) or a lost update, is
+  // counted here, and the first of each kind is logged (DefaultLogger, warn) with its error text.
+  uint64_t disk_read_errors = 0;   // disk blocks not loaded because the read failed (a failed
+                                   // GetMany counts each of its blocks): recomputed
+  uint64_t erase_errors = 0;       // failed Erase of an unverified block or a replaced session tail
+  uint64_t meta_write_errors = 0;  // failed metadata writes: planner estimates, a restored
+                                   // session's last_used_us
+  uint64_t load_decisions = 0;     // disk runs the planner chose to load
   uint64_t recompute_decisions = 0;  // disk runs it chose to recompute (faster than loading)
   // Write-behind.
   uint64_t write_queue_depth = 0;  // blocks waiting now
@@ -116,12 +123,23 @@ struct SessionInfo {
   int64_t last_used_us = 0;
 };
 
+// Session manifests are read defensively (they are bytes on disk): a manifest that is not a JSON
+// object, or has a field of the wrong type or out of range (tokens not an array of ids in
+// [0, 2^31), blocks/tail not hashes, model not an object, created_us not an integer, n_tokens not
+// the number of tokens, ...), is Corruption naming the session and the field, never an exception.
+// Absent fields take their defaults, except `format` and `tokens`.
+
 // Session names: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
 Status ValidateSessionName(const std::string& name);
-// Sessions of a store, without a model (for `kvstash session list|rm`).
+// Sessions of a store, without a model (for `kvstash session list|rm`). A session whose manifest
+// cannot be read is listed, not skipped or failed: only its name is set, with the error
+// (e.g. "Corruption: session 'x' manifest: field 'tokens' is not ...") as its model_description
+// and zeros elsewhere, so the user sees it and can remove it.
 Result<std::vector<SessionInfo>> ListSessions(storage::BlockStore& store);
 // Removes the manifest and the session's tail block (its full blocks stay as cache entries).
-// NotFound for an unknown name.
+// NotFound for an unknown name. A session whose manifest cannot be read is removed too (a broken
+// session must not become undeletable): its tail block, when the manifest does not name it
+// readably, stays until its segment is evicted, and a warning is logged.
 Status DeleteSession(storage::BlockStore& store, const std::string& name);
 
 class PrefixCache {
@@ -169,7 +187,8 @@ class PrefixCache {
   // Loads session `name` into the empty `seq`: all its tokens but the last `leave_tokens` (pass 1
   // when nothing will be appended, so the last token is recomputed for its logits). Blocks missing
   // from every tier are left for the caller to prefill from tokens[seq.n_past()..]. NotFound for an
-  // unknown name; Incompatible when it was saved under another model, KV type, block size or salt.
+  // unknown name; Incompatible when it was saved under another model, KV type, block size or salt;
+  // Corruption (naming the field) for a manifest that cannot be read.
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
                                   int leave_tokens = 0, const std::string& salt = "");
 

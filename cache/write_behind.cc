@@ -3,6 +3,7 @@
 #include <cstring>
 #include <utility>
 
+#include "base/logging.h"
 #include "storage/block_store.h"
 
 namespace kvstash::cache {
@@ -60,14 +61,24 @@ void WriteBehind::Loop() {
     lock.unlock();
     // Put copies the payload before it returns; it may block on the store's back-pressure.
     store_.Put(item.key, item.header, item.payload, [this](Status s) {
-      std::lock_guard<std::mutex> l(mu_);
-      if (s.ok()) {
-        ++counters_.written;
-      } else {
-        ++counters_.failed;
+      bool first_failure = false;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (s.ok()) {
+          ++counters_.written;
+        } else {
+          first_failure = counters_.failed++ == 0;
+        }
+        --outstanding_;
+        if (queue_.empty() && outstanding_ == 0) idle_cv_.notify_all();
       }
-      --outstanding_;
-      if (queue_.empty() && outstanding_ == 0) idle_cv_.notify_all();
+      // Nothing of `this` past the lock: the destructor may be running once the queue is idle.
+      if (first_failure) {
+        DefaultLogger()->warn(
+            "cache: a block could not be written to disk: {} (the first of its kind; later ones "
+            "are only counted)",
+            s.ToString());
+      }
     });
     lock.lock();
     queued_bytes_ -= item.payload.size();

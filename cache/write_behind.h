@@ -2,6 +2,7 @@
 // block and returns at once; a background thread hands queued blocks to BlockStore::Put (which
 // may block on the store's own back-pressure without holding up the engine). When the queue is
 // full the block is dropped from persistence and counted: persistence never blocks generation.
+// A Put the store fails is counted too; the first failure is logged (DefaultLogger, warn).
 // Thread-safe.
 #pragma once
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -14,6 +15,7 @@
 #include "cache/prefix_cache.h"
 #include "daemon/cli/commands.h"
 #include "storage/block_store.h"
+#include "storage/format.h"
 
 namespace kvstash::cli {
 namespace {
@@ -24,7 +26,32 @@ struct SessionArgs {
   bool json = false;
 };
 
+// Whether `dir` holds a cache, checked before opening so that neither a mistyped path nor a
+// directory that is not a cache (say $HOME) gets store files created in it, and the message says
+// so instead of the store's "create_if_missing is false".
+Status CheckCacheDir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  if (st.type() == fs::file_type::not_found) {
+    return Status::NotFound("no cache directory at " + dir);
+  }
+  if (ec) return Status::IOError("cannot read the cache directory " + dir + ": " + ec.message());
+  if (st.type() != fs::file_type::directory) {
+    return Status::NotFound("no cache directory at " + dir + " (it is not a directory)");
+  }
+  const std::string index = dir + "/" + std::string(storage::format::kIndexDirName);
+  const std::string segments = dir + "/" + std::string(storage::format::kSegmentDirName);
+  if (!fs::exists(index, ec) && !fs::exists(segments, ec)) {
+    return Status::NotFound(dir + " is not a kvstash cache directory (no " +
+                            std::string(storage::format::kIndexDirName) + "/ or " +
+                            std::string(storage::format::kSegmentDirName) + "/ in it)");
+  }
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<storage::BlockStore>> OpenExisting(const std::string& dir) {
+  KV_RETURN_IF_ERROR(CheckCacheDir(dir));
   storage::Options o;
   o.path = dir;
   o.create_if_missing = false;
@@ -67,7 +94,8 @@ int List(const SessionArgs& a) {
                      {"created_us", s.created_us},
                      {"last_used_us", s.last_used_us}});
     }
-    std::printf("%s\n", nlohmann::json({{"sessions", arr}}).dump().c_str());
+    const nlohmann::json out = {{"sessions", arr}};
+    std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
   if (sessions->empty()) {
@@ -96,6 +124,16 @@ int Remove(const SessionArgs& a) {
   return 0;
 }
 
+constexpr const char* kListHelp =
+    "List the sessions: name, tokens, KV size, times, model. A session whose manifest cannot be "
+    "read is listed with the error in place of the model.\n"
+    "Exit status: 0 (also when there are no sessions); 1 when --cache-dir is not an existing "
+    "cache directory (\"no cache directory at DIR\") or cannot be read.";
+constexpr const char* kRmHelp =
+    "Delete a session (its full blocks stay in the cache as ordinary entries).\n"
+    "Exit status: 0 removed; 1 no such session, or --cache-dir is not an existing cache "
+    "directory; 2 an invalid session name.";
+
 }  // namespace
 
 void RegisterSessionCommand(CLI::App& app, int* exit_code) {
@@ -103,15 +141,13 @@ void RegisterSessionCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "session", "Named sessions saved with `kvstash run --save-session` in a cache directory.");
   cmd->require_subcommand(1);
-  CLI::App* list =
-      cmd->add_subcommand("list", "List the sessions: name, tokens, KV size, times, model.");
+  CLI::App* list = cmd->add_subcommand("list", kListHelp);
   list->add_option("--cache-dir", args->cache_dir, "Cache directory")->required();
   list->add_flag("--json", args->json,
                  "Print {\"sessions\": [{name, model, model_fingerprint, tokens, bytes, "
                  "created_us, last_used_us}]}");
   list->callback([args, exit_code] { *exit_code = List(*args); });
-  CLI::App* rm = cmd->add_subcommand(
-      "rm", "Delete a session (its full blocks stay in the cache as ordinary entries).");
+  CLI::App* rm = cmd->add_subcommand("rm", kRmHelp);
   rm->add_option("name", args->name, "Session name")->required();
   rm->add_option("--cache-dir", args->cache_dir, "Cache directory")->required();
   rm->callback([args, exit_code] { *exit_code = Remove(*args); });
