@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "base/bytes.h"
 #include "base/clock.h"
 #include "cache/hash.h"
 #include "engine/model/model.h"
@@ -16,19 +17,6 @@
 namespace kvstash::serve {
 
 namespace {
-
-std::string HumanBytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.1f %s", v, units[u]);
-  return buf;
-}
 
 // Bytes the filesystem holding `dir` can still give, plus what the store already uses there.
 uint64_t RoomFor(const std::string& dir) {
@@ -74,6 +62,16 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     if (t.ok()) e->tokenizer_ = std::move(*t);
   }
   // 2. The runner and its KV pool.
+  if (o.kv_bytes > 0 && o.runner.n_pages == 0) {
+    const engine::HParams& hp = e->model_->config();
+    const engine::KvLayout layout{o.runner.kv_dtype, hp.n_layer, hp.n_head_kv, hp.head_dim,
+                                  std::max(1, o.runner.block_tokens)};
+    const int n_ctx = o.runner.n_ctx > 0 ? o.runner.n_ctx : hp.n_ctx_train;
+    const uint64_t one_ctx = (static_cast<uint64_t>(n_ctx) + layout.block_tokens - 1) /
+                             layout.block_tokens;
+    const uint64_t pages = std::max<uint64_t>(one_ctx, o.kv_bytes / layout.block_bytes());
+    o.runner.n_pages = static_cast<int>(std::min<uint64_t>(pages, 1u << 30));
+  }
   KV_ASSIGN_OR_RETURN(e->runner_, engine::Runner::Create(*e->model_, o.runner));
   // 3. The disk tier.
   cache::Hash128 fingerprint{};
@@ -90,8 +88,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     rep.store_open_ms = w.ElapsedMs();
     const uint64_t room = RoomFor(o.cache_dir);
     if (room < o.cache_bytes) {
-      rep.warnings.push_back("the cache budget (" + HumanBytes(o.cache_bytes) + ") is larger than " +
-                             o.cache_dir + " can hold (" + HumanBytes(room) +
+      rep.warnings.push_back("the cache budget (" + FormatBytes(o.cache_bytes) + ") is larger than " +
+                             o.cache_dir + " can hold (" + FormatBytes(room) +
                              " free or already used by the cache): writes will fail once it is "
                              "full; lower --cache-bytes");
     }

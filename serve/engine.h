@@ -38,6 +38,9 @@ struct EngineOptions {
   // Threads, context size, block size, KV type, prefill chunk, pool pages (0 = one full
   // context). n_threads above the cores available is capped (with a warning).
   engine::RunnerOptions runner;
+  // When > 0 (and runner.n_pages is 0): the page pool gets kv_bytes of pages, at least one full
+  // context. The pool's memory is reserved, and touched only as pages are used.
+  uint64_t kv_bytes = 0;
   // The prefix cache. Off: every request computes its whole prompt (a baseline). On without a
   // cache_dir: device tier only (and the host tier when host_bytes > 0).
   bool use_cache = true;

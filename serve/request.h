@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -33,6 +34,10 @@ struct Request {
   engine::GenerationLimits limits;
   // Continue the saved session NAME: its tokens come first (empty: none).
   std::string restore_session;
+  // The prompt already holds the whole conversation (the chat APIs resend it every turn): the
+  // session is used only when its tokens are a prefix of the prompt (it then supplies the KV,
+  // its partial tail block included), and a missing or diverged session is not an error.
+  bool session_is_prefix = false;
   // Save the whole sequence (context + generated tokens) as NAME when the request ends normally.
   std::string save_session;
   // Tenant isolation: joins the block-hash namespace (cache::PrefixCache).
@@ -121,6 +126,15 @@ class RequestHandle {
   // Next event, waiting up to `timeout` (nullopt when none arrived in time). After the final
   // event (kDone / kError) it returns nullopt at once.
   std::optional<Event> Next(std::chrono::milliseconds timeout = std::chrono::hours(24));
+  // The next event if one is queued; never waits.
+  std::optional<Event> TryNext() { return Next(std::chrono::milliseconds(0)); }
+  // Called (on the engine thread, without locks held) after every event pushed, for callers that
+  // cannot block on Next (an io_context): it must be cheap, e.g. post a drain to an executor.
+  // Set it before the first event can arrive, or drain once after setting it.
+  void SetOnEvent(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_event_ = std::move(fn);
+  }
   // Asks the engine to stop the request; effective within one scheduler step (pages freed, full
   // blocks kept in the cache, a kDone event with FinishReason::kCancelled).
   void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
@@ -138,6 +152,7 @@ class RequestHandle {
   std::deque<Event> events_;
   bool final_pushed_ = false;
   bool final_taken_ = false;
+  std::function<void()> on_event_;
 };
 
 }  // namespace kvstash::serve

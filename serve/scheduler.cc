@@ -80,13 +80,16 @@ bool RequestHandle::finished() const {
 }
 
 void RequestHandle::Push(Event e) {
+  std::function<void()> notify;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (final_pushed_) return;
     if (e.kind == Event::Kind::kDone || e.kind == Event::Kind::kError) final_pushed_ = true;
     events_.push_back(std::move(e));
+    notify = on_event_;
   }
   cv_.notify_all();
+  if (notify) notify();
 }
 
 // ---- Scheduler ----------------------------------------------------------------------------------
@@ -238,7 +241,9 @@ bool Scheduler::Admit(Active& a) {
   if (!a.started) {
     // Build the context: session tokens (restored into the sequence) + the prompt.
     a.context.clear();
-    if (!a.req.restore_session.empty()) {
+    if (!a.req.restore_session.empty() && a.req.session_is_prefix) {
+      RestoreSessionPrefix(a);
+    } else if (!a.req.restore_session.empty()) {
       auto r = cache_->RestoreSession(a.req.restore_session, a.seq,
                                       a.req.prompt.empty() ? 1 : 0, a.req.cache_salt);
       if (!r.ok()) {
@@ -318,6 +323,32 @@ bool Scheduler::Admit(Active& a) {
     }
   }
   return true;
+}
+
+// Session-as-prefix mode: the prompt holds the whole conversation. The session supplies the KV
+// only when its tokens are a prefix of the prompt; otherwise (missing, diverged, incompatible)
+// the prompt goes through the plain cache lookup.
+void Scheduler::RestoreSessionPrefix(Active& a) {
+  auto r = cache_->RestoreSession(a.req.restore_session, a.seq, 1, a.req.cache_salt);
+  if (!r.ok()) {
+    if (r.status().code() != StatusCode::kNotFound) {
+      DefaultLogger()->warn("request {}: session '{}' not used: {}", a.req.id,
+                            a.req.restore_session, r.status().ToString());
+    }
+    return;
+  }
+  const bool prefix = r->tokens.size() <= a.req.prompt.size() &&
+                      std::equal(r->tokens.begin(), r->tokens.end(), a.req.prompt.begin());
+  if (!prefix || a.seq.n_past() >= static_cast<int>(a.req.prompt.size())) {
+    Release(a);
+    return;
+  }
+  a.usage.cached_tokens = r->acquired.cached_tokens;
+  a.usage.device_tokens = r->acquired.device_tokens;
+  a.usage.host_tokens = r->acquired.host_tokens;
+  a.usage.disk_tokens = r->acquired.disk_tokens;
+  a.usage.recomputed_blocks = r->acquired.recomputed_blocks;
+  a.usage.load_ms = r->acquired.load_ms;
 }
 
 // Gives up the sequence's pages (its full blocks are published and stay cached) and puts it

@@ -96,6 +96,7 @@ class Scheduler {
   void Loop();
   void Step();
   bool Admit(Active& a);
+  void RestoreSessionPrefix(Active& a);
   void Preempt(Active& a);
   void Finish(Active& a, FinishReason reason, const std::string& tail_text);
   void Fail(Active& a, const Status& s);

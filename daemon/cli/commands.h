@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/bytes.h"  // ParseByteSize
 #include "base/status.h"
 
 namespace kvstash::cli {
@@ -14,8 +15,6 @@ namespace kvstash::cli {
 void RegisterRunCommand(CLI::App& app, int* exit_code);      // run_cmd.cc
 void RegisterSessionCommand(CLI::App& app, int* exit_code);  // session_cmd.cc (list, rm)
 
-// "4096", "512K", "64M", "2G", "1T" (powers of 1024; a trailing "B"/"iB" is allowed).
-Result<uint64_t> ParseByteSize(const std::string& text);
 void RegisterTokenizeCommands(CLI::App& app,
                               int* exit_code);  // tokenize_cmd.cc (tokenize, detokenize)
 

@@ -446,10 +446,8 @@ int Run(const RunArgs& a) {
   std::signal(SIGTERM, OnSignal);
   auto handle = (*eng)->Submit(MakeRequest(a, *prompt, seed));
   const double tokenize_ms = tokenize_watch.ElapsedMs();
-  if (!handle.ok()) {
-    const bool usage = handle.status().code() == StatusCode::kInvalidArgument;
-    return fail(handle.status(), usage ? 2 : 1);
-  }
+  // The engine refusing the request (a bad token id, ...) is a runtime error: exit 1.
+  if (!handle.ok()) return fail(handle.status());
   auto outcome = Consume(a, **handle);
   // Whatever happened, what the request computed goes to the disk tier before we exit.
   Stopwatch flush_watch;

@@ -23,7 +23,7 @@ struct Result_ {
   int progress_events = 0;
 };
 
-Result_ Collect(RequestHandle& h) {
+Result_ CollectAll(RequestHandle& h) {
   Result_ r;
   for (;;) {
     auto e = h.Next(std::chrono::seconds(120));
@@ -85,7 +85,7 @@ std::vector<std::vector<int32_t>> RunAlone(const std::string& model,
   for (const auto& p : prompts) {
     auto h = eng->Submit(Greedy(p, n));
     EXPECT_TRUE(h.ok()) << h.status().ToString();
-    Result_ r = Collect(**h);
+    Result_ r = CollectAll(**h);
     EXPECT_TRUE(r.error.ok()) << r.error.ToString();
     EXPECT_EQ(static_cast<int>(r.tokens.size()), n);
     out.push_back(r.tokens);
@@ -126,7 +126,7 @@ TEST(SchedulerTest, SixteenConcurrentRequestsEqualEachAlone) {
   {
     auto h = eng->Submit(Greedy(prompts[0], n));
     ASSERT_TRUE(h.ok());
-    Result_ r = Collect(**h);
+    Result_ r = CollectAll(**h);
     ASSERT_TRUE(r.error.ok()) << r.error.ToString();
     EXPECT_EQ(r.tokens, alone[0]);
     EXPECT_EQ(r.usage.cached_tokens, 0);
@@ -138,7 +138,7 @@ TEST(SchedulerTest, SixteenConcurrentRequestsEqualEachAlone) {
     handles.push_back(*h);
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    Result_ r = Collect(*handles[i]);
+    Result_ r = CollectAll(*handles[i]);
     ASSERT_TRUE(r.error.ok()) << r.error.ToString();
     EXPECT_EQ(r.tokens, alone[i]) << "request " << i;
     EXPECT_EQ(r.usage.prompt_tokens, static_cast<int>(prompts[i].size()));
@@ -181,7 +181,7 @@ TEST(SchedulerTest, PoolExhaustionPreemptsAndResumesWithoutTruncation) {
     }
     int preempted = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      Result_ r = Collect(*handles[i]);
+      Result_ r = CollectAll(*handles[i]);
       ASSERT_TRUE(r.error.ok()) << r.error.ToString();
       EXPECT_EQ(r.tokens, alone[i]) << "request " << i;
       EXPECT_EQ(r.usage.finish, FinishReason::kMaxTokens);
@@ -201,7 +201,7 @@ TEST(SchedulerTest, RequestLargerThanThePoolIsRefusedNotTruncated) {
   ASSERT_TRUE(eng);
   auto h = eng->Submit(Greedy(MakePrompt(100, 1024, 5), 4));
   ASSERT_TRUE(h.ok());
-  Result_ r = Collect(**h);
+  Result_ r = CollectAll(**h);
   EXPECT_EQ(r.error.code(), StatusCode::kResourceExhausted) << r.error.ToString();
   ExpectIdlePool(*eng);
 }
@@ -221,7 +221,7 @@ TEST(SchedulerTest, CancellationMidPrefillAndMidDecodeFreesPagesWithinAStep) {
     ASSERT_TRUE(e);
     ASSERT_EQ(e->kind, Event::Kind::kPrefillProgress);
     (*h)->Cancel();
-    Result_ r = Collect(**h);
+    Result_ r = CollectAll(**h);
     ASSERT_TRUE(r.error.ok());
     EXPECT_EQ(r.usage.finish, FinishReason::kCancelled);
     EXPECT_TRUE(r.tokens.empty());
@@ -230,7 +230,7 @@ TEST(SchedulerTest, CancellationMidPrefillAndMidDecodeFreesPagesWithinAStep) {
     // The full blocks it computed stay cached: the same prompt now starts from them.
     auto h2 = eng->Submit(Greedy(MakePrompt(400, 4096, 7), 1));
     ASSERT_TRUE(h2.ok());
-    Result_ r2 = Collect(**h2);
+    Result_ r2 = CollectAll(**h2);
     ASSERT_TRUE(r2.error.ok());
     EXPECT_EQ(r2.usage.cached_tokens, r.usage.prefilled_tokens / 16 * 16);
     EXPECT_GT(r2.usage.cached_tokens, 0);
@@ -246,7 +246,7 @@ TEST(SchedulerTest, CancellationMidPrefillAndMidDecodeFreesPagesWithinAStep) {
       if (e->kind == Event::Kind::kToken) ++tokens;
     }
     (*h)->Cancel();
-    Result_ r = Collect(**h);
+    Result_ r = CollectAll(**h);
     ASSERT_TRUE(r.error.ok());
     EXPECT_EQ(r.usage.finish, FinishReason::kCancelled);
     EXPECT_LT(r.usage.generated_tokens, 400);
@@ -264,7 +264,7 @@ TEST(SchedulerTest, DeadlineCancels) {
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
   auto h = eng->Submit(req);
   ASSERT_TRUE(h.ok());
-  Result_ r = Collect(**h);
+  Result_ r = CollectAll(**h);
   ASSERT_TRUE(r.error.ok());
   EXPECT_EQ(r.usage.finish, FinishReason::kCancelled);
   ExpectIdlePool(*eng);
@@ -294,7 +294,7 @@ TEST(SchedulerTest, QueueBeyondMaxQueueIsRefused) {
   }
   EXPECT_GT(refused, 0);
   for (auto& h : ok) h->Cancel();
-  for (auto& h : ok) EXPECT_TRUE(Collect(*h).error.ok());
+  for (auto& h : ok) EXPECT_TRUE(CollectAll(*h).error.ok());
   EXPECT_EQ((*eng)->scheduler_stats().refused, static_cast<uint64_t>(refused));
 }
 
