@@ -5,11 +5,13 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 
+#include "base/logging.h"
 #include "engine/model/model.h"
 #include "storage/block_store.h"
 
@@ -144,8 +146,17 @@ Result<Hash128> FingerprintFile(const std::string& path, storage::BlockStore* st
   }
   const Hash128 h = FromXxh(XXH3_128bits_digest(state.get()));
   if (store != nullptr) {
-    // Best effort: a failure only means the next process hashes the file again.
-    (void)store->PutMeta(meta_key, h.ToHex());
+    // Best effort: a failure only means the next process hashes the file again. Nothing is
+    // counted; the first failure in the process is logged, the way cache/ absorbs store errors.
+    if (Status s = store->PutMeta(meta_key, h.ToHex()); !s.ok()) {
+      static std::atomic<bool> logged{false};
+      if (!logged.exchange(true)) {
+        DefaultLogger()->warn(
+            "cache: remembering the fingerprint of model {}: {} (the first of its kind; later ones "
+            "are not logged)",
+            path, s.ToString());
+      }
+    }
   }
   return h;
 }
