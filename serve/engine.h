@@ -90,6 +90,7 @@ class Engine {
   const engine::RunnerOptions& runner_options() const { return runner_->options(); }
   const engine::KvLayout& kv_layout() const { return runner_->kv_layout(); }
   const char* backend_name() const;
+  int kv_pages() const { return runner_->pool().n_pages(); }
   int n_threads() const;
   const EngineOptions& options() const { return options_; }
   const OpenReport& report() const { return report_; }
