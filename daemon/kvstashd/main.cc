@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <future>
@@ -179,6 +180,10 @@ int Main(int argc, char** argv) {
   std::atomic<bool> loaded{false};
   std::thread loader([&] {
     Stopwatch w;
+    // Tests hold the loading state open to check what clients see meanwhile.
+    if (const char* d = std::getenv("KVSTASHD_TEST_LOAD_DELAY_MS")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(d)));
+    }
     std::string model_path = c.model;
     if (model_path.empty()) {
       auto p = cli::EnsureDefaultModel();

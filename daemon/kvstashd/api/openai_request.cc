@@ -1,0 +1,380 @@
+// Request-body parsing for /v1/chat/completions and /v1/completions (openai.h).
+//
+// Every check throws internal::ApiFailure naming the field; Guard() at the two public entry
+// points turns it into an ApiError. Fields are validated before the prompt is tokenized, so a
+// bad field costs no tokenization and the fuzz target (tests/fuzz/api_fuzz.cc) reaches every
+// check even with a model that has no vocabulary.
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/kvstashd/api/openai.h"
+#include "daemon/kvstashd/api/openai_json.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace kvstash::daemon::api {
+namespace {
+
+using internal::AsInteger;
+using internal::Fail;
+using internal::FindField;
+using internal::Json;
+using internal::OptBool;
+using internal::OptInteger;
+using internal::OptNumber;
+using internal::OptString;
+
+std::string Num(double v) {
+  std::string s = Json(v).dump();
+  if (s.size() > 2 && s.ends_with(".0")) s.resize(s.size() - 2);
+  return s;
+}
+
+// lo <= v <= hi, or lo < v when `lo_open`.
+void CheckRange(const std::string& param, double v, double lo, double hi, bool lo_open = false) {
+  if ((lo_open ? v > lo : v >= lo) && v <= hi) return;
+  Fail(param, "'" + param + "' must be " + (lo_open ? "greater than " : "between ") + Num(lo) +
+                  (lo_open ? " and at most " : " and ") + Num(hi) + ", got " + Num(v));
+}
+
+// Mirrors cache::ValidateSessionName (1-128 of [A-Za-z0-9._-], not starting with '.' or '-'),
+// which lives in the cache library this one does not link; openai_api_test checks that the two
+// agree.
+bool ValidSessionName(std::string_view name) {
+  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
+
+void ParseSampling(const Json& j, const ModelContext& model, engine::SamplerOptions* s) {
+  *s = model.default_sampling;
+  if (auto v = OptNumber(j, "temperature")) {
+    CheckRange("temperature", *v, 0, 2);
+    s->temperature = static_cast<float>(*v);
+  }
+  if (auto v = OptNumber(j, "top_p")) {
+    CheckRange("top_p", *v, 0, 1, /*lo_open=*/true);
+    s->top_p = static_cast<float>(*v);
+  }
+  if (auto v = OptInteger(j, "top_k")) {
+    if (*v < 0) Fail("top_k", "'top_k' must be >= 0 (0: off), got " + std::to_string(*v));
+    s->top_k = static_cast<int32_t>(std::min<int64_t>(*v, std::numeric_limits<int32_t>::max()));
+  }
+  if (auto v = OptNumber(j, "min_p")) {
+    CheckRange("min_p", *v, 0, 1);
+    s->min_p = static_cast<float>(*v);
+  }
+  if (auto v = OptNumber(j, "presence_penalty")) {
+    CheckRange("presence_penalty", *v, -2, 2);
+    s->presence_penalty = static_cast<float>(*v);
+  }
+  if (auto v = OptNumber(j, "frequency_penalty")) {
+    CheckRange("frequency_penalty", *v, -2, 2);
+    s->frequency_penalty = static_cast<float>(*v);
+  }
+  if (auto v = OptNumber(j, "repetition_penalty")) {
+    if (!(*v > 0) || *v > std::numeric_limits<float>::max()) {
+      Fail("repetition_penalty",
+           "'repetition_penalty' must be greater than 0 (1: off), got " + Num(*v));
+    }
+    s->repeat_penalty = static_cast<float>(*v);
+  }
+  // Any 64-bit value, negative ones as their two's complement; absent: a fresh one per request.
+  if (const Json* v = FindField(j, "seed"); v != nullptr && v->is_number_unsigned()) {
+    s->seed = v->get<uint64_t>();
+  } else if (auto seed = OptInteger(j, "seed")) {
+    s->seed = static_cast<uint64_t>(*seed);
+  } else {
+    std::random_device rd;
+    s->seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }
+}
+
+std::vector<std::string> ParseStop(const Json& j) {
+  const Json* v = FindField(j, "stop");
+  if (v == nullptr) return {};
+  if (v->is_string()) return {v->get<std::string>()};
+  if (!v->is_array()) {
+    Fail("stop",
+         std::string("'stop' must be a string or an array of strings, got ") + v->type_name());
+  }
+  if (v->size() > static_cast<size_t>(kMaxStopStrings)) {
+    Fail("stop", "'stop' may hold at most " + std::to_string(kMaxStopStrings) + " strings, got " +
+                     std::to_string(v->size()));
+  }
+  std::vector<std::string> out;
+  for (size_t i = 0; i < v->size(); ++i) {
+    const Json& s = (*v)[i];
+    if (!s.is_string()) {
+      const std::string p = "stop[" + std::to_string(i) + "]";
+      Fail(p, "'" + p + "' must be a string, got " + s.type_name());
+    }
+    out.push_back(s.get<std::string>());
+  }
+  return out;
+}
+
+// The fields both endpoints share, except the prompt and the token budget.
+void ParseCommon(const Json& j, const ModelContext& model, ParsedRequest* p) {
+  p->model = OptString(j, "model").value_or(model.model_id);
+  ParseSampling(j, model, &p->request.sampling);
+  p->request.limits.stop_strings = ParseStop(j);
+  if (auto n = OptInteger(j, "n"); n.has_value() && *n != 1) {
+    Fail("n", "'n' must be 1 (one choice per request), got " + std::to_string(*n));
+  }
+  p->stream = OptBool(j, "stream").value_or(false);
+  if (const Json* so = FindField(j, "stream_options")) {
+    if (!so->is_object()) {
+      Fail("stream_options",
+           std::string("'stream_options' must be an object, got ") + so->type_name());
+    }
+    p->include_usage =
+        OptBool(*so, "include_usage", "stream_options.include_usage").value_or(false);
+  }
+  if (auto session = OptString(j, "session")) {
+    if (!ValidSessionName(*session)) {
+      Fail("session",
+           "'session' must be 1 to 128 of letters, digits, '.', '_' and '-', not starting with "
+           "'.' or '-'");
+    }
+    p->request.restore_session = *session;
+    p->request.save_session = *session;
+  }
+  if (auto salt = OptString(j, "cache_salt")) {
+    if (salt->size() > kMaxCacheSaltBytes) {
+      Fail("cache_salt", "'cache_salt' must be at most " + std::to_string(kMaxCacheSaltBytes) +
+                             " bytes, got " + std::to_string(salt->size()));
+    }
+    p->request.cache_salt = *salt;
+  }
+}
+
+std::optional<int64_t> RequestedMaxTokens(const Json& j) {
+  // max_completion_tokens supersedes max_tokens (OpenAI deprecated the latter).
+  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
+    if (auto v = OptInteger(j, key)) {
+      if (*v < 1)
+        Fail(key, std::string("'") + key + "' must be at least 1, got " + std::to_string(*v));
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+// Refuses a prompt that leaves no room in the context and sets the token budget.
+void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
+               const std::string& prompt_param, ParsedRequest* p) {
+  const int64_t n_prompt = static_cast<int64_t>(p->request.prompt.size());
+  if (n_prompt == 0 && p->request.restore_session.empty())
+    Fail(prompt_param, "the prompt is empty");
+  const int64_t remaining = static_cast<int64_t>(model.n_ctx) - n_prompt;
+  if (remaining <= 0) {
+    Fail(prompt_param,
+         "the prompt has " + std::to_string(n_prompt) + " tokens, which leaves no room to " +
+             "generate in the model's context of " + std::to_string(model.n_ctx) + " tokens",
+         422, "context_length_exceeded");
+  }
+  int64_t budget =
+      requested.value_or(model.default_max_tokens > 0 ? model.default_max_tokens : remaining);
+  const int64_t cap = model.max_tokens_limit > 0 ? model.max_tokens_limit : model.n_ctx;
+  budget = std::max<int64_t>(1, std::min({budget, cap, remaining}));
+  p->request.limits.max_tokens = static_cast<int32_t>(budget);
+}
+
+std::string MessageContent(const Json& m, const std::string& param, bool may_be_null) {
+  const std::string cparam = param + ".content";
+  const Json* c = FindField(m, "content");
+  if (c == nullptr) {
+    if (may_be_null) return "";
+    Fail(cparam, "'" + cparam + "' is required");
+  }
+  if (c->is_string()) return c->get<std::string>();
+  if (!c->is_array()) {
+    Fail(cparam,
+         "'" + cparam + "' must be a string or an array of content parts, got " + c->type_name());
+  }
+  std::string text;
+  for (size_t k = 0; k < c->size(); ++k) {
+    const Json& part = (*c)[k];
+    const std::string pp = cparam + "[" + std::to_string(k) + "]";
+    if (!part.is_object()) Fail(pp, "'" + pp + "' must be an object, got " + part.type_name());
+    const std::string type = OptString(part, "type", pp + ".type").value_or("");
+    if (type != "text") {
+      Fail(pp + ".type", "content part type '" + type + "' is not supported (only 'text')");
+    }
+    auto t = OptString(part, "text", pp + ".text");
+    if (!t) Fail(pp + ".text", "'" + pp + ".text' is required");
+    text += *t;
+  }
+  return text;
+}
+
+std::vector<engine::ChatMessage> ParseMessages(const Json& j) {
+  const Json* msgs = FindField(j, "messages");
+  if (msgs == nullptr) Fail("messages", "'messages' is required");
+  if (!msgs->is_array()) {
+    Fail("messages", std::string("'messages' must be an array, got ") + msgs->type_name());
+  }
+  if (msgs->empty()) Fail("messages", "'messages' must not be empty");
+  std::vector<engine::ChatMessage> out;
+  out.reserve(msgs->size());
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const Json& m = (*msgs)[i];
+    const std::string param = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) Fail(param, "'" + param + "' must be an object, got " + m.type_name());
+    std::string role = OptString(m, "role", param + ".role").value_or("");
+    if (role.empty()) Fail(param + ".role", "'" + param + ".role' is required");
+    if (role == "developer") role = "system";
+    if (role == "tool") {
+      Fail(param + ".role", "tool messages are not supported yet");
+    } else if (role != "system" && role != "user" && role != "assistant") {
+      Fail(param + ".role", "unknown role '" + role + "' (system, developer, user or assistant)");
+    }
+    if (const Json* calls = FindField(m, "tool_calls"); calls != nullptr && !calls->empty()) {
+      Fail(param + ".tool_calls", "tool calls are not supported yet");
+    }
+    out.push_back({role, MessageContent(m, param, /*may_be_null=*/role == "assistant")});
+  }
+  return out;
+}
+
+std::string SpecialText(const engine::Tokenizer& tok, int32_t id) {
+  return id >= 0 && id < tok.vocab().size() ? tok.TokenToPiece(id, true) : std::string();
+}
+
+ParsedRequest ParseChat(std::string_view body, const ModelContext& model) {
+  const Json j = internal::ParseBodyObject(body);
+  ParsedRequest p;
+  p.chat = true;
+  ParseCommon(j, model, &p);
+  const std::optional<int64_t> max_tokens = RequestedMaxTokens(j);
+  const bool logprobs = OptBool(j, "logprobs").value_or(false);
+  if (auto top = OptInteger(j, "top_logprobs")) {
+    CheckRange("top_logprobs", static_cast<double>(*top), 0, kMaxTopLogprobs);
+    if (!logprobs) Fail("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");
+    p.request.logprobs = static_cast<int>(*top);
+  } else {
+    p.request.logprobs = logprobs ? 0 : -1;
+  }
+  engine::ChatOptions opts;
+  opts.add_generation_prompt = true;
+  if (const Json* kw = FindField(j, "chat_template_kwargs")) {
+    if (!kw->is_object()) {
+      Fail("chat_template_kwargs",
+           std::string("'chat_template_kwargs' must be an object, got ") + kw->type_name());
+    }
+    opts.enable_thinking = OptBool(*kw, "enable_thinking", "chat_template_kwargs.enable_thinking");
+  }
+  const std::vector<engine::ChatMessage> messages = ParseMessages(j);
+  p.split_reasoning = model.chat_template.kind == engine::ChatTemplateKind::kQwen3;
+
+  const engine::Tokenizer* tok = model.tokenizer;
+  if (tok == nullptr) {
+    Fail("",
+         "the model has no tokenizer vocabulary: chat completions need one (use "
+         "/v1/completions with a prompt of token ids)");
+  }
+  const engine::Vocab& v = tok->vocab();
+  opts.bos_token = SpecialText(*tok, v.bos_id);
+  opts.eos_token = SpecialText(*tok, v.eos_id);
+  Result<std::string> rendered = engine::RenderChat(model.chat_template, messages, opts);
+  if (!rendered.ok()) Fail("messages", rendered.status().message());
+  // Templates that write the BOS text themselves must not get a second BOS.
+  const bool add_bos =
+      v.add_bos && (opts.bos_token.empty() || !rendered->starts_with(opts.bos_token));
+  p.request.prompt = tok->Encode(*rendered, add_bos, /*parse_special=*/true);
+  SetBudget(model, max_tokens, "messages", &p);
+  return p;
+}
+
+// `prompt`: a string, an array of one string, an array of token ids, or an array of one array
+// of token ids. Text needs the tokenizer; ids are range-checked against the vocabulary.
+void ParsePrompt(const Json& j, const ModelContext& model, ParsedRequest* p) {
+  const Json* v = FindField(j, "prompt");
+  if (v == nullptr) Fail("prompt", "'prompt' is required");
+  const Json* text = nullptr;
+  const Json* ids = nullptr;
+  std::string ids_param = "prompt";
+  if (v->is_string()) {
+    text = v;
+  } else if (v->is_array() && !v->empty()) {
+    const Json& first = (*v)[0];
+    if (first.is_string() || first.is_array()) {
+      if (v->size() != 1) {
+        Fail("prompt", "'prompt' must hold one prompt (batches are not supported), got " +
+                           std::to_string(v->size()));
+      }
+      text = first.is_string() ? &first : nullptr;
+      ids = first.is_array() ? &first : nullptr;
+      ids_param = "prompt[0]";
+    } else {
+      ids = v;
+    }
+  } else {
+    Fail("prompt", std::string("'prompt' must be a string, an array of one string or an array "
+                               "of token ids, got ") +
+                       (v->is_array() ? "an empty array" : v->type_name()));
+  }
+  const engine::Tokenizer* tok = model.tokenizer;
+  if (ids != nullptr) {
+    const int64_t n_vocab =
+        tok != nullptr ? tok->vocab().size() : std::numeric_limits<int32_t>::max();
+    p->request.prompt.reserve(ids->size());
+    for (size_t i = 0; i < ids->size(); ++i) {
+      const std::string ip = ids_param + "[" + std::to_string(i) + "]";
+      const int64_t id = AsInteger((*ids)[i], ip);
+      if (id < 0 || id >= n_vocab) {
+        Fail(ip, "token id " + std::to_string(id) + " is out of range [0, " +
+                     std::to_string(n_vocab) + ")");
+      }
+      p->request.prompt.push_back(static_cast<int32_t>(id));
+    }
+    if (tok != nullptr) p->prompt_text = tok->Decode(p->request.prompt, /*render_special=*/false);
+    return;
+  }
+  p->prompt_text = text->get<std::string>();
+  if (tok == nullptr) {
+    Fail("prompt", "the model has no tokenizer vocabulary: give 'prompt' as token ids");
+  }
+  p->request.prompt = tok->Encode(p->prompt_text, tok->vocab().add_bos, /*parse_special=*/false);
+}
+
+ParsedRequest ParseCompletionBody(std::string_view body, const ModelContext& model) {
+  const Json j = internal::ParseBodyObject(body);
+  ParsedRequest p;
+  p.chat = false;
+  ParseCommon(j, model, &p);
+  const std::optional<int64_t> max_tokens = RequestedMaxTokens(j);
+  p.echo = OptBool(j, "echo").value_or(false);
+  // Completions take an integer here (alternatives per token); true is taken as 0.
+  if (const Json* lp = FindField(j, "logprobs"); lp != nullptr && lp->is_boolean()) {
+    p.request.logprobs = lp->get<bool>() ? 0 : -1;
+  } else if (auto n = OptInteger(j, "logprobs")) {
+    CheckRange("logprobs", static_cast<double>(*n), 0, kMaxTopLogprobs);
+    p.request.logprobs = static_cast<int>(*n);
+  }
+  ParsePrompt(j, model, &p);
+  SetBudget(model, max_tokens, "prompt", &p);
+  return p;
+}
+
+}  // namespace
+
+Result<ParsedRequest> ParseChatCompletion(std::string_view body, const ModelContext& model,
+                                          ApiError* error) {
+  return internal::Guard<ParsedRequest>(error, [&] { return ParseChat(body, model); });
+}
+
+Result<ParsedRequest> ParseCompletion(std::string_view body, const ModelContext& model,
+                                      ApiError* error) {
+  return internal::Guard<ParsedRequest>(error, [&] { return ParseCompletionBody(body, model); });
+}
+
+}  // namespace kvstash::daemon::api
