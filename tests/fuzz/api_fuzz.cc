@@ -6,7 +6,8 @@
 // Input: one control byte, then the body. The control byte picks the endpoint (chat,
 // completions, tokenize, detokenize), the chat template family, and the model: none has no
 // vocabulary (only the parsers' checks run), the other a byte-level fake tokenizer, so the build
-// needs only the api sources, the chat templates and base/ (no engine, no ICU).
+// needs only the api sources, the chat templates and base/ (no engine, no ICU). Seeds in
+// tests/fuzz/corpus/api/ are such inputs (e.g. 0x0c: chat, fake tokenizer, Qwen3 template).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
