@@ -35,9 +35,7 @@ std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
   return t;
 }
 
-int Argmax(const float* v, int n) {
-  return static_cast<int>(std::max_element(v, v + n) - v);
-}
+int Argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 
 // Aggregate decode tokens/s of n_seq sequences decoding together (median of reps).
 Result<double> MeasureBatchedDecode(engine::Runner& runner, int n_seq, int prompt, int decode,
@@ -104,7 +102,7 @@ std::map<int, double> RunPeer(const std::string& bin, const std::string& path, i
                           " -b 2048 -ub 512 -npp " + std::to_string(prompt) + " -ntg " +
                           std::to_string(decode) + " -npl " + list + " -t " +
                           std::to_string(threads) + " -tb " + std::to_string(threads) +
-                          " --no-mmap --output-format jsonl 2>/dev/null";
+                          " -lm none --output-format jsonl 2>/dev/null";
   std::fprintf(stderr, "  peer: %s\n", cmd.c_str());
   std::map<int, double> out;
   FILE* f = popen(cmd.c_str(), "r");
@@ -131,7 +129,8 @@ std::map<int, double> RunPeer(const std::string& bin, const std::string& path, i
   return out;
 }
 
-std::string EnsureModel(const std::string& dir, const std::string& preset, const std::string& type) {
+std::string EnsureModel(const std::string& dir, const std::string& preset,
+                        const std::string& type) {
   const std::string path = dir + "/" + preset + "-" + type + ".gguf";
   if (std::filesystem::exists(path)) return path;
   std::fprintf(stderr, "batch_bench: writing %s\n", path.c_str());
@@ -154,8 +153,9 @@ std::string EnsureModel(const std::string& dir, const std::string& preset, const
 }
 
 int Main(int argc, char** argv) {
-  CLI::App app{"Aggregate decode throughput of N concurrent sequences (batched forward), "
-               "optionally vs llama-batched-bench"};
+  CLI::App app{
+      "Aggregate decode throughput of N concurrent sequences (batched forward), "
+      "optionally vs llama-batched-bench"};
   std::string models_dir = "bench-models";
   std::string preset = "qwen3-0.6b";
   std::vector<std::string> types = {"q8_0", "q4_k"};
@@ -219,10 +219,14 @@ int Main(int argc, char** argv) {
         return 1;
       }
       if (n == 1) single = *tps;
-      nlohmann::json row = {{"preset", preset},         {"type", type},
-                            {"threads", threads},       {"parallel", n},
-                            {"decode_tokens_per_s", *tps}, {"single_stream_tokens_per_s", single},
-                            {"prefill8_tokens_per_s", *pp8}, {"backend", backend}};
+      nlohmann::json row = {{"preset", preset},
+                            {"type", type},
+                            {"threads", threads},
+                            {"parallel", n},
+                            {"decode_tokens_per_s", *tps},
+                            {"single_stream_tokens_per_s", single},
+                            {"prefill8_tokens_per_s", *pp8},
+                            {"backend", backend}};
       if (peer.count(n)) {
         row["llama_cpp_tokens_per_s"] = peer[n];
         row["ratio_to_llama_cpp"] = *tps / peer[n];

@@ -52,7 +52,8 @@ Status Runner::CheckTokens(std::span<const int32_t> tokens) const {
 int Runner::PagesNeeded(const Sequence& seq, int64_t n_positions) const {
   const int bt = options_.block_tokens;
   const int64_t blocks = (n_positions + bt - 1) / bt;
-  return static_cast<int>(std::max<int64_t>(0, blocks - static_cast<int64_t>(seq.block_table.size())));
+  return static_cast<int>(
+      std::max<int64_t>(0, blocks - static_cast<int64_t>(seq.block_table.size())));
 }
 
 Status Runner::Reserve(Sequence& seq, int64_t n_positions) {
@@ -132,7 +133,8 @@ Status Runner::Forward(std::span<const BatchSegment> segments) {
                                      " has no pages reserved for its positions");
     }
     if (s.logits != LogitsMode::kNone && s.out == nullptr) {
-      return Status::InvalidArgument("batch segment " + std::to_string(i) + " has no logits buffer");
+      return Status::InvalidArgument("batch segment " + std::to_string(i) +
+                                     " has no logits buffer");
     }
     for (size_t j = 0; j < i; ++j) {
       if (segments[j].seq == s.seq) {

@@ -91,16 +91,16 @@ class Runner {
   std::unique_ptr<KvPool> pool_;
   std::vector<float> inv_freq_;
   // Activation scratch for the n rows of one forward (grown on demand, never shrunk).
-  std::vector<float> x_;     // [n][n_embd] residual stream
-  std::vector<float> xn_;    // [n][max(n_embd, n_head * head_dim)] normed input of a matmul
-  std::vector<float> q_;     // [n][n_head * head_dim]
-  std::vector<float> k_;     // [n][n_head_kv * head_dim]
-  std::vector<float> v_;     // [n][n_head_kv * head_dim]
-  std::vector<float> att_;   // [n][n_head * head_dim] attention output
-  std::vector<float> tmp_;   // [n][n_embd] projection output before the residual add
-  std::vector<float> gate_;  // [n][n_ff]
-  std::vector<float> up_;    // [n][n_ff]
-  std::vector<float> out_;   // [rows wanting logits][n_vocab]
+  std::vector<float> x_;            // [n][n_embd] residual stream
+  std::vector<float> xn_;           // [n][max(n_embd, n_head * head_dim)] normed input of a matmul
+  std::vector<float> q_;            // [n][n_head * head_dim]
+  std::vector<float> k_;            // [n][n_head_kv * head_dim]
+  std::vector<float> v_;            // [n][n_head_kv * head_dim]
+  std::vector<float> att_;          // [n][n_head * head_dim] attention output
+  std::vector<float> tmp_;          // [n][n_embd] projection output before the residual add
+  std::vector<float> gate_;         // [n][n_ff]
+  std::vector<float> up_;           // [n][n_ff]
+  std::vector<float> out_;          // [rows wanting logits][n_vocab]
   std::vector<int32_t> tokens_;     // [n] every row's token id
   std::vector<int32_t> positions_;  // [n] every row's absolute position
 };

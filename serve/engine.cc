@@ -20,7 +20,7 @@ namespace {
 
 // Bytes the filesystem holding `dir` can still give, plus what the store already uses there.
 uint64_t RoomFor(const std::string& dir) {
-  struct statvfs st{};
+  struct statvfs st {};
   if (::statvfs(dir.c_str(), &st) != 0) return UINT64_MAX;
   uint64_t used = 0;
   std::error_code ec;
@@ -46,8 +46,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
   if (o.runner.n_threads < 0) return Status::InvalidArgument("threads must be >= 0");
   if (o.runner.n_threads > cores) {
     rep.warnings.push_back(std::to_string(o.runner.n_threads) + " threads requested but only " +
+                           std::to_string(cores) + " cores are available: using " +
                            std::to_string(cores) +
-                           " cores are available: using " + std::to_string(cores) +
                            " (more threads than cores makes every step wait for descheduled "
                            "workers)");
     o.runner.n_threads = cores;
@@ -67,8 +67,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     const engine::KvLayout layout{o.runner.kv_dtype, hp.n_layer, hp.n_head_kv, hp.head_dim,
                                   std::max(1, o.runner.block_tokens)};
     const int n_ctx = o.runner.n_ctx > 0 ? o.runner.n_ctx : hp.n_ctx_train;
-    const uint64_t one_ctx = (static_cast<uint64_t>(n_ctx) + layout.block_tokens - 1) /
-                             layout.block_tokens;
+    const uint64_t one_ctx =
+        (static_cast<uint64_t>(n_ctx) + layout.block_tokens - 1) / layout.block_tokens;
     const uint64_t pages = std::max<uint64_t>(one_ctx, o.kv_bytes / layout.block_bytes());
     o.runner.n_pages = static_cast<int>(std::min<uint64_t>(pages, 1u << 30));
   }
@@ -88,8 +88,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     rep.store_open_ms = w.ElapsedMs();
     const uint64_t room = RoomFor(o.cache_dir);
     if (room < o.cache_bytes) {
-      rep.warnings.push_back("the cache budget (" + FormatBytes(o.cache_bytes) + ") is larger than " +
-                             o.cache_dir + " can hold (" + FormatBytes(room) +
+      rep.warnings.push_back("the cache budget (" + FormatBytes(o.cache_bytes) +
+                             ") is larger than " + o.cache_dir + " can hold (" + FormatBytes(room) +
                              " free or already used by the cache): writes will fail once it is "
                              "full; lower --cache-bytes");
     }
@@ -100,12 +100,11 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     KV_ASSIGN_OR_RETURN(fingerprint, cache::FingerprintFile(o.model_path, e->store_.get(),
                                                             &rep.fingerprint_remembered));
     rep.fingerprint_ms = w.ElapsedMs();
-    const cache::NamespaceParams ns = cache::NamespaceFor(*e->model_, fingerprint,
-                                                          e->runner_->kv_layout(),
-                                                          o.cache.cache_salt);
-    KV_ASSIGN_OR_RETURN(e->cache_, cache::PrefixCache::Create(e->runner_->pool(), e->store_.get(),
-                                                              ns, o.cache, o.model_path,
-                                                              e->model_->Describe()));
+    const cache::NamespaceParams ns =
+        cache::NamespaceFor(*e->model_, fingerprint, e->runner_->kv_layout(), o.cache.cache_salt);
+    KV_ASSIGN_OR_RETURN(e->cache_,
+                        cache::PrefixCache::Create(e->runner_->pool(), e->store_.get(), ns, o.cache,
+                                                   o.model_path, e->model_->Describe()));
     rep.model_fingerprint = fingerprint.ToHex();
     rep.namespace_hash = e->cache_->namespace_hash().ToHex();
   }

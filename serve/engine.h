@@ -55,12 +55,12 @@ struct EngineOptions {
 
 // What opening cost, for reports (`kvstash run --json` cache fields, the daemon's start line).
 struct OpenReport {
-  double load_ms = 0;            // model load
-  double store_open_ms = 0;      // block store open (recovery included)
-  double fingerprint_ms = 0;     // model fingerprint (0-ish when remembered)
+  double load_ms = 0;         // model load
+  double store_open_ms = 0;   // block store open (recovery included)
+  double fingerprint_ms = 0;  // model fingerprint (0-ish when remembered)
   bool fingerprint_remembered = false;
-  std::string model_fingerprint;  // 32 hex digits, "" without a cache
-  std::string namespace_hash;     // 32 hex digits, "" without a cache
+  std::string model_fingerprint;      // 32 hex digits, "" without a cache
+  std::string namespace_hash;         // 32 hex digits, "" without a cache
   std::vector<std::string> warnings;  // things the user should know (printed by callers)
 };
 

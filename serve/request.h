@@ -81,8 +81,8 @@ struct Usage {
   double ttft_ms = 0;        // submit -> first token sampled
   double decode_ms = 0;      // first token -> last token
   double decode_tokens_per_s = 0;
-  double total_ms = 0;       // submit -> done
-  double save_ms = 0;        // saving the session
+  double total_ms = 0;  // submit -> done
+  double save_ms = 0;   // saving the session
   FinishReason finish = FinishReason::kMaxTokens;
   std::string session_saved;  // name, when saved
 };

@@ -33,7 +33,7 @@ struct Scheduler::Active {
   // first admission; after a preemption, everything the sequence held.
   std::vector<int32_t> context;
   engine::Sequence seq;
-  int32_t pending = -1;      // sampled, not yet in the KV (the next decode row)
+  int32_t pending = -1;  // sampled, not yet in the KV (the next decode row)
   bool admitted = false;
   bool started = false;      // first admission done (the session restored, usage counted)
   uint64_t admit_order = 0;  // larger = admitted later (preemption victim order)
@@ -244,8 +244,8 @@ bool Scheduler::Admit(Active& a) {
     if (!a.req.restore_session.empty() && a.req.session_is_prefix) {
       RestoreSessionPrefix(a);
     } else if (!a.req.restore_session.empty()) {
-      auto r = cache_->RestoreSession(a.req.restore_session, a.seq,
-                                      a.req.prompt.empty() ? 1 : 0, a.req.cache_salt);
+      auto r = cache_->RestoreSession(a.req.restore_session, a.seq, a.req.prompt.empty() ? 1 : 0,
+                                      a.req.cache_salt);
       if (!r.ok()) {
         Fail(a, r.status());
         return true;
@@ -285,8 +285,8 @@ bool Scheduler::Admit(Active& a) {
   if (cache_ != nullptr && a.seq.n_past() == 0) {
     // On resume with a pending token the whole context may come from the cache; otherwise the
     // last position is computed for its logits.
-    const int max_positions =
-        a.pending >= 0 ? static_cast<int>(a.context.size()) : static_cast<int>(a.context.size()) - 1;
+    const int max_positions = a.pending >= 0 ? static_cast<int>(a.context.size())
+                                             : static_cast<int>(a.context.size()) - 1;
     auto got = cache_->Acquire(a.seq, a.context, max_positions, a.req.cache_salt);
     if (!got.ok()) {
       Fail(a, got.status());
@@ -391,7 +391,6 @@ void Scheduler::PublishFull(Active& a) {
   }
 }
 
-
 bool Scheduler::BuildAndRunBatch() {
   const int V = runner_.model().config().n_vocab;
   const int bt = runner_.options().block_tokens;
@@ -433,7 +432,8 @@ bool Scheduler::BuildAndRunBatch() {
       }
       if (victim == nullptr) {
         // Alone and still short of pages: take what fits, or give up on the request.
-        const int fit = (a->seq.block_table.size() + runner_.pool().n_free()) * bt - a->seq.n_past();
+        const int fit =
+            (a->seq.block_table.size() + runner_.pool().n_free()) * bt - a->seq.n_past();
         if (fit > 0 && fit < plan[i].rows) {
           plan[i].rows = fit;
           continue;
@@ -471,8 +471,8 @@ bool Scheduler::BuildAndRunBatch() {
       const bool reaches_end = a.seq.n_past() + w.rows == static_cast<int>(a.context.size());
       // The prompt's last row gives the first token's logits; a resumed decoding sequence has
       // its next token pending and needs none.
-      seg.logits = reaches_end && a.pending < 0 ? engine::LogitsMode::kLast
-                                                : engine::LogitsMode::kNone;
+      seg.logits =
+          reaches_end && a.pending < 0 ? engine::LogitsMode::kLast : engine::LogitsMode::kNone;
     }
     outs.emplace_back(seg.logits == engine::LogitsMode::kNone ? 0 : V);
     seg.out = outs.back().empty() ? nullptr : outs.back().data();
@@ -592,8 +592,9 @@ void Scheduler::SampleNext(Active& a, const float* logits_ptr) {
     e.text = std::move(step.text);
     a.handle->Push(std::move(e));
     a.pending = *tok;  // part of the conversation (saved with a session)
-    Finish(a, step.reason == engine::StopReason::kStopString ? FinishReason::kStopString
-                                                             : FinishReason::kMaxTokens,
+    Finish(a,
+           step.reason == engine::StopReason::kStopString ? FinishReason::kStopString
+                                                          : FinishReason::kMaxTokens,
            "");
     return;
   }

@@ -1,28 +1,26 @@
 // `kvstash run`: offline generation with the engine in-process (ARCHITECTURE.md §7).
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
-#include <atomic>
-#include <chrono>
-#include <csignal>
-#include <optional>
-
 #include "base/clock.h"
 #include "cache/prefix_cache.h"
-#include "serve/engine.h"
 #include "daemon/cli/commands.h"
 #include "daemon/cli/default_model.h"
 #include "engine/chat/chat_template.h"
@@ -32,6 +30,7 @@
 #include "engine/sampling/sampler.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/vocab.h"
+#include "serve/engine.h"
 #include "storage/block_store.h"
 
 namespace kvstash::cli {
@@ -137,7 +136,8 @@ struct Fail {
 // Flags that need no model: exit code 2 on misuse.
 Status ValidateArgs(const RunArgs& a) {
   int given = !a.prompt.empty() + !a.file.empty() + !a.prompt_ids.empty();
-  if (given > 1) return Status::InvalidArgument("give only one of -p/--prompt, -f/--file, --prompt-ids");
+  if (given > 1)
+    return Status::InvalidArgument("give only one of -p/--prompt, -f/--file, --prompt-ids");
   if (a.n_predict < 0) return Status::InvalidArgument("-n must be >= 0");
   if (a.top_logits < 0) return Status::InvalidArgument("--top-logits must be >= 0");
   if (a.threads < 0) return Status::InvalidArgument("-t must be >= 0");
@@ -338,17 +338,18 @@ nlohmann::json JsonReport(const RunArgs& a, const serve::Engine& eng, const Outc
                   {"corrupt_blocks", cs.corrupt_blocks}};
   }
   const double pp_tps = u.prefilled_tokens / std::max(u.prefill_ms, 1e-6) * 1e3;
-  j["timings"] = {{"load_ms", rep.load_ms},
-                  // No token, no time to first token (-n 0).
-                  {"ttft_ms", o.generated.empty() && u.finish != serve::FinishReason::kEndOfGeneration
-                                  ? nlohmann::json(nullptr)
-                                  : nlohmann::json(tokenize_ms + u.ttft_ms)},
-                  {"prefill_ms", u.prefill_ms},
-                  {"decode_ms", u.decode_ms},
-                  {"prompt_tokens", u.prompt_tokens},
-                  {"generated_tokens", o.generated.size()},
-                  {"prompt_tokens_per_s", pp_tps},
-                  {"gen_tokens_per_s", u.decode_tokens_per_s}};
+  j["timings"] = {
+      {"load_ms", rep.load_ms},
+      // No token, no time to first token (-n 0).
+      {"ttft_ms", o.generated.empty() && u.finish != serve::FinishReason::kEndOfGeneration
+                      ? nlohmann::json(nullptr)
+                      : nlohmann::json(tokenize_ms + u.ttft_ms)},
+      {"prefill_ms", u.prefill_ms},
+      {"decode_ms", u.decode_ms},
+      {"prompt_tokens", u.prompt_tokens},
+      {"generated_tokens", o.generated.size()},
+      {"prompt_tokens_per_s", pp_tps},
+      {"gen_tokens_per_s", u.decode_tokens_per_s}};
   return j;
 }
 
@@ -371,9 +372,9 @@ void HumanReport(const RunArgs& a, const serve::Engine& eng, const Outcome& o, d
                "  load        %8.1f ms\n"
                "  prefill     %8d tokens  %8.1f ms  %8.1f tokens/s\n"
                "  generation  %8zu tokens  %8.1f ms  %8.1f tokens/s\n",
-               eng.options().model_path.c_str(), eng.model().Describe().c_str(),
-               eng.backend_name(), eng.n_threads(), eng.report().load_ms, u.prefilled_tokens,
-               u.prefill_ms, pp_tps, o.generated.size(), u.decode_ms, u.decode_tokens_per_s);
+               eng.options().model_path.c_str(), eng.model().Describe().c_str(), eng.backend_name(),
+               eng.n_threads(), eng.report().load_ms, u.prefilled_tokens, u.prefill_ms, pp_tps,
+               o.generated.size(), u.decode_ms, u.decode_tokens_per_s);
   if (o.generated.empty()) {
     std::fprintf(stderr, "  time to first token: none (no token generated)\n");
   } else {

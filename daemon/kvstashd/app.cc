@@ -130,8 +130,9 @@ void App::Handle(std::shared_ptr<http::Connection> conn, http::Request req) {
          "text/plain; version=0.0.4; charset=utf-8");
   } else if (post && (path == "/tokenize" || path == "/detokenize")) {
     api::ApiError err;
-    Result<std::string> body = path == "/tokenize" ? api::HandleTokenize(req.body(), *model, &err)
-                                                   : api::HandleDetokenize(req.body(), *model, &err);
+    Result<std::string> body = path == "/tokenize"
+                                   ? api::HandleTokenize(req.body(), *model, &err)
+                                   : api::HandleDetokenize(req.body(), *model, &err);
     if (body.ok()) {
       Send(conn, req, path, 200, std::move(*body), id, t0);
     } else {
@@ -185,8 +186,8 @@ void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& 
   auto g = std::make_shared<Generation>();
   g->conn = conn;
   g->handle = *handle;
-  g->builder = std::make_unique<api::ResponseBuilder>(
-      *parsed, (chat ? "chatcmpl-" : "cmpl-") + id, std::time(nullptr), *model);
+  g->builder = std::make_unique<api::ResponseBuilder>(*parsed, (chat ? "chatcmpl-" : "cmpl-") + id,
+                                                      std::time(nullptr), *model);
   g->req.method(req.method());
   g->req.target(req.target());
   g->id = id;
@@ -217,9 +218,8 @@ void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& 
   }
   auto executor = conn->executor();
   // Events arrive on the engine thread; each one schedules a drain on the connection's strand.
-  g->handle->SetOnEvent([this, g, executor] {
-    http::net::post(executor, [this, g] { Drain(g); });
-  });
+  g->handle->SetOnEvent(
+      [this, g, executor] { http::net::post(executor, [this, g] { Drain(g); }); });
   http::net::post(executor, [this, g] { Drain(g); });
 }
 
@@ -227,7 +227,8 @@ void App::Drain(const std::shared_ptr<Generation>& g) {
   while (!g->done) {
     std::optional<serve::Event> e = g->handle->TryNext();
     if (!e) return;
-    const bool final = e->kind == serve::Event::Kind::kDone || e->kind == serve::Event::Kind::kError;
+    const bool final =
+        e->kind == serve::Event::Kind::kDone || e->kind == serve::Event::Kind::kError;
     if (g->stream) {
       std::string frames = g->builder->StreamEvent(*e);
       if (!frames.empty()) {
@@ -253,8 +254,8 @@ void App::Drain(const std::shared_ptr<Generation>& g) {
       AccessLog(g->id, g->req, status, &u, g->t0);
     } else if (e->kind == serve::Event::Kind::kError) {
       api::ApiError err = api::ErrorFromStatus(e->status);
-      g->conn->Reply(http::JsonResponse(11, true, static_cast<bhttp::status>(err.http_status),
-                                        err.ToJson()));
+      g->conn->Reply(
+          http::JsonResponse(11, true, static_cast<bhttp::status>(err.http_status), err.ToJson()));
       metrics_.CountRequest(g->route, err.http_status);
       AccessLog(g->id, g->req, err.http_status, &u, g->t0);
     } else {
@@ -284,9 +285,8 @@ void App::Ping(const std::shared_ptr<Generation>& g) {
 void App::Send(const std::shared_ptr<http::Connection>& conn, const http::Request& req,
                const std::string& route, int status, std::string body, const std::string& id,
                SteadyClock::time_point t0, const char* content_type, int retry_after_s) {
-  http::Response res =
-      http::JsonResponse(req.version(), req.keep_alive(), static_cast<bhttp::status>(status),
-                         std::move(body));
+  http::Response res = http::JsonResponse(req.version(), req.keep_alive(),
+                                          static_cast<bhttp::status>(status), std::move(body));
   if (content_type != nullptr) res.set(bhttp::field::content_type, content_type);
   if (retry_after_s > 0) res.set(bhttp::field::retry_after, std::to_string(retry_after_s));
   res.set("x-request-id", id);
@@ -300,17 +300,15 @@ void App::Send(const std::shared_ptr<http::Connection>& conn, const http::Reques
 void App::SendError(const std::shared_ptr<http::Connection>& conn, const http::Request& req,
                     const std::string& route, const api::ApiError& e, const std::string& id,
                     SteadyClock::time_point t0) {
-  Send(conn, req, route, e.http_status, e.ToJson(), id, t0, nullptr,
-       e.http_status == 503 ? 2 : 0);
+  Send(conn, req, route, e.http_status, e.ToJson(), id, t0, nullptr, e.http_status == 503 ? 2 : 0);
 }
 
 void App::AccessLog(const std::string& id, const http::Request& req, int status,
                     const serve::Usage* u, SteadyClock::time_point t0) {
   const std::string path = PathOf(req).substr(0, 200);
-  DefaultLogger()->info(
-      "{} {} {} {} prompt={} cached={} ttft_ms={:.1f} total_ms={:.1f}", id,
-      std::string(req.method_string()), path, status, u ? u->prompt_tokens : 0,
-      u ? u->cached_tokens : 0, u ? u->ttft_ms : 0.0, MsSince(t0));
+  DefaultLogger()->info("{} {} {} {} prompt={} cached={} ttft_ms={:.1f} total_ms={:.1f}", id,
+                        std::string(req.method_string()), path, status, u ? u->prompt_tokens : 0,
+                        u ? u->cached_tokens : 0, u ? u->ttft_ms : 0.0, MsSince(t0));
 }
 
 }  // namespace kvstash::daemon

@@ -1,10 +1,11 @@
 #include "daemon/kvstashd/config.h"
 
+#include <toml++/toml.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "base/bytes.h"
 
@@ -132,8 +133,8 @@ Result<std::vector<std::string>> ConfigFileArgs(const std::string& path, CLI::Ap
     tbl = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
     std::ostringstream msg;
-    msg << "config file " << path << ": " << e.description() << " (line "
-        << e.source().begin.line << ")";
+    msg << "config file " << path << ": " << e.description() << " (line " << e.source().begin.line
+        << ")";
     return Status::InvalidArgument(msg.str());
   }
   std::vector<std::string> args;

@@ -3,16 +3,16 @@
 // loader thread, serves the OpenAI-compatible API, and on SIGTERM/SIGINT stops accepting, lets
 // in-flight requests finish up to --shutdown-timeout, cancels the rest, flushes the write-behind
 // queue, closes the store and exits 0.
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <future>
-#include <spdlog/pattern_formatter.h>
-#include <spdlog/spdlog.h>
 #include <thread>
 #include <vector>
 
@@ -38,11 +38,21 @@ class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
               spdlog::memory_buf_t& dest) override {
     for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
       switch (c) {
-        case '"': dest.append(std::string_view("\\\"")); break;
-        case '\\': dest.append(std::string_view("\\\\")); break;
-        case '\n': dest.append(std::string_view("\\n")); break;
-        case '\r': dest.append(std::string_view("\\r")); break;
-        case '\t': dest.append(std::string_view("\\t")); break;
+        case '"':
+          dest.append(std::string_view("\\\""));
+          break;
+        case '\\':
+          dest.append(std::string_view("\\\\"));
+          break;
+        case '\n':
+          dest.append(std::string_view("\\n"));
+          break;
+        case '\r':
+          dest.append(std::string_view("\\r"));
+          break;
+        case '\t':
+          dest.append(std::string_view("\\t"));
+          break;
         default:
           if (static_cast<unsigned char>(c) < 0x20) {
             char buf[8];
@@ -73,8 +83,7 @@ void SetUpLogging(const DaemonConfig& c) {
 }
 
 bool IsLoopback(const std::string& host) {
-  return host == "127.0.0.1" || host == "localhost" || host == "::1" ||
-         host.rfind("127.", 0) == 0;
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
 // What the API layer needs to know about the model.
@@ -92,8 +101,9 @@ api::ModelContext MakeModelContext(const DaemonConfig& c, const serve::Engine& e
     t = engine::ChatTemplateFromName(c.chat_template);
   } else if (e.tokenizer() != nullptr && !e.tokenizer()->vocab().chat_template.empty()) {
     t = engine::DetectChatTemplate(e.tokenizer()->vocab().chat_template);
-    if (!t.ok()) log->warn("the model's chat template is not supported ({}): using chatml",
-                           t.status().ToString());
+    if (!t.ok())
+      log->warn("the model's chat template is not supported ({}): using chatml",
+                t.status().ToString());
   } else {
     log->info("the model has no chat template: /v1/chat/completions uses chatml");
   }
@@ -138,9 +148,10 @@ int Main(int argc, char** argv) {
   SetUpLogging(c);
   auto log = DefaultLogger();
   if (!IsLoopback(c.host) && c.api_keys.empty()) {
-    log->warn("listening on {} without --api-key: anyone who can reach this address can use the "
-              "model and read cached prompts",
-              c.host);
+    log->warn(
+        "listening on {} without --api-key: anyone who can reach this address can use the "
+        "model and read cached prompts",
+        c.host);
   }
   // Signals are polled by the main thread (async-signal-safe), which runs the shutdown.
   std::signal(SIGINT, OnSignal);
@@ -238,7 +249,8 @@ int Main(int argc, char** argv) {
             c.shutdown_timeout_s);
   server.StopAccepting();
   app.BeginDrain();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(c.shutdown_timeout_s);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(c.shutdown_timeout_s);
   while (app.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

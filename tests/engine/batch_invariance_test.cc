@@ -121,7 +121,8 @@ void RunBatchedAndCompare(Runner& batched, const std::vector<std::vector<int32_t
     EXPECT_EQ(st[i].generated, alone[i].generated);
     ASSERT_EQ(st[i].logits.size(), alone[i].logits.size());
     for (size_t t = 0; t < st[i].logits.size(); ++t) {
-      EXPECT_EQ(0, std::memcmp(st[i].logits[t].data(), alone[i].logits[t].data(), V * sizeof(float)))
+      EXPECT_EQ(0,
+                std::memcmp(st[i].logits[t].data(), alone[i].logits[t].data(), V * sizeof(float)))
           << "logits of generated token " << t << " differ";
     }
     // Both hold prompt + n_gen - 1 positions.
@@ -136,9 +137,9 @@ void RunBatchedAndCompare(Runner& batched, const std::vector<std::vector<int32_t
           for (int h = 0; h < L.n_kv_heads; ++h) {
             const size_t off = L.RowOffset(l, kv, h, 0) * L.elem_bytes();
             const size_t len = static_cast<size_t>(filled) * L.head_dim * L.elem_bytes();
-            ASSERT_EQ(0, std::memcmp(batched.pool().page(st[i].seq.block_table[b]) + off,
-                                     alone_runner.pool().page(alone[i].seq.block_table[b]) + off,
-                                     len))
+            ASSERT_EQ(0,
+                      std::memcmp(batched.pool().page(st[i].seq.block_table[b]) + off,
+                                  alone_runner.pool().page(alone[i].seq.block_table[b]) + off, len))
                 << "KV of block " << b << " layer " << l << " kv " << kv << " head " << h;
           }
     }

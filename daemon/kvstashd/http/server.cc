@@ -42,8 +42,8 @@ Connection::Connection(tcp::socket socket, const ServerOptions& options, Handler
 Connection::~Connection() { open_connections_->fetch_sub(1); }
 
 void Connection::Start() {
-  net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Connection::Read,
-                                                                   shared_from_this()));
+  net::dispatch(stream_.get_executor(),
+                beast::bind_front_handler(&Connection::Read, shared_from_this()));
 }
 
 void Connection::Read() {
@@ -67,11 +67,11 @@ void Connection::OnRead(beast::error_code ec, size_t) {
   }
   keep_alive_ = false;
   if (ec == bhttp::error::body_limit) {
-    Reply(JsonResponse(11, false, bhttp::status::payload_too_large,
-                       ErrorBody("request body larger than " +
-                                     std::to_string(options_.max_body_bytes) +
-                                     " bytes (--max-body-bytes)",
-                                 "invalid_request_error", "request_too_large")));
+    Reply(JsonResponse(
+        11, false, bhttp::status::payload_too_large,
+        ErrorBody("request body larger than " + std::to_string(options_.max_body_bytes) +
+                      " bytes (--max-body-bytes)",
+                  "invalid_request_error", "request_too_large")));
     return;
   }
   if (ec) {
@@ -191,8 +191,8 @@ void Connection::WatchPeer() {
   if (watching_ || closed_) return;
   watching_ = true;
   stream_.socket().async_wait(
-      tcp::socket::wait_read, net::bind_executor(stream_.get_executor(), [self = shared_from_this()](
-                                                                            beast::error_code ec) {
+      tcp::socket::wait_read,
+      net::bind_executor(stream_.get_executor(), [self = shared_from_this()](beast::error_code ec) {
         self->watching_ = false;
         if (self->closed_ || !self->busy_ || !self->on_disconnect_) return;
         if (ec) {

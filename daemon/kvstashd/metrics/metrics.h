@@ -25,7 +25,7 @@ class Histogram {
  public:
   // Upper bounds in seconds (Prometheus `le`), ascending.
   static constexpr std::array<double, 14> kBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                                     1,     2.5,  5,     10,   30,  60,  300};
+                                                     1,     2.5,  5,     10,   30,  60,   300};
   void Observe(double seconds);
   void Render(std::string* out, const std::string& name, const std::string& help) const;
 
@@ -49,11 +49,13 @@ class Metrics {
   void CountRequest(const std::string& route, int status);
   // One finished generation (its usage record).
   void CountGeneration(const serve::Usage& u);
-  void CountDisconnect() { std::lock_guard<std::mutex> l(mu_); ++disconnects_; }
+  void CountDisconnect() {
+    std::lock_guard<std::mutex> l(mu_);
+    ++disconnects_;
+  }
 
   // The whole exposition. `engine` may be null (still loading).
-  std::string Render(const serve::Engine* engine, const MemoryBudget& memory,
-                     bool loading) const;
+  std::string Render(const serve::Engine* engine, const MemoryBudget& memory, bool loading) const;
 
  private:
   mutable std::mutex mu_;

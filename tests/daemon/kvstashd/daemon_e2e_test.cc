@@ -27,15 +27,15 @@ std::string Stories() { return ::kvstash::testing::FixturePath("stories260K.gguf
 
 // ~300 tokens of stories260K text: long enough for many 16-token blocks.
 std::string LongPrompt(int variant = 0) {
-  std::string p = "Once upon a time, there was a little girl named Lily " + std::to_string(variant) +
-                  ". ";
+  std::string p =
+      "Once upon a time, there was a little girl named Lily " + std::to_string(variant) + ". ";
   for (int i = 0; i < 12; ++i) p += "She liked to play in the park with her friends every day. ";
   return p;
 }
 
 json Completion(const std::string& prompt, int max_tokens, bool stream = false) {
-  return json{{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
-              {"stream", stream}};
+  return json{
+      {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}, {"stream", stream}};
 }
 
 std::string TextOf(const testutil::HttpResult& r) {
@@ -125,8 +125,8 @@ TEST(DaemonE2eTest, SigkillUnderLoadNeverGivesAWrongToken) {
         }
       });
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(
-        20, 400)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 400)(rng)));
     d.Kill();
     stop = true;
     for (auto& t : clients) t.join();
@@ -148,8 +148,8 @@ TEST(DaemonE2eTest, SixteenConcurrentClientsEqualEachAlone) {
                       std::to_string(i) + " went to the");
   }
   std::vector<std::string> alone;
-  for (const auto& p : prompts) alone.push_back(TextOf(Post(d.port(), "/v1/completions",
-                                                            Completion(p, 20))));
+  for (const auto& p : prompts)
+    alone.push_back(TextOf(Post(d.port(), "/v1/completions", Completion(p, 20))));
   std::vector<std::future<testutil::HttpResult>> futures;
   for (const auto& p : prompts) {
     futures.push_back(std::async(std::launch::async, [&, p] {
@@ -184,7 +184,7 @@ TEST(DaemonE2eTest, ClientDisconnectMidStreamFreesItsSequence) {
   ASSERT_GE(fd, 0);
   const std::string body = Completion("hello there", 3500, true).dump();
   ASSERT_TRUE(testutil::SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
-                                         std::to_string(body.size()) + "\r\n\r\n" + body));
+                                        std::to_string(body.size()) + "\r\n\r\n" + body));
   char buf[4096];
   ASSERT_GT(::recv(fd, buf, sizeof(buf), 0), 0);  // the stream started
   EXPECT_EQ(MetricValue(d.port(), "kvstash_running_sequences"), 1);
@@ -253,7 +253,8 @@ TEST(DaemonE2eTest, HostileInputLeavesTheDaemonServing) {
     int fd = testutil::ConnectTo(port);
     ASSERT_GE(fd, 0) << "connection " << i;
     if (i % 3 == 1) testutil::SendAll(fd, "GET /heal");
-    if (i % 3 == 2) testutil::SendAll(fd, "POST /v1/completions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{");
+    if (i % 3 == 2)
+      testutil::SendAll(fd, "POST /v1/completions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{");
     ::close(fd);
   }
   // Still serving everyone.
@@ -329,9 +330,9 @@ TEST(DaemonE2eTest, ConfigErrorsNameTheKeyAndExit2) {
   {
     auto [rc, out] = run("--help");
     EXPECT_EQ(rc, 0);
-    for (const char* flag : {"--model", "--cache-dir", "--port", "--api-key", "--parallel",
-                             "--batch-tokens", "--max-queue", "--shutdown-timeout",
-                             "--max-body-bytes", "--log-format", "--config"}) {
+    for (const char* flag :
+         {"--model", "--cache-dir", "--port", "--api-key", "--parallel", "--batch-tokens",
+          "--max-queue", "--shutdown-timeout", "--max-body-bytes", "--log-format", "--config"}) {
       EXPECT_NE(out.find(flag), std::string::npos) << flag;
     }
   }
@@ -341,9 +342,9 @@ TEST(DaemonE2eTest, ConfigErrorsNameTheKeyAndExit2) {
                                   << "api-key = [\"from-file\"]\n";
   Daemon d(dir);
   ASSERT_TRUE(d.Start({"--config", dir + "/ok.toml"})) << d.Log();
-  EXPECT_EQ(Post(d.port(), "/v1/completions", Completion("Once", 2), {"x-api-key: from-file"})
-                .status,
-            200);
+  EXPECT_EQ(
+      Post(d.port(), "/v1/completions", Completion("Once", 2), {"x-api-key: from-file"}).status,
+      200);
   EXPECT_EQ(d.Stop(), 0);
 }
 

@@ -74,16 +74,15 @@ inline std::string DecodeChunked(const std::string& s) {
 
 // One request on a fresh connection; reads until the server closes it.
 inline HttpResult Http(int port, const std::string& method, const std::string& path,
-                       const std::string& body = "",
-                       const std::vector<std::string>& headers = {}) {
+                       const std::string& body = "", const std::vector<std::string>& headers = {}) {
   HttpResult r;
   int fd = ConnectTo(port);
   if (fd < 0) return r;
   std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
   for (const auto& h : headers) req += h + "\r\n";
   if (!body.empty() || method == "POST") {
-    req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-           "\r\n";
+    req +=
+        "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
   }
   req += "\r\n" + body;
   if (!SendAll(fd, req)) {
