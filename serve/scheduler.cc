@@ -423,12 +423,12 @@ bool Scheduler::BuildAndRunBatch() {
     for (;;) {
       const int64_t end = a->seq.n_past() + static_cast<int64_t>(plan[i].rows);
       if (runner_.Reserve(a->seq, end).ok()) break;
-      Active* victim = nullptr;
-      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-        if (it->get() != a) {
-          victim = it->get();
-          break;
-        }
+      // The most recently admitted sequence gives way, which may be this one.
+      Active* victim = running_.size() > 1 ? running_.back().get() : nullptr;
+      if (victim == a) {
+        plan[i].a = nullptr;
+        Preempt(*a);
+        break;
       }
       if (victim == nullptr) {
         // Alone and still short of pages: take what fits, or give up on the request.
