@@ -125,6 +125,15 @@ void App::Handle(std::shared_ptr<http::Connection> conn, http::Request req) {
   const bool post = method == bhttp::verb::post;
   if (get && (path == "/v1/models" || path == "/models")) {
     Send(conn, req, "/v1/models", 200, api::ModelsJson(*model, std::time(nullptr)), id, t0);
+  } else if (get && path.rfind("/v1/models/", 0) == 0 && path.size() > 11) {
+    // Any name is served by the loaded model (as on the generation routes).
+    nlohmann::json m = {{"id", path.substr(11)},
+                        {"object", "model"},
+                        {"created", static_cast<int64_t>(std::time(nullptr))},
+                        {"owned_by", "kvstash"},
+                        {"served_by", model->model_id}};
+    Send(conn, req, "/v1/models", 200,
+         m.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), id, t0);
   } else if (get && path == "/metrics") {
     Send(conn, req, "/metrics", 200, metrics_.Render(engine.get(), memory, false), id, t0,
          "text/plain; version=0.0.4; charset=utf-8");

@@ -132,6 +132,9 @@ std::string Metrics::Render(const serve::Engine* engine, const MemoryBudget& mem
          c.disk.bytes_in);
   Metric(&out, "kvstash_store_blocks_written_total", "counter",
          "Blocks made durable in the disk tier.", c.written_blocks);
+  Metric(&out, "kvstash_store_bytes_written_total", "counter",
+         "KV bytes made durable in the disk tier (blocks written x block size).",
+         static_cast<double>(c.written_blocks) * engine->kv_layout().block_bytes());
   Metric(&out, "kvstash_write_behind_queue_depth", "gauge", "Blocks waiting to be written.",
          c.write_queue_depth);
   Metric(&out, "kvstash_write_behind_dropped_total", "counter",
