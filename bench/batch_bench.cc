@@ -20,20 +20,13 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "bench/bench_util.h"
 #include "engine/model/mkmodel.h"
 #include "engine/model/model.h"
 #include "engine/runner.h"
 
 namespace kvstash::bench {
 namespace {
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(3, vocab - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = d(rng);
-  return t;
-}
 
 int Argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 
@@ -103,15 +96,8 @@ std::map<int, double> RunPeer(const std::string& bin, const std::string& path, i
                           std::to_string(decode) + " -npl " + list + " -t " +
                           std::to_string(threads) + " -tb " + std::to_string(threads) +
                           " -lm none --output-format jsonl 2>/dev/null";
-  std::fprintf(stderr, "  peer: %s\n", cmd.c_str());
   std::map<int, double> out;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (f == nullptr) return out;
-  std::string text;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-  pclose(f);
+  const std::string text = ReadCommand(cmd);
   std::istringstream lines(text);
   std::string line;
   while (std::getline(lines, line)) {
@@ -127,29 +113,6 @@ std::map<int, double> RunPeer(const std::string& bin, const std::string& path, i
   }
   if (out.empty()) std::fprintf(stderr, "  peer: no results parsed from:\n%s\n", text.c_str());
   return out;
-}
-
-std::string EnsureModel(const std::string& dir, const std::string& preset,
-                        const std::string& type) {
-  const std::string path = dir + "/" + preset + "-" + type + ".gguf";
-  if (std::filesystem::exists(path)) return path;
-  std::fprintf(stderr, "batch_bench: writing %s\n", path.c_str());
-  engine::MkModelOptions o;
-  auto cfg = engine::FindPreset(preset);
-  auto wt = engine::ParseWeightType(type);
-  if (!cfg.ok() || !wt.ok()) {
-    std::fprintf(stderr, "batch_bench: %s\n",
-                 (!cfg.ok() ? cfg.status() : wt.status()).ToString().c_str());
-    std::exit(2);
-  }
-  o.config = *cfg;
-  o.weight_type = *wt;
-  o.seed = 1;
-  if (auto r = engine::WriteSyntheticModel(path, o); !r.ok()) {
-    std::fprintf(stderr, "batch_bench: %s\n", r.status().ToString().c_str());
-    std::exit(1);
-  }
-  return path;
 }
 
 int Main(int argc, char** argv) {
@@ -185,7 +148,7 @@ int Main(int argc, char** argv) {
   nlohmann::json rows = nlohmann::json::array();
   std::string backend;
   for (const std::string& type : types) {
-    const std::string path = EnsureModel(models_dir, preset, type);
+    const std::string path = EnsureSyntheticModel(models_dir, preset, type, "batch_bench");
     auto model = engine::Model::Load(path, engine::WeightMemory::kAuto);
     if (!model.ok()) {
       std::fprintf(stderr, "batch_bench: %s\n", model.status().ToString().c_str());

@@ -28,10 +28,10 @@
 
 #include "base/clock.h"
 #include "cache/prefix_cache.h"
-#include "serve/generate.h"
 #include "engine/model/mkmodel.h"
 #include "engine/model/model.h"
 #include "engine/runner.h"
+#include "serve/generate.h"
 #include "storage/block_store.h"
 
 namespace kvstash {
@@ -171,20 +171,14 @@ Ttft TimeToFirstToken(engine::Runner& runner, cache::PrefixCache* cache,
                       const std::vector<int32_t>& prompt) {
   std::vector<serve::Request> reqs;
   reqs.push_back(serve::GreedyRequest(prompt, 1));
-  const serve::Usage u = Must(serve::RunToCompletion(runner, cache, nullptr, std::move(reqs)),
-                              "generate")[0]
-                             .usage;
+  const serve::Usage u =
+      Must(serve::RunToCompletion(runner, cache, nullptr, std::move(reqs)), "generate")[0].usage;
   Ttft t;
   t.ttft_ms = u.ttft_ms;
   t.load_ms = u.load_ms;
   t.prefill_ms = u.prefill_ms;
   t.cached = u.cached_tokens;
-  t.acquired.cached_tokens = u.cached_tokens;
-  t.acquired.device_tokens = u.device_tokens;
-  t.acquired.host_tokens = u.host_tokens;
-  t.acquired.disk_tokens = u.disk_tokens;
-  t.acquired.recomputed_blocks = u.recomputed_blocks;
-  t.acquired.load_ms = u.load_ms;
+  t.acquired = serve::AcquiredOf(u);
   return t;
 }
 

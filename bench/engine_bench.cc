@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "bench/bench_util.h"
 #include "engine/model/mkmodel.h"
 #include "engine/model/model.h"
 #include "engine/runner.h"
@@ -41,14 +42,6 @@ double PeakRssMb() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_maxrss / 1024.0;
-}
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(3, vocab - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = d(rng);
-  return t;
 }
 
 Result<double> MeasurePrefill(const engine::Model& m, int threads, int n, int reps) {
@@ -99,15 +92,8 @@ std::map<std::string, double> RunLlamaBench(const std::string& bin, const std::s
   const std::string cmd = bin + " -m " + path + " -p " + p + " -n " + std::to_string(decode) +
                           " -t " + std::to_string(threads) + " -r " + std::to_string(reps) +
                           " -o json 2>/dev/null";
-  std::fprintf(stderr, "  peer: %s\n", cmd.c_str());
   std::map<std::string, double> out;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (f == nullptr) return out;
-  std::string text;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-  pclose(f);
+  const std::string text = ReadCommand(cmd);
   try {
     for (const auto& t : nlohmann::json::parse(text)) {
       const int np = t.value("n_prompt", 0), ng = t.value("n_gen", 0);
@@ -152,25 +138,7 @@ int Main(int argc, char** argv) {
   std::vector<Row> rows;
   for (const std::string& preset : presets) {
     for (const std::string& type : types) {
-      const std::string path = models_dir + "/" + preset + "-" + type + ".gguf";
-      if (!std::filesystem::exists(path)) {
-        std::fprintf(stderr, "engine_bench: writing %s\n", path.c_str());
-        engine::MkModelOptions o;
-        auto cfg = engine::FindPreset(preset);
-        auto wt = engine::ParseWeightType(type);
-        if (!cfg.ok() || !wt.ok()) {
-          std::fprintf(stderr, "engine_bench: %s\n",
-                       (!cfg.ok() ? cfg.status() : wt.status()).ToString().c_str());
-          return 2;
-        }
-        o.config = *cfg;
-        o.weight_type = *wt;
-        o.seed = 1;
-        if (auto r = engine::WriteSyntheticModel(path, o); !r.ok()) {
-          std::fprintf(stderr, "engine_bench: %s\n", r.status().ToString().c_str());
-          return 1;
-        }
-      }
+      const std::string path = EnsureSyntheticModel(models_dir, preset, type, "engine_bench");
       auto model = engine::Model::Load(path, engine::WeightMemory::kAuto);
       if (!model.ok()) {
         std::fprintf(stderr, "engine_bench: %s\n", model.status().ToString().c_str());

@@ -51,6 +51,17 @@ Result<std::vector<Completion>> RunToCompletion(engine::Runner& runner, cache::P
   return out;
 }
 
+cache::AcquireResult AcquiredOf(const Usage& u) {
+  cache::AcquireResult a;
+  a.cached_tokens = u.cached_tokens;
+  a.device_tokens = u.device_tokens;
+  a.host_tokens = u.host_tokens;
+  a.disk_tokens = u.disk_tokens;
+  a.recomputed_blocks = u.recomputed_blocks;
+  a.load_ms = u.load_ms;
+  return a;
+}
+
 Request GreedyRequest(std::vector<int32_t> prompt, int n, std::string cache_salt) {
   Request r;
   r.prompt = std::move(prompt);

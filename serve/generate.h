@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "cache/prefix_cache.h"
 #include "serve/request.h"
 #include "serve/scheduler.h"
 
@@ -33,6 +34,9 @@ Result<std::vector<Completion>> RunToCompletion(engine::Runner& runner, cache::P
                                                 const engine::Tokenizer* tokenizer,
                                                 std::vector<Request> requests,
                                                 const SchedulerOptions& options = {});
+
+// Where a finished request's prompt came from, in the cache's own terms.
+cache::AcquireResult AcquiredOf(const Usage& usage);
 
 // Greedy decoding of `n` tokens after `prompt` (end-of-generation tokens ignored).
 Request GreedyRequest(std::vector<int32_t> prompt, int n, std::string cache_salt = "");

@@ -659,17 +659,7 @@ void Scheduler::Finish(Active& a, FinishReason reason, const std::string& tail_t
   e.text = tail_text;
   e.usage = u;
   a.handle->Push(std::move(e));
-  std::unique_ptr<Active> keep;  // `a` dies with it, after the push
-  for (auto* q : {&running_, &waiting_}) {
-    for (auto it = q->begin(); it != q->end(); ++it) {
-      if (it->get() == &a) {
-        keep = std::move(*it);
-        q->erase(it);
-        break;
-      }
-    }
-    if (keep) break;
-  }
+  Forget(a);
 }
 
 void Scheduler::Fail(Active& a, const Status& s) {
@@ -687,16 +677,18 @@ void Scheduler::Fail(Active& a, const Status& s) {
   e.status = s;
   e.usage = a.usage;
   a.handle->Push(std::move(e));
-  std::unique_ptr<Active> keep;
+  Forget(a);
+}
+
+// Drops a finished request from whichever queue holds it (`a` is destroyed).
+void Scheduler::Forget(Active& a) {
   for (auto* q : {&running_, &waiting_}) {
     for (auto it = q->begin(); it != q->end(); ++it) {
       if (it->get() == &a) {
-        keep = std::move(*it);
         q->erase(it);
-        break;
+        return;
       }
     }
-    if (keep) break;
   }
 }
 

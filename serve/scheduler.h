@@ -101,6 +101,7 @@ class Scheduler {
   void Finish(Active& a, FinishReason reason, const std::string& tail_text);
   void Fail(Active& a, const Status& s);
   void Release(Active& a);
+  void Forget(Active& a);
   void PublishFull(Active& a);
   void SampleNext(Active& a, const float* logits);
   bool BuildAndRunBatch();

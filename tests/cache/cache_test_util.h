@@ -95,12 +95,7 @@ inline GenResult Generate(engine::Runner& runner, PrefixCache* cache,
   if (!done.ok()) return out;
   const serve::Usage& u = (*done)[0].usage;
   out.tokens = (*done)[0].tokens;
-  out.acquired.cached_tokens = u.cached_tokens;
-  out.acquired.device_tokens = u.device_tokens;
-  out.acquired.host_tokens = u.host_tokens;
-  out.acquired.disk_tokens = u.disk_tokens;
-  out.acquired.recomputed_blocks = u.recomputed_blocks;
-  out.acquired.load_ms = u.load_ms;
+  out.acquired = serve::AcquiredOf(u);
   EXPECT_EQ(out.acquired.cached_tokens,
             out.acquired.device_tokens + out.acquired.host_tokens + out.acquired.disk_tokens);
   return out;

@@ -20,20 +20,13 @@ namespace {
 
 using testutil::Argmax;
 using testutil::MakeRunner;
+using testutil::RandomPrompt;
 
 struct Alone {
   std::vector<int32_t> generated;
   std::vector<std::vector<float>> logits;  // one row per generated token
   Sequence seq;
 };
-
-std::vector<int32_t> RandomPrompt(std::mt19937& rng, int n, int vocab) {
-  std::uniform_int_distribution<int> d(3, vocab - 1);
-  std::vector<int32_t> p(n);
-  for (auto& t : p) t = d(rng);
-  p[0] = 1;
-  return p;
-}
 
 // Greedy generation of n_gen tokens for one prompt, alone, in one Prefill call.
 Alone RunAlone(Runner& r, const std::vector<int32_t>& prompt, int n_gen) {

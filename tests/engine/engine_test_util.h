@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,15 @@ inline std::unique_ptr<Runner> MakeRunner(const Model& m, KvDtype dtype, int blo
   auto r = Runner::Create(m, o);
   EXPECT_TRUE(r.ok()) << r.status().ToString();
   return r.ok() ? std::move(*r) : nullptr;
+}
+
+// n random token ids in [3, vocab) with BOS (1) first.
+inline std::vector<int32_t> RandomPrompt(std::mt19937& rng, int n, int vocab) {
+  std::uniform_int_distribution<int> d(3, vocab - 1);
+  std::vector<int32_t> p(n);
+  for (auto& t : p) t = d(rng);
+  p[0] = 1;
+  return p;
 }
 
 inline int Argmax(const float* v, int n) {

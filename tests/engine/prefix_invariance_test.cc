@@ -13,14 +13,7 @@ namespace kvstash::engine {
 namespace {
 
 using testutil::MakeRunner;
-
-std::vector<int32_t> RandomPrompt(std::mt19937& rng, int n, int vocab) {
-  std::uniform_int_distribution<int> d(3, vocab - 1);
-  std::vector<int32_t> p(n);
-  for (auto& t : p) t = d(rng);
-  p[0] = 1;
-  return p;
-}
+using testutil::RandomPrompt;
 
 void CheckSplitInvariance(const Model& model, uint32_t seed) {
   std::mt19937 rng(seed);

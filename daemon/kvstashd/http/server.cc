@@ -127,16 +127,9 @@ void Connection::BeginStream(Response res) {
   head_ = head;
   writing_ = true;
   stream_.expires_never();
-  bhttp::async_write_header(stream_, head->sr,
-                            [self = shared_from_this(), head](beast::error_code ec, size_t) {
-                              self->writing_ = false;
-                              if (ec) {
-                                self->Gone();
-                                self->Close();
-                                return;
-                              }
-                              self->WriteNext();
-                            });
+  bhttp::async_write_header(
+      stream_, head->sr,
+      [self = shared_from_this(), head](beast::error_code ec, size_t) { self->OnStreamWrite(ec); });
 }
 
 void Connection::Write(std::string data) {
@@ -159,13 +152,7 @@ void Connection::WriteNext() {
     writing_ = true;
     net::async_write(stream_, bhttp::make_chunk(net::buffer(*data)),
                      [self = shared_from_this(), data](beast::error_code ec, size_t) {
-                       self->writing_ = false;
-                       if (ec) {
-                         self->Gone();
-                         self->Close();
-                         return;
-                       }
-                       self->WriteNext();
+                       self->OnStreamWrite(ec);
                      });
     return;
   }
@@ -178,6 +165,17 @@ void Connection::WriteNext() {
                        self->AfterWrite(ec, keep);
                      });
   }
+}
+
+// A piece of a stream was written: the next one, or on failure the client is gone.
+void Connection::OnStreamWrite(beast::error_code ec) {
+  writing_ = false;
+  if (ec) {
+    Gone();
+    Close();
+    return;
+  }
+  WriteNext();
 }
 
 void Connection::OnDisconnect(std::function<void()> fn) {

@@ -73,6 +73,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void OnRead(beast::error_code ec, size_t bytes);
   void AfterWrite(beast::error_code ec, bool keep_alive);
   void WriteNext();
+  void OnStreamWrite(beast::error_code ec);
   void WatchPeer();
   void Gone();
   void Close();
