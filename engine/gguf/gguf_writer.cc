@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 namespace kvstash::engine {
@@ -272,7 +273,9 @@ Status GgufWriter::WriteFile(const std::string& path) const {
   uint64_t data_bytes = 0;
   const std::vector<uint8_t> header = EncodeHeader(kvs_, tensors_, alignment_, &data_bytes);
 
-  const std::string tmp = path + ".tmp";
+  // A temporary name of this process's own: several processes creating the same file at once
+  // (the default model on first use) each write whole and rename; the last rename wins.
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Status::FromErrno("open " + tmp, errno);
   const auto write_all = [fd, &tmp](const uint8_t* p, size_t n) -> Status {
