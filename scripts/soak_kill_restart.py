@@ -28,7 +28,8 @@ one unless --keep-going):
 
 Requests cut by the kill itself (connection reset, incomplete body) are expected and counted
 only. Every daemon's stdout+stderr goes to WORK/logs/cycle-NNNNNN.log; logs of clean cycles are
-removed except the last few, failing cycles keep theirs. Before each start the cache directory
+removed except the last few; failing cycles keep theirs, and so does the first log showing each
+kind of daemon warning/error line (the summary counts them by kind and names that log). Before each start the cache directory
 is copied to WORK/prestart-cache (the state the daemon recovers from); on a failure that copy is
 kept as WORK/failure-cycle-NNNNNN-prestart-cache, so the failing start can be replayed.
 
@@ -260,7 +261,11 @@ def compute_references(args, work):
             raise SetupError(f"the reference (--no-cache) daemon {why}\n{tail(log_path)}")
         refs, tokens = {}, {}
         for name, prompt in PROMPTS:
-            status, raw = http_request(d.port, "POST", "/v1/completions", completion_body(prompt))
+            try:
+                status, raw = http_request(d.port, "POST", "/v1/completions",
+                                           completion_body(prompt))
+            except (OSError, http.client.HTTPException) as e:
+                raise SetupError(f"reference {name}: {type(e).__name__}: {e}\n{tail(log_path)}")
             parsed = parse_completion(raw) if status == 200 else None
             if parsed is None:
                 raise SetupError(f"reference {name}: HTTP {status}: {raw[:500]!r}")
@@ -269,7 +274,12 @@ def compute_references(args, work):
         again = {}
 
         def one(name, prompt):
-            status, raw = http_request(d.port, "POST", "/v1/completions", completion_body(prompt))
+            try:
+                status, raw = http_request(d.port, "POST", "/v1/completions",
+                                           completion_body(prompt))
+            except (OSError, http.client.HTTPException) as e:
+                again[name] = f"{type(e).__name__}: {e}"
+                return
             parsed = parse_completion(raw) if status == 200 else None
             again[name] = parsed[0] if parsed else f"HTTP {status}: {raw[:200]!r}"
 
@@ -436,19 +446,24 @@ def scrape_metrics(port, stats):
 
 
 def scan_log(path, stats):
-    """Counts the daemon's warning/error lines by pattern (numbers replaced by N)."""
+    """Counts the daemon's warning/error lines by pattern (numbers replaced by N). True when the
+    log has a pattern not seen before (the log is then kept: the summary names it)."""
     try:
         with open(path, "r", errors="replace") as f:
             lines = f.readlines()
     except OSError:
-        return
+        return False
+    new = False
     for line in lines:
         m = LOG_LEVEL_RE.match(line.rstrip("\n"))
         if not m:
             continue
         pattern = f"[{m.group(1)}] " + re.sub(r"\d+", "N", m.group(2))
-        entry = stats.log_lines.setdefault(pattern, [0, line.rstrip("\n"), path])
-        entry[0] += 1
+        if pattern not in stats.log_lines:
+            stats.log_lines[pattern] = [0, line.rstrip("\n"), path]
+            new = True
+        stats.log_lines[pattern][0] += 1
+    return new
 
 
 def list_segments(cache_dir):
@@ -531,7 +546,7 @@ def run_cycles(args, work, cache_dir, refs, stats):
         finally:
             d.kill_and_reap()
         stats.cycles = index
-        scan_log(log_path, stats)
+        first_of_a_kind = scan_log(log_path, stats)
         now_segments = list_segments(cache_dir)
         stats.segments_gone |= (stats.segments_seen - now_segments)
         stats.segments_seen |= now_segments
@@ -542,7 +557,7 @@ def run_cycles(args, work, cache_dir, refs, stats):
                 os.rename(prestart, kept)
                 log_progress(f"cycle {index}: the cache directory it started from is kept at "
                              f"{kept}; its log is {log_path}")
-        else:
+        elif not first_of_a_kind:
             recent_clean_logs.append(log_path)
             while len(recent_clean_logs) > args.keep_logs:
                 try:
