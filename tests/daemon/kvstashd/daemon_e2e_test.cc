@@ -185,9 +185,21 @@ TEST(DaemonE2eTest, ClientDisconnectMidStreamFreesItsSequence) {
   const std::string body = Completion("hello there", 3500, true).dump();
   ASSERT_TRUE(testutil::SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
                                         std::to_string(body.size()) + "\r\n\r\n" + body));
+  // Read until the first token arrived (the headers alone go out before the request is admitted).
+  std::string got;
   char buf[4096];
-  ASSERT_GT(::recv(fd, buf, sizeof(buf), 0), 0);  // the stream started
-  EXPECT_EQ(MetricValue(d.port(), "kvstash_running_sequences"), 1);
+  while (got.find("data: ") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0) << got;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  // The scheduler's counters follow at the end of its step.
+  double before = 0;
+  for (int i = 0; i < 100 && before != 1; ++i) {
+    before = MetricValue(d.port(), "kvstash_running_sequences");
+    if (before != 1) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(before, 1);
   ::close(fd);
   // Within a few steps the sequence is cancelled and freed.
   double running = 1;
