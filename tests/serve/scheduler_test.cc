@@ -95,8 +95,13 @@ std::vector<std::vector<int32_t>> RunAlone(const std::string& model,
 
 // Pages only the device tier holds once nothing runs: nothing may be referenced by a sequence.
 void ExpectIdlePool(Engine& eng) {
-  // The scheduler updates its counters at the end of each step; give it one.
-  for (int i = 0; i < 100 && eng.scheduler_stats().running > 0; ++i) {
+  // The scheduler updates its counters at the end of each step (after the final events went
+  // out); give it time to finish that step.
+  for (int i = 0; i < 200; ++i) {
+    const SchedulerStats s = eng.scheduler_stats();
+    if (s.running == 0 && s.queue_depth == 0 && s.pages_used == eng.cache_stats().device.blocks) {
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   SchedulerStats s = eng.scheduler_stats();
