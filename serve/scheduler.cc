@@ -46,6 +46,16 @@ struct Scheduler::Active {
   int published_blocks = 0;
 };
 
+// Where a request's prompt came from, as the cache reported it at admission.
+void SetCacheUsage(Usage& u, const cache::AcquireResult& got) {
+  u.cached_tokens = got.cached_tokens;
+  u.device_tokens = got.device_tokens;
+  u.host_tokens = got.host_tokens;
+  u.disk_tokens = got.disk_tokens;
+  u.recomputed_blocks = got.recomputed_blocks;
+  u.load_ms = got.load_ms;
+}
+
 const char* FinishReasonName(FinishReason r) {
   switch (r) {
     case FinishReason::kEndOfGeneration:
@@ -251,12 +261,7 @@ bool Scheduler::Admit(Active& a) {
         return true;
       }
       a.context = r->tokens;
-      a.usage.cached_tokens = r->acquired.cached_tokens;
-      a.usage.device_tokens = r->acquired.device_tokens;
-      a.usage.host_tokens = r->acquired.host_tokens;
-      a.usage.disk_tokens = r->acquired.disk_tokens;
-      a.usage.recomputed_blocks = r->acquired.recomputed_blocks;
-      a.usage.load_ms = r->acquired.load_ms;
+      SetCacheUsage(a.usage, r->acquired);
     }
     a.context.insert(a.context.end(), a.req.prompt.begin(), a.req.prompt.end());
     const int n_ctx = runner_.options().n_ctx;
@@ -293,12 +298,7 @@ bool Scheduler::Admit(Active& a) {
       return true;
     }
     if (!a.started) {
-      a.usage.cached_tokens = got->cached_tokens;
-      a.usage.device_tokens = got->device_tokens;
-      a.usage.host_tokens = got->host_tokens;
-      a.usage.disk_tokens = got->disk_tokens;
-      a.usage.recomputed_blocks = got->recomputed_blocks;
-      a.usage.load_ms = got->load_ms;
+      SetCacheUsage(a.usage, *got);
     }
   }
   a.published_blocks = a.seq.n_past() / bt;
@@ -343,12 +343,7 @@ void Scheduler::RestoreSessionPrefix(Active& a) {
     Release(a);
     return;
   }
-  a.usage.cached_tokens = r->acquired.cached_tokens;
-  a.usage.device_tokens = r->acquired.device_tokens;
-  a.usage.host_tokens = r->acquired.host_tokens;
-  a.usage.disk_tokens = r->acquired.disk_tokens;
-  a.usage.recomputed_blocks = r->acquired.recomputed_blocks;
-  a.usage.load_ms = r->acquired.load_ms;
+  SetCacheUsage(a.usage, r->acquired);
 }
 
 // Gives up the sequence's pages (its full blocks are published and stay cached) and puts it

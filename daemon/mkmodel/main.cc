@@ -14,8 +14,8 @@
 #include <optional>
 #include <string>
 
-#include "engine/tokenizer/hf_tokenizer.h"
 #include "engine/model/mkmodel.h"
+#include "engine/tokenizer/hf_tokenizer.h"
 #include "engine/tokenizer/vocab_gguf.h"
 
 namespace {

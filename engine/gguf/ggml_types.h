@@ -29,10 +29,10 @@ enum class GgmlType : uint32_t {
 };
 
 struct GgmlTypeTraits {
-  std::string_view name;   // "q4_K"
-  uint32_t block_elems;    // elements per block (1 for float types)
-  uint32_t block_bytes;    // bytes per block
-  bool supported;          // kvstash can compute with weights of this type
+  std::string_view name;  // "q4_K"
+  uint32_t block_elems;   // elements per block (1 for float types)
+  uint32_t block_bytes;   // bytes per block
+  bool supported;         // kvstash can compute with weights of this type
 };
 
 // Traits of a type id read from a file; nullopt for ids ggml does not define (or defines but

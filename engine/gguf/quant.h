@@ -11,9 +11,9 @@
 namespace kvstash::engine {
 
 float Fp16ToFp32(uint16_t h);
-uint16_t Fp32ToFp16(float f);    // round to nearest even, inf/nan preserved
+uint16_t Fp32ToFp16(float f);  // round to nearest even, inf/nan preserved
 float Bf16ToFp32(uint16_t h);
-uint16_t Fp32ToBf16(float f);    // round to nearest even, nan preserved
+uint16_t Fp32ToBf16(float f);  // round to nearest even, nan preserved
 
 // Dequantizes `n` elements (a multiple of the type's block size) of type `t` at `src` into `dst`.
 // InvalidArgument for unsupported types or a bad `n`.

@@ -285,32 +285,32 @@ TEST(DaemonE2eTest, SessionsSurviveRestartsAndSaltsIsolate) {
   const std::vector<std::string> args = {"-m", Stories(), "--cache-dir", dir + "/cache"};
   ASSERT_TRUE(d.Start(args)) << d.Log();
   const std::string first = LongPrompt(7);
-  auto t1 = Post(d.port(), "/v1/completions",
-                 json{{"prompt", first}, {"max_tokens", 9}, {"temperature", 0},
-                      {"session", "story-1"}});
+  auto t1 =
+      Post(d.port(), "/v1/completions",
+           json{{"prompt", first}, {"max_tokens", 9}, {"temperature", 0}, {"session", "story-1"}});
   ASSERT_EQ(t1.status, 200) << t1.body;
   EXPECT_EQ(d.Stop(), 0);
   ASSERT_TRUE(d.Start(args)) << d.Log();
   // Turn 2 resends the conversation (turn 1 + its answer) and adds to it.
   const std::string second = first + TextOf(t1) + " Then she went home.";
-  auto t2 = Post(d.port(), "/v1/completions",
-                 json{{"prompt", second}, {"max_tokens", 8}, {"temperature", 0},
-                      {"session", "story-1"}});
+  auto t2 =
+      Post(d.port(), "/v1/completions",
+           json{{"prompt", second}, {"max_tokens", 8}, {"temperature", 0}, {"session", "story-1"}});
   ASSERT_EQ(t2.status, 200) << t2.body;
   const json u2 = t2.Json()["usage"];
   const int prompt1 = t1.Json()["usage"]["prompt_tokens"].get<int>();
   // The whole first turn (its partial tail block too, from the session) came from disk.
   EXPECT_GE(u2["kvstash"]["disk_tokens"].get<int>(), prompt1) << u2.dump();
   // The same text under another salt shares nothing.
-  auto salted = Post(d.port(), "/v1/completions",
-                     json{{"prompt", first}, {"max_tokens", 9}, {"temperature", 0},
-                          {"cache_salt", "tenant-b"}});
+  auto salted = Post(
+      d.port(), "/v1/completions",
+      json{{"prompt", first}, {"max_tokens", 9}, {"temperature", 0}, {"cache_salt", "tenant-b"}});
   ASSERT_EQ(salted.status, 200);
   EXPECT_EQ(salted.Json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
   EXPECT_EQ(TextOf(salted), TextOf(t1));
-  auto again = Post(d.port(), "/v1/completions",
-                    json{{"prompt", first}, {"max_tokens", 9}, {"temperature", 0},
-                         {"cache_salt", "tenant-b"}});
+  auto again = Post(
+      d.port(), "/v1/completions",
+      json{{"prompt", first}, {"max_tokens", 9}, {"temperature", 0}, {"cache_salt", "tenant-b"}});
   EXPECT_GT(again.Json()["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 0);
   EXPECT_EQ(d.Stop(), 0);
 }
