@@ -49,6 +49,13 @@ struct Request {
   int logprobs = -1;  // -1: off; 0: the chosen token only; K: K alternatives
   // Cancel when not finished by then (steady clock); nullopt: no deadline.
   std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Forced decoding: the first generated tokens are these instead of sampled ones. The model
+  // still computes them (they are cached, sessions hold them, logprobs are the model's). The API
+  // uses it to open a reply with a tool call's markup (tool_choice "required" or a named
+  // function); with `end_after_forced` the reply is exactly these tokens (a scripted reply:
+  // tests, transcript replays), ending as an end-of-generation token would.
+  std::vector<int32_t> forced_tokens;
+  bool end_after_forced = false;
   // Emit kPrefillProgress events as the prompt is computed.
   bool progress = false;
   // Free-form id for logs (the daemon's request id).

@@ -44,6 +44,7 @@ struct Scheduler::Active {
   bool prefill_done = false;
   Usage usage;
   int published_blocks = 0;
+  size_t forced_pos = 0;  // next entry of req.forced_tokens
 };
 
 // Where a request's prompt came from, as the cache reported it at admission.
@@ -127,6 +128,12 @@ Result<std::shared_ptr<RequestHandle>> Scheduler::Submit(Request request) {
   for (int32_t t : request.prompt) {
     if (t < 0 || t >= hp.n_vocab) {
       return Status::InvalidArgument("prompt token id " + std::to_string(t) + " out of range [0, " +
+                                     std::to_string(hp.n_vocab) + ")");
+    }
+  }
+  for (int32_t t : request.forced_tokens) {
+    if (t < 0 || t >= hp.n_vocab) {
+      return Status::InvalidArgument("forced token id " + std::to_string(t) + " out of range [0, " +
                                      std::to_string(hp.n_vocab) + ")");
     }
   }
@@ -528,7 +535,13 @@ void Scheduler::SampleNext(Active& a, const float* logits_ptr) {
     Finish(a, FinishReason::kMaxTokens, "");
     return;
   }
-  auto tok = a.sampler.Sample(logits);
+  if (a.forced_pos >= a.req.forced_tokens.size() && a.req.end_after_forced) {
+    Finish(a, FinishReason::kEndOfGeneration, a.stop.End().text);
+    return;
+  }
+  Result<int32_t> tok = a.forced_pos < a.req.forced_tokens.size()
+                            ? Result<int32_t>(a.req.forced_tokens[a.forced_pos++])
+                            : a.sampler.Sample(logits);
   if (!tok.ok()) {
     Fail(a, tok.status());
     return;

@@ -323,6 +323,11 @@ StopChecker::Step StopChecker::Release(StopReason reason, size_t up_to) {
   return step;
 }
 
+StopChecker::Step StopChecker::End() {
+  if (stopped_) return {};
+  return Release(StopReason::kEndOfGeneration, text_.size());
+}
+
 StopChecker::Step StopChecker::Push(int32_t token, std::string_view piece) {
   if (stopped_) return {};
   ++n_tokens_;

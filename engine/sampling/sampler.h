@@ -154,6 +154,9 @@ class StopChecker final {
     std::string text;  // newly releasable bytes (on a stop: everything that is to be emitted)
   };
   Step Push(int32_t token, std::string_view piece);
+  // Ends the generation for a reason outside the checker (a scripted reply ran out): releases
+  // everything held back, as an end-of-generation token would.
+  Step End();
 
   int32_t n_tokens() const { return n_tokens_; }
   bool stopped() const { return stopped_; }

@@ -321,6 +321,47 @@ TEST(SchedulerTest, BadRequestsAreRefusedAtSubmit) {
   Request session = Greedy({1, 2, 3}, 1);
   session.save_session = "x";
   EXPECT_EQ(eng->Submit(session).status().code(), StatusCode::kInvalidArgument);
+  Request forced = Greedy({1, 2, 3}, 4);
+  forced.forced_tokens = {5, -1};
+  EXPECT_EQ(eng->Submit(forced).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Forced tokens replace sampling and go through the model: the tokens after a forced prefix are
+// exactly what greedy decoding gives when the prefix is part of the prompt, and a scripted reply
+// (end_after_forced) is exactly the forced tokens, ending as an end-of-generation token would.
+TEST(SchedulerTest, ForcedTokensPrimeTheReplyAndScriptedRepliesEndAfterThem) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  auto eng = OpenEngine(model, false, 64);
+  ASSERT_TRUE(eng);
+  const std::vector<int32_t> prompt = MakePrompt(37, 1024, 3);
+  const std::vector<int32_t> prefix = {11, 12, 13};
+  std::vector<int32_t> joined = prompt;
+  joined.insert(joined.end(), prefix.begin(), prefix.end());
+  auto ref = eng->Submit(Greedy(joined, 5));
+  ASSERT_TRUE(ref.ok());
+  Result_ want = CollectAll(**ref);
+  ASSERT_TRUE(want.error.ok());
+
+  Request primed = Greedy(prompt, 8);
+  primed.forced_tokens = prefix;
+  auto h = eng->Submit(primed);
+  ASSERT_TRUE(h.ok());
+  Result_ got = CollectAll(**h);
+  ASSERT_TRUE(got.error.ok()) << got.error.ToString();
+  ASSERT_EQ(got.tokens.size(), 8u);
+  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + 3), prefix);
+  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin() + 3, got.tokens.end()), want.tokens);
+
+  Request scripted = Greedy(prompt, 100);
+  scripted.forced_tokens = {21, 22, 23, 24};
+  scripted.end_after_forced = true;
+  auto s = eng->Submit(scripted);
+  ASSERT_TRUE(s.ok());
+  Result_ sc = CollectAll(**s);
+  ASSERT_TRUE(sc.error.ok());
+  EXPECT_EQ(sc.tokens, scripted.forced_tokens);
+  EXPECT_EQ(sc.usage.finish, FinishReason::kEndOfGeneration);
+  EXPECT_EQ(sc.usage.generated_tokens, 4);
 }
 
 }  // namespace
