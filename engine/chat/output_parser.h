@@ -44,9 +44,11 @@ enum class ToolCallFormat : uint8_t {
 std::string_view ToolCallFormatName(ToolCallFormat format);
 
 // Picks the format from a Jinja chat template (the GGUF's tokenizer.chat_template) by its markup:
-// `<function=` + `<parameter=` → kQwenXml; `<tool_call>` with JSON "arguments" → kHermesJson;
-// `[TOOL_CALLS]` → kMistral; a Llama 3 header template mentioning `<|python_tag|>` or `ipython`
-// and "parameters" → kLlama3Json; kNone otherwise (including templates with other tool markup).
+// `<tool_call>` + `<function=` + `<parameter=` → kQwenXml; `<tool_call>` with JSON "arguments"
+// → kHermesJson; `[TOOL_CALLS]` → kMistral; a Llama 3 header template mentioning `<|python_tag|>`
+// or `ipython` and "parameters" → kLlama3Json; kNone otherwise, including templates whose tool
+// markup merely resembles these (GLM <arg_key>, MiniMax <invoke>, Apriel <tool_calls>, Seed-OSS
+// <seed:tool_call>, Functionary <function=…>{json}). docs/tool-calls.md lists what was checked.
 ToolCallFormat DetectToolCallFormat(std::string_view template_source);
 
 // True when a rendered prompt leaves the model inside a reasoning block: it ends with `<think>`

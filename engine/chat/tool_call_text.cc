@@ -31,14 +31,19 @@ std::string_view ToolCallFormatName(ToolCallFormat format) {
 }
 
 ToolCallFormat DetectToolCallFormat(std::string_view t) {
-  // Most specific first: Qwen3.5/Qwen3-Coder templates also contain <tool_call>.
-  if (Has(t, "<function=") && Has(t, "<parameter=")) return ToolCallFormat::kQwenXml;
-  // GLM-4.x also uses <tool_call>, with <arg_key>/<arg_value> bodies this parser does not read.
-  if (Has(t, "<tool_call>") && Has(t, "arguments") && !Has(t, "<arg_key>"))
+  // Most specific first: Qwen3.5/Qwen3-Coder templates also contain <tool_call>. Seed-OSS
+  // writes the same body inside <seed:tool_call>, which this parser does not read.
+  if (Has(t, "<tool_call>") && Has(t, "<function=") && Has(t, "<parameter="))
+    return ToolCallFormat::kQwenXml;
+  // Excluded lookalikes that mention <tool_call>: GLM-4.x (<arg_key> bodies), MiniMax
+  // (<invoke name=…>), Apriel (<tool_calls>[…] lists).
+  if (Has(t, "<tool_call>") && Has(t, "arguments") && !Has(t, "<arg_key>") && !Has(t, "<invoke") &&
+      !Has(t, "<tool_calls>"))
     return ToolCallFormat::kHermesJson;
   if (Has(t, "[TOOL_CALLS]")) return ToolCallFormat::kMistral;
+  // Functionary v3.1 is Llama 3 based but writes <function=NAME>{…}</function>.
   if (Has(t, "<|start_header_id|>") && (Has(t, "<|python_tag|>") || Has(t, "ipython")) &&
-      Has(t, "parameters"))
+      Has(t, "parameters") && !Has(t, "<function="))
     return ToolCallFormat::kLlama3Json;
   return ToolCallFormat::kNone;
 }

@@ -526,6 +526,17 @@ TEST(OutputParserTest, DetectToolCallFormatFromTemplateMarkup) {
   // GLM-4.x: <tool_call> with <arg_key> bodies is not a supported format.
   EXPECT_EQ(DetectToolCallFormat("<tool_call>{{ name }}<arg_key>k</arg_key> arguments"),
             ToolCallFormat::kNone);
+  // Lookalikes with other bodies: MiniMax <invoke>, Apriel <tool_calls>[…], Seed-OSS
+  // <seed:tool_call>, Functionary v3.1 (Llama 3 based) <function=NAME>{json}.
+  EXPECT_EQ(DetectToolCallFormat("<tool_call><invoke name=\"f\"> arguments"),
+            ToolCallFormat::kNone);
+  EXPECT_EQ(DetectToolCallFormat("in <tool_call></tool_call> tags; <tool_calls>[{\"arguments\""),
+            ToolCallFormat::kNone);
+  EXPECT_EQ(DetectToolCallFormat("<seed:tool_call>\n<function=f>\n<parameter=p>"),
+            ToolCallFormat::kNone);
+  EXPECT_EQ(DetectToolCallFormat(
+                "<|start_header_id|>ipython <|python_tag|> parameters <function=f>{}</function>"),
+            ToolCallFormat::kNone);
   EXPECT_EQ(DetectToolCallFormat(""), ToolCallFormat::kNone);
 }
 
