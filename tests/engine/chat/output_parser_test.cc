@@ -572,6 +572,79 @@ TEST(OutputParserTest, FormattedCallsParseBackToTheSameCalls) {
   EXPECT_EQ(FormatToolCalls(ToolCallFormat::kNone, calls), "");
 }
 
+// What the official templates render for an assistant turn with two calls
+// (get_weather {"city": "Zürich \"HQ\"", "days": 3} id abc123def, then {"city": "東京", "days": 1}
+// id xyz987uvw), rendered by jinja2 from llama.cpp's models/templates/ copies; the end-of-turn
+// token (<|im_end|>, <|eot_id|>, </s>) is a stop token and not part of the generated text.
+struct Rendered {
+  const char* template_name;
+  ToolCallFormat format;
+  bool starts_in_reasoning;
+  bool has_ids;
+  bool format_tool_calls_matches;  // FormatToolCalls() writes exactly the calls part
+  std::string_view prefix;         // what precedes the calls
+  std::string_view calls;
+};
+const Rendered kRendered[] = {
+    {"Qwen3-0.6B", ToolCallFormat::kHermesJson, false, false, true, "<think>\n\n</think>\n\n",
+     "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich \\\"HQ\\\"\", "
+     "\"days\": 3}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+     "{\"city\": \"東京\", \"days\": 1}}\n</tool_call>"},
+    {"Qwen3.5-4B", ToolCallFormat::kQwenXml, true, false, true, "\n</think>\n\n",
+     "<tool_call>\n<function=get_weather>\n<parameter=city>\nZürich \"HQ\"\n</parameter>\n"
+     "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
+     "<function=get_weather>\n<parameter=city>\n東京\n</parameter>\n<parameter=days>\n1\n"
+     "</parameter>\n</function>\n</tool_call>"},
+    {"Qwen3-Coder", ToolCallFormat::kQwenXml, false, false, true, "",
+     "<tool_call>\n<function=get_weather>\n<parameter=city>\nZürich \"HQ\"\n</parameter>\n"
+     "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
+     "<function=get_weather>\n<parameter=city>\n東京\n</parameter>\n<parameter=days>\n1\n"
+     "</parameter>\n</function>\n</tool_call>"},
+    {"Mistral-Nemo-Instruct-2407", ToolCallFormat::kMistral, false, true, false, "",
+     "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich \\\"HQ\\\"\", "
+     "\"days\": 3}, \"id\": \"abc123def\"}, {\"name\": \"get_weather\", \"arguments\": {\"city\": "
+     "\"東京\", \"days\": 1}, \"id\": \"xyz987uvw\"}]"},
+    {"Mistral-Small-3.2-24B-Instruct-2506", ToolCallFormat::kMistral, false, true, true, "",
+     "[TOOL_CALLS]get_weather[CALL_ID]abc123def[ARGS]{\"city\": \"Zürich \\\"HQ\\\"\", \"days\": "
+     "3}[TOOL_CALLS]get_weather[CALL_ID]xyz987uvw[ARGS]{\"city\": \"東京\", \"days\": 1}"},
+    {"Devstral-Small-2507", ToolCallFormat::kMistral, false, false, true, "",
+     "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Zürich \\\"HQ\\\"\", \"days\": 3}[TOOL_CALLS]"
+     "get_weather[ARGS]{\"city\": \"東京\", \"days\": 1}"},
+};
+
+TEST(OutputParserTest, CallsRenderedByTheOfficialTemplatesParse) {
+  json tools = json::parse(R"([{"type": "function", "function": {"name": "get_weather",
+      "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                      "days": {"type": "integer"}}}}}])");
+  std::vector<Call> want = {
+      {"get_weather", "abc123def", R"({"city": "Zürich \"HQ\"", "days": 3})", ""},
+      {"get_weather", "xyz987uvw", R"({"city": "東京", "days": 1})", ""}};
+  for (const Rendered& r : kRendered) {
+    SCOPED_TRACE(r.template_name);
+    std::string output = std::string(r.prefix) + std::string(r.calls);
+    ParsedOutput p = ParseEverySplit(output, Opts(r.format, r.starts_in_reasoning, &tools));
+    EXPECT_EQ(p.text, "");
+    EXPECT_EQ(p.reasoning, "");
+    ASSERT_EQ(p.calls.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(p.calls[i].name, want[i].name);
+      EXPECT_EQ(p.calls[i].id, r.has_ids ? want[i].id : "");
+      EXPECT_EQ(p.calls[i].arguments_json, want[i].arguments_json);
+      EXPECT_EQ(p.calls[i].error, "");
+    }
+    if (r.format_tool_calls_matches) {
+      EXPECT_EQ(FormatToolCalls(r.format, p.calls), r.calls);
+    }
+  }
+  // Llama 3.1 renders one call per message.
+  std::string llama =
+      R"({"name": "get_weather", "parameters": {"city": "Zürich \"HQ\"", "days": 3}})";
+  ParsedOutput p = ParseEverySplit(llama, Opts(ToolCallFormat::kLlama3Json));
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(p.calls[0].arguments_json, want[0].arguments_json);
+  EXPECT_EQ(FormatToolCalls(ToolCallFormat::kLlama3Json, p.calls), llama);
+}
+
 TEST(OutputParserTest, ScanBalancedFindsTheEndOfNestedJson) {
   using tool_syntax::Scan;
   size_t end = 0;
