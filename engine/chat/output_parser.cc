@@ -25,9 +25,11 @@ using tool_syntax::CallMatch;
 using tool_syntax::IsJsonWs;
 using tool_syntax::Scan;
 
-// Once a buffered call is longer than this, it is re-matched only when a byte that can end a
-// call arrives ('>', '}' or ']'), so a long call streamed in small chunks is not re-scanned at
-// every chunk. Safe because the matchers are monotone and every call ends with one of them.
+// Once a buffered call is longer than this, it is re-matched only when a byte sequence that can
+// end a call arrives ("</tool_call>" for the tagged formats, '}' or ']' for the bare JSON ones),
+// so a long call streamed in small chunks is not re-scanned at every chunk. Safe because the
+// matchers are monotone and every call ends with one of them. Measured: a 100 KB XML call fed in
+// 4-byte chunks took 220 ms when re-matched on every '>' '}' ']', dominated by re-scanning.
 constexpr size_t kRematchAlwaysBytes = 256;
 
 // Length of the longest proper prefix of `marker` that is a suffix of `s`.
@@ -274,9 +276,13 @@ struct OutputParser::State {
 
   bool WorthMatching() {
     if (buf.size() <= kRematchAlwaysBytes) return true;
-    bool ending_byte = buf.find_first_of(">}]", rematch_scanned) != std::string::npos;
+    // Overlap the previous scan by a marker's length so a closing tag split across chunks counts.
+    size_t from = rematch_scanned > 16 ? rematch_scanned - 16 : 0;
+    bool tagged = format == ToolCallFormat::kHermesJson || format == ToolCallFormat::kQwenXml;
+    bool ending = tagged ? buf.find("</tool_call>", from) != std::string::npos
+                         : buf.find_first_of("}]", from) != std::string::npos;
     rematch_scanned = buf.size();
-    return ending_byte;
+    return ending;
   }
 
   bool StepCall(bool final, std::vector<OutputEvent>* out) {

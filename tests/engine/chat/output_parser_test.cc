@@ -498,6 +498,38 @@ TEST(OutputParserTest, MistralMalformedDegradesToText) {
   }
 }
 
+// Calls longer than the parser's always-re-match window (256 bytes) are re-matched only when a
+// closing sequence arrives; a closing tag split across chunks must still complete them.
+TEST(OutputParserTest, LongCallsCompleteWhateverTheSplit) {
+  std::string code;
+  for (int i = 0; code.size() < 1500; ++i) {
+    code += "if (a[" + std::to_string(i) + "] < b) { c = {1, 2}; } // </tool_call\n";
+  }
+  std::string xml = "<tool_call>\n<function=write_file>\n<parameter=content>\n" + code +
+                    "\n</parameter>\n</function>\n</tool_call>after";
+  ParsedOutput p = ParseEverySplit(xml, Opts(ToolCallFormat::kQwenXml));
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(json::parse(p.calls[0].arguments_json)["content"], code);
+  EXPECT_EQ(p.text, "after");
+
+  std::string quoted = json(code).dump();
+  std::string hermes =
+      "<tool_call>\n{\"name\": \"w\", \"arguments\": {\"c\": " + quoted + "}}\n</tool_call>after";
+  p = ParseEverySplit(hermes, Opts(ToolCallFormat::kHermesJson));
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(p.calls[0].arguments_json, "{\"c\": " + quoted + "}");
+  EXPECT_EQ(p.text, "after");
+
+  std::string mistral = "[TOOL_CALLS]w[ARGS]{\"c\": " + quoted + "}after";
+  p = ParseEverySplit(mistral, Opts(ToolCallFormat::kMistral));
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(p.text, "after");
+
+  // Unterminated long call: all text.
+  std::string open = xml.substr(0, xml.size() - 20);
+  EXPECT_EQ(ParseEverySplit(open, Opts(ToolCallFormat::kQwenXml)), Text(open));
+}
+
 // ---- Detection, prompts, serialisation ----------------------------------------------------------
 
 TEST(OutputParserTest, DetectToolCallFormatFromTemplateMarkup) {
