@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# run_fuzz.sh FUZZER CORPUS_DIR SECONDS [SEED_DIR] — seeds the corpus and fuzzes for a bounded
-# time. Fails on any crash or sanitizer report. Seeds: the files of SEED_DIR when given (e.g.
-# tests/fuzz/corpus/api); otherwise GGUF ones (first KiB of real GGUF files from the fixtures,
-# when present, and a minimal valid file).
+# run_fuzz.sh FUZZER CORPUS_DIR SECONDS [SEED_DIR [DICT]] — seeds the corpus and fuzzes for a
+# bounded time. Fails on any crash or sanitizer report. Seeds: the files of SEED_DIR when given
+# (e.g. tests/fuzz/corpus/api); otherwise GGUF ones (first KiB of real GGUF files from the
+# fixtures, when present, and a minimal valid file). DICT: a libFuzzer dictionary (-dict=).
 set -euo pipefail
-fuzzer=$1 corpus=$2 seconds=$3 seeds=${4:-}
+fuzzer=$1 corpus=$2 seconds=$3 seeds=${4:-} dict=${5:-}
 mkdir -p "$corpus"
 if [ -n "$seeds" ]; then
   cp "$seeds"/* "$corpus"/
   echo "fuzz: $(basename "$fuzzer") for ${seconds}s, $(ls "$seeds" | wc -l) seeds from $seeds"
-  "$fuzzer" "$corpus" -max_total_time="$seconds" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 15
+  "$fuzzer" "$corpus" ${dict:+-dict="$dict"} -max_total_time="$seconds" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 15
   echo "fuzz: no crash"
   exit 0
 fi
