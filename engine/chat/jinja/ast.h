@@ -47,6 +47,7 @@ struct Expr {
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> ops;  // kCompare
   bool negated = false;          // kTest
+  int depth = 1;                 // 1 + the deepest child (bounded by the parser)
 };
 
 enum class StmtKind : uint8_t {

@@ -56,9 +56,8 @@ std::vector<std::string> SplitWhitespace(std::string_view s, int64_t maxsplit, b
       while (k < n && IsPySpace(cps[k])) ++k;
       if (k == n) break;
       if (maxsplit >= 0 && static_cast<int64_t>(parts.size()) == maxsplit) {
-        size_t e = n;
-        while (e > k && IsPySpace(cps[e - 1])) --e;
-        parts.push_back(EncodeUtf8(std::vector<char32_t>(cps.begin() + k, cps.begin() + e)));
+        // The remainder keeps its trailing whitespace, as in CPython.
+        parts.push_back(EncodeUtf8(std::vector<char32_t>(cps.begin() + k, cps.end())));
         break;
       }
       size_t b = k;
@@ -72,9 +71,7 @@ std::vector<std::string> SplitWhitespace(std::string_view s, int64_t maxsplit, b
     while (k > 0 && IsPySpace(cps[k - 1])) --k;
     if (k == 0) break;
     if (maxsplit >= 0 && static_cast<int64_t>(parts.size()) == maxsplit) {
-      int64_t b = 0;
-      while (b < k && IsPySpace(cps[b])) ++b;
-      parts.push_back(EncodeUtf8(std::vector<char32_t>(cps.begin() + b, cps.begin() + k)));
+      parts.push_back(EncodeUtf8(std::vector<char32_t>(cps.begin(), cps.begin() + k)));
       break;
     }
     int64_t e = k;

@@ -15,6 +15,7 @@ namespace {
 
 // Deep nesting is refused before it can exhaust the native stack (fuzzed inputs).
 constexpr int kMaxNesting = 200;
+constexpr int kMaxExprDepth = 400;
 
 class Parser {
  public:
@@ -95,6 +96,19 @@ class Parser {
     auto e = std::make_unique<Expr>();
     e->kind = kind;
     e->line = line;
+    return e;
+  }
+
+  // Records `e`'s depth and refuses trees deep enough to exhaust the native stack when evaluated
+  // or destroyed (long chains such as a|f|f|f... or a+b+c+... are left-deep).
+  ExprPtr Seal(ExprPtr e) {
+    int d = 0;
+    for (const auto& a : e->args) {
+      if (a) d = std::max(d, a->depth);
+    }
+    for (const auto& [k, a] : e->kwargs) d = std::max(d, a->depth);
+    e->depth = d + 1;
+    if (e->depth > kMaxExprDepth) Error("expression nesting is too deep");
     return e;
   }
 
@@ -352,7 +366,7 @@ class Parser {
     }
     auto e = Make(ExprKind::kTuple, line);
     e->args = std::move(items);
-    return e;
+    return Seal(std::move(e));
   }
 
   bool EndOfTuple(bool stop_at_if) const {
@@ -383,7 +397,7 @@ class Parser {
       e->args.push_back(std::move(cond));
       e->args.push_back(std::move(expr1));
       e->args.push_back(std::move(other));
-      expr1 = std::move(e);
+      expr1 = Seal(std::move(e));
     }
     return expr1;
   }
@@ -393,7 +407,7 @@ class Parser {
     e->name = std::move(op);
     e->args.push_back(std::move(l));
     e->args.push_back(std::move(r));
-    return e;
+    return Seal(std::move(e));
   }
 
   ExprPtr ParseOr() {
@@ -417,7 +431,7 @@ class Parser {
       Next();
       auto e = Make(ExprKind::kNot, line);
       e->args.push_back(ParseNot());
-      return e;
+      return Seal(std::move(e));
     }
     return ParseCompare();
   }
@@ -450,7 +464,7 @@ class Parser {
       cmp->ops.push_back(op);
       cmp->args.push_back(ParseMath1());
     }
-    return cmp ? std::move(cmp) : std::move(first);
+    return cmp ? Seal(std::move(cmp)) : std::move(first);
   }
 
   ExprPtr ParseMath1() {
@@ -499,6 +513,7 @@ class Parser {
       Next();
       node = Make(kind, line);
       node->args.push_back(ParseUnary(false));
+      node = Seal(std::move(node));
     } else {
       node = ParsePrimary();
     }
@@ -568,7 +583,7 @@ class Parser {
         e->args.push_back(ParseExpression(true));
       }
       ExpectOp("]");
-      return e;
+      return Seal(std::move(e));
     }
     if (SkipOp("{")) {
       auto e = Make(ExprKind::kDict, line);
@@ -580,7 +595,7 @@ class Parser {
         e->args.push_back(ParseExpression(true));
       }
       ExpectOp("}");
-      return e;
+      return Seal(std::move(e));
     }
     Error("unexpected " + Describe(t));
   }
@@ -595,7 +610,7 @@ class Parser {
           e->name = Cur().value;
           Next();
           e->args.push_back(std::move(node));
-          node = std::move(e);
+          node = Seal(std::move(e));
         } else if (Cur().kind == TokenKind::kInt) {
           auto e = Make(ExprKind::kItem, line);
           auto idx = Make(ExprKind::kLiteral, line);
@@ -603,7 +618,7 @@ class Parser {
           Next();
           e->args.push_back(std::move(node));
           e->args.push_back(std::move(idx));
-          node = std::move(e);
+          node = Seal(std::move(e));
         } else {
           Error("expected name or number after '.'");
         }
@@ -647,7 +662,7 @@ class Parser {
     ExpectOp("]");
     if (parts.size() == 1 && parts[0]->kind == ExprKind::kSlice && parts[0]->args[0] == nullptr) {
       parts[0]->args[0] = std::move(node);
-      return std::move(parts[0]);
+      return Seal(std::move(parts[0]));
     }
     for (auto& p : parts) {
       if (p->kind == ExprKind::kSlice && p->args[0] == nullptr)
@@ -660,9 +675,9 @@ class Parser {
     } else {
       auto tup = Make(ExprKind::kTuple, line);
       tup->args = std::move(parts);
-      e->args.push_back(std::move(tup));
+      e->args.push_back(Seal(std::move(tup)));
     }
-    return e;
+    return Seal(std::move(e));
   }
 
   void ParseCallArgs(Expr* e) {
@@ -692,7 +707,7 @@ class Parser {
     auto e = Make(ExprKind::kCall, line);
     e->args.push_back(std::move(node));
     ParseCallArgs(e.get());
-    return e;
+    return Seal(std::move(e));
   }
 
   std::string DottedName() {
@@ -724,7 +739,7 @@ class Parser {
     e->name = DottedName();
     e->args.push_back(std::move(node));
     if (IsOp("(")) ParseCallArgs(e.get());
-    return e;
+    return Seal(std::move(e));
   }
 
   ExprPtr ParseFilterExpr(ExprPtr node) {
@@ -759,7 +774,7 @@ class Parser {
       if (IsName("is")) Error("You cannot chain multiple tests with is");
       e->args.push_back(ParsePostfix(ParsePrimary()));
     }
-    return e;
+    return Seal(std::move(e));
   }
 
   std::vector<Token> t_;

@@ -51,9 +51,27 @@ Value Value::Str(std::string s) {
   v.str = std::make_shared<const std::string>(std::move(s));
   return v;
 }
+namespace {
+
+void SetNesting(Value* v, const Value& child) {
+  v->depth = std::max(v->depth, child.depth + 1);
+  v->holds_namespace = v->holds_namespace || child.holds_namespace;
+}
+
+void CheckNesting(const Value& v) {
+  if (v.depth > kMaxValueDepth) {
+    Fail("value nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
+  }
+}
+
+}  // namespace
+
 Value Value::MakeList(List items) {
   Value v;
   v.kind = Kind::kList;
+  v.depth = 1;
+  for (const Value& item : items) SetNesting(&v, item);
+  CheckNesting(v);
   v.list = std::make_shared<const List>(std::move(items));
   return v;
 }
@@ -70,13 +88,19 @@ Value Value::MakeGenerator(List items) {
 Value Value::MakeDict(std::shared_ptr<Dict> d) {
   Value v;
   v.kind = Kind::kDict;
+  v.depth = 1;
+  for (const auto& [key, item] : d->entries) {
+    SetNesting(&v, key);
+    SetNesting(&v, item);
+  }
+  CheckNesting(v);
   v.dict = std::move(d);
   return v;
 }
 Value Value::MakeNamespace(std::shared_ptr<Dict> d) {
-  Value v;
+  Value v = MakeDict(std::move(d));
   v.kind = Kind::kNamespace;
-  v.dict = std::move(d);
+  v.holds_namespace = true;
   return v;
 }
 Value Value::MakeCallable(std::string name, std::function<Value(CallArgs&)> fn) {

@@ -45,6 +45,9 @@ enum class Kind : uint8_t {
   kGenerator,  // the result of map/select/...: truthy even when empty, no len()
 };
 
+// Deepest container nesting a value may have (Python's own recursion limit is ~1000).
+constexpr uint32_t kMaxValueDepth = 256;
+
 struct Value;
 struct Dict;
 struct Callable;
@@ -61,6 +64,11 @@ struct Value {
   std::shared_ptr<Dict> dict;              // kDict (immutable by convention), kNamespace
   std::shared_ptr<const Callable> fn;      // kCallable
   std::shared_ptr<LoopInfo> loop;          // kLoop
+  // Container nesting (0 for scalars) and whether a namespace is reachable: bounded so that
+  // printing, comparing and destroying a value cannot exhaust the native stack, and so that no
+  // namespace can be stored inside itself.
+  uint32_t depth = 0;
+  bool holds_namespace = false;
 
   static Value Undefined(std::string hint = {});
   static Value None();
