@@ -5,6 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include "base/logging.h"
+#include "daemon/kvstashd/api/anthropic.h"
+#include "daemon/kvstashd/api/responses.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "serve/engine.h"
 
 namespace kvstash::daemon {
@@ -46,8 +49,9 @@ bool ConstantTimeEqual(const std::string& a, const std::string& b) {
 struct App::Generation {
   std::shared_ptr<http::Connection> conn;
   std::shared_ptr<serve::RequestHandle> handle;
-  std::unique_ptr<api::ResponseBuilder> builder;
-  http::Request req;  // method and target, for the access log
+  std::unique_ptr<api::ReplyBuilder> builder;
+  std::shared_ptr<const api::ModelContext> model;  // for token replay at the end
+  http::Request req;                               // method and target, for the access log
   std::string id, route;
   bool stream = false;
   bool done = false;
@@ -147,14 +151,31 @@ void App::Handle(std::shared_ptr<http::Connection> conn, http::Request req) {
     } else {
       SendError(conn, req, path, err, id, t0);
     }
-  } else if (post && (path == "/v1/chat/completions" || path == "/v1/completions")) {
+  } else if (post && path == "/v1/messages/count_tokens") {
+    api::ApiError err;
+    Result<std::string> body = api::HandleAnthropicCountTokens(req.body(), *model, &err);
+    if (body.ok()) {
+      Send(conn, req, path, 200, std::move(*body), id, t0);
+    } else {
+      Send(conn, req, path, err.http_status, api::AnthropicErrorBody(err), id, t0);
+    }
+  } else if (post && (path == "/v1/chat/completions" || path == "/v1/completions" ||
+                      path == "/v1/messages" || path == "/v1/responses")) {
+    const Api api = path == "/v1/chat/completions" ? Api::kChat
+                    : path == "/v1/completions"    ? Api::kCompletions
+                    : path == "/v1/messages"       ? Api::kMessages
+                                                   : Api::kResponses;
     if (draining_.load()) {
-      Send(conn, req, path, 503,
-           Error(503, "kvstashd is shutting down", "unavailable_error", "shutting_down").ToJson(),
+      api::ApiError e =
+          Error(503, "kvstashd is shutting down", "unavailable_error", "shutting_down");
+      Send(conn, req, path, 503, api == Api::kMessages ? api::AnthropicErrorBody(e) : e.ToJson(),
            id, t0, nullptr, 5);
       return;
     }
-    Generate(conn, req, path == "/v1/chat/completions", id, t0);
+    Generate(conn, req, api, id, t0);
+  } else if (get && path == "/") {
+    // Agents probe the base URL before they start (HEAD / or GET /).
+    Send(conn, req, "/", 200, R"({"status":"ok","service":"kvstashd"})", id, t0);
   } else {
     SendError(conn, req, path.size() > 64 ? "other" : "other",
               Error(404, "no route " + std::string(req.method_string()) + " " + path.substr(0, 200),
@@ -163,7 +184,7 @@ void App::Handle(std::shared_ptr<http::Connection> conn, http::Request req) {
   }
 }
 
-void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& req, bool chat,
+void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& req, Api api,
                    const std::string& id, SteadyClock::time_point t0) {
   std::shared_ptr<serve::Engine> engine;
   std::shared_ptr<const api::ModelContext> model;
@@ -172,12 +193,29 @@ void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& 
     engine = engine_;
     model = model_;
   }
-  const std::string route = chat ? "/v1/chat/completions" : "/v1/completions";
+  const std::string route = PathOf(req);
   api::ApiError err;
-  Result<api::ParsedRequest> parsed = chat ? api::ParseChatCompletion(req.body(), *model, &err)
-                                           : api::ParseCompletion(req.body(), *model, &err);
+  Result<api::ParsedRequest> parsed = Status::Internal("unreachable");
+  switch (api) {
+    case Api::kChat:
+      parsed = api::ParseChatCompletion(req.body(), *model, &err);
+      break;
+    case Api::kCompletions:
+      parsed = api::ParseCompletion(req.body(), *model, &err);
+      break;
+    case Api::kMessages:
+      parsed = api::ParseAnthropicMessages(req.body(), *model, &err);
+      break;
+    case Api::kResponses:
+      parsed = api::ParseResponsesRequest(req.body(), *model, &err);
+      break;
+  }
+  auto error_body = [api](const api::ApiError& e) {
+    return api == Api::kMessages ? api::AnthropicErrorBody(e) : e.ToJson();
+  };
   if (!parsed.ok()) {
-    SendError(conn, req, route, err, id, t0);
+    Send(conn, req, route, err.http_status, error_body(err), id, t0, nullptr,
+         err.http_status == 503 ? 2 : 0);
     return;
   }
   parsed->request.id = id;
@@ -185,18 +223,28 @@ void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& 
   auto handle = engine->Submit(parsed->request);
   if (!handle.ok()) {
     api::ApiError e = api::ErrorFromStatus(handle.status());
-    if (e.http_status == 503) {
-      Send(conn, req, route, 503, e.ToJson(), id, t0, nullptr, 2);
-    } else {
-      SendError(conn, req, route, e, id, t0);
-    }
+    Send(conn, req, route, e.http_status, error_body(e), id, t0, nullptr,
+         e.http_status == 503 ? 2 : 0);
     return;
   }
   auto g = std::make_shared<Generation>();
   g->conn = conn;
   g->handle = *handle;
-  g->builder = std::make_unique<api::ResponseBuilder>(*parsed, (chat ? "chatcmpl-" : "cmpl-") + id,
-                                                      std::time(nullptr), *model);
+  switch (api) {
+    case Api::kChat:
+    case Api::kCompletions:
+      g->builder = std::make_unique<api::ResponseBuilder>(
+          *parsed, (api == Api::kChat ? "chatcmpl-" : "cmpl-") + id, std::time(nullptr), *model);
+      break;
+    case Api::kMessages:
+      g->builder = api::MakeAnthropicBuilder(*parsed, api::RandomId("msg_"), *model);
+      break;
+    case Api::kResponses:
+      g->builder =
+          api::MakeResponsesBuilder(*parsed, api::RandomId("resp_"), std::time(nullptr), *model);
+      break;
+  }
+  g->model = model;
   g->req.method(req.method());
   g->req.target(req.target());
   g->id = id;
@@ -220,6 +268,7 @@ void App::Generate(std::shared_ptr<http::Connection> conn, const http::Request& 
     head.set(bhttp::field::cache_control, "no-cache");
     head.set("x-request-id", id);
     conn->BeginStream(std::move(head));
+    if (std::string open = g->builder->StreamOpen(); !open.empty()) conn->Write(std::move(open));
     if (config_.sse_ping_s > 0) {
       g->ping = std::make_unique<http::net::steady_timer>(conn->executor());
       Ping(g);
@@ -254,6 +303,7 @@ void App::Drain(const std::shared_ptr<Generation>& g) {
     in_flight_.fetch_sub(1);
     const serve::Usage& u = e->usage;
     metrics_.CountGeneration(u);
+    RememberReply(*g);
     int status = 200;
     if (e->kind == serve::Event::Kind::kError) status = api::ErrorFromStatus(e->status).http_status;
     if (u.finish == serve::FinishReason::kCancelled && g->conn->closed()) status = 499;
@@ -263,8 +313,8 @@ void App::Drain(const std::shared_ptr<Generation>& g) {
       AccessLog(g->id, g->req, status, &u, g->t0);
     } else if (e->kind == serve::Event::Kind::kError) {
       api::ApiError err = api::ErrorFromStatus(e->status);
-      g->conn->Reply(
-          http::JsonResponse(11, true, static_cast<bhttp::status>(err.http_status), err.ToJson()));
+      g->conn->Reply(http::JsonResponse(11, true, static_cast<bhttp::status>(err.http_status),
+                                        g->builder->ErrorBody(err)));
       metrics_.CountRequest(g->route, err.http_status);
       AccessLog(g->id, g->req, err.http_status, &u, g->t0);
     } else {
@@ -274,6 +324,17 @@ void App::Drain(const std::shared_ptr<Generation>& g) {
     }
     g->conn.reset();
   }
+}
+
+// Token replay: the ids of this reply, keyed by what the client will send back for it.
+void App::RememberReply(const Generation& g) {
+  if (g.model == nullptr || g.model->replay == nullptr || g.model->tokenizer == nullptr) return;
+  auto record = g.builder->ReplyRecord();
+  if (!record || record->second.ids.empty()) return;
+  api::ReplayEntry& entry = record->second;
+  for (int32_t t : entry.ids) entry.text += g.model->tokenizer->TokenToPiece(t, true);
+  for (const api::ToolCall& c : record->first.tool_calls) entry.arguments.push_back(c.arguments);
+  g.model->replay->Remember(api::TokenReplay::KeyOf(record->first), std::move(entry));
 }
 
 // SSE comment lines keep proxies and clients from timing out while a long prompt is prefilled.

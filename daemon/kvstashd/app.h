@@ -38,8 +38,10 @@ class App {
 
  private:
   bool Authorized(const http::Request& req) const;
-  void Generate(std::shared_ptr<http::Connection> conn, const http::Request& req, bool chat,
+  enum class Api { kChat, kCompletions, kMessages, kResponses };
+  void Generate(std::shared_ptr<http::Connection> conn, const http::Request& req, Api api,
                 const std::string& id, std::chrono::steady_clock::time_point t0);
+  void RememberReply(const Generation& g);
   void Drain(const std::shared_ptr<Generation>& g);
   void Ping(const std::shared_ptr<Generation>& g);
   void Send(const std::shared_ptr<http::Connection>& conn, const http::Request& req,

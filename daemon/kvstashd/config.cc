@@ -72,6 +72,18 @@ void AddOptions(CLI::App& app, DaemonConfig& c, RawSizes& r) {
       ->check(CLI::Range(1, 1 << 24));
   app.add_option("--alias", c.aliases,
                  "Another model name to list in /v1/models (repeatable; any name is accepted)");
+  app.add_flag("--keep-volatile", c.keep_volatile,
+               "Keep known per-request fragments in system prompts (by default kvstashd strips "
+               "them, e.g. Claude Code's 'x-anthropic-billing-header: ...cch=...;' line, which "
+               "would make every request a cache miss from its first tokens; docs/agents.md)");
+  app.add_flag("--no-token-replay", c.no_token_replay,
+               "Re-tokenize assistant turns that clients send back instead of reusing the token "
+               "ids kvstashd generated for them (BPE re-tokenization can differ and miss the "
+               "cache)");
+  app.add_flag("--allow-scripted-replies", c.allow_scripted_replies,
+               "Accept the request extra {\"kvstash\": {\"script\": TEXT}}: the reply is TEXT, "
+               "computed through the model but not sampled (tests and transcript replays; off "
+               "by default)");
   app.add_option("--cache-dir", c.cache_dir,
                  "Persistent KV cache directory (default $XDG_CACHE_HOME/kvstash/kv)");
   app.add_flag("--no-cache", c.no_cache,

@@ -31,6 +31,11 @@ struct DaemonConfig {
   std::string chat_template;  // "" = the model's (chatml when it has none)
   int default_max_tokens = 512;
   std::vector<std::string> aliases;  // extra model names
+  // Agents (docs/agents.md).
+  bool keep_volatile = false;    // do not strip known per-request fragments from prompts
+  bool no_token_replay = false;  // re-tokenize returned replies instead of reusing their ids
+  uint64_t token_replay_bytes = 64ull << 20;
+  bool allow_scripted_replies = false;  // accept the `kvstash.script` request extra (tests)
   // Cache.
   std::string cache_dir;  // "" = $XDG_CACHE_HOME/kvstash/kv (~/.cache/kvstash/kv)
   bool no_cache = false;

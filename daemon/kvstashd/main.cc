@@ -24,6 +24,8 @@
 #include "daemon/kvstashd/app.h"
 #include "daemon/kvstashd/config.h"
 #include "daemon/kvstashd/http/server.h"
+#include "engine/chat/jinja/template.h"
+#include "engine/chat/output_parser.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "serve/engine.h"
@@ -108,6 +110,30 @@ api::ModelContext MakeModelContext(const DaemonConfig& c, const serve::Engine& e
     log->info("the model has no chat template: /v1/chat/completions uses chatml");
   }
   m.chat_template = t.ok() ? *t : *engine::ChatTemplateFromName("chatml");
+  // The model's own Jinja template is preferred (tools, reasoning, any family) unless a built-in
+  // one was named.
+  const std::string source =
+      e.tokenizer() != nullptr ? e.tokenizer()->vocab().chat_template : std::string();
+  if (c.chat_template.empty() && !source.empty()) {
+    auto j = engine::jinja::Template::Parse(source);
+    if (j.ok()) {
+      m.jinja = std::make_shared<const engine::jinja::Template>(std::move(*j));
+    } else {
+      m.jinja_error = j.status().message();
+      log->warn("the model's chat template cannot be interpreted ({}): tools are unavailable",
+                m.jinja_error);
+    }
+    m.tool_format = engine::DetectToolCallFormat(source);
+    m.reasoning = source.find("<think>") != std::string::npos;
+  } else {
+    m.jinja_error = c.chat_template.empty() ? "the model has no chat template"
+                                            : "--chat-template names a built-in template";
+    m.reasoning = m.chat_template.kind == engine::ChatTemplateKind::kQwen3;
+  }
+  m.strip_volatile = !c.keep_volatile;
+  if (!c.no_token_replay) m.replay = std::make_shared<api::TokenReplay>(c.token_replay_bytes);
+  m.block_tokens = e.runner_options().block_tokens;
+  m.allow_scripted_replies = c.allow_scripted_replies;
   return m;
 }
 

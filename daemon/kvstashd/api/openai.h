@@ -16,13 +16,18 @@
 #include <vector>
 
 #include "base/status.h"
+#include "daemon/kvstashd/api/conversation.h"
+#include "daemon/kvstashd/api/reply.h"
 #include "engine/chat/chat_template.h"
 #include "engine/sampling/sampler.h"
 #include "serve/request.h"
 
 namespace kvstash::engine {
 class Tokenizer;
+namespace jinja {
+class Template;
 }
+}  // namespace kvstash::engine
 
 namespace kvstash::daemon::api {
 
@@ -50,9 +55,24 @@ struct ModelContext {
   std::vector<std::string> aliases;  // other names requests may use (any name is accepted)
   const engine::Tokenizer* tokenizer = nullptr;  // null: the model has no vocabulary
   engine::ChatTemplate chat_template;            // detected, named by --chat-template, or chatml
-  int n_ctx = 4096;                              // context size of one sequence
-  int default_max_tokens = 512;                  // when a request gives none
-  int max_tokens_limit = 0;                      // hard cap on max_tokens; 0 = n_ctx
+  // The GGUF's Jinja template, when kvstash's interpreter accepts it (preferred over
+  // chat_template); jinja_error says why not otherwise.
+  std::shared_ptr<const engine::jinja::Template> jinja;
+  std::string jinja_error;
+  // How the model writes tool calls and reasoning (from the template text).
+  engine::ToolCallFormat tool_format = engine::ToolCallFormat::kNone;
+  bool reasoning = false;  // the template has <think> blocks
+  // Strip known per-request volatile fragments from system prompts (conversation.h).
+  bool strip_volatile = true;
+  // Remembered reply token ids (conversation.h); null: off.
+  std::shared_ptr<TokenReplay> replay;
+  int block_tokens = 16;  // the prefix cache's block size (for cache_creation_input_tokens)
+  // Accept {"kvstash": {"script": TEXT}} in chat requests: the reply is TEXT, forced token by
+  // token through the model (serve::Request::end_after_forced). Tests and transcript replays.
+  bool allow_scripted_replies = false;
+  int n_ctx = 4096;              // context size of one sequence
+  int default_max_tokens = 512;  // when a request gives none
+  int max_tokens_limit = 0;      // hard cap on max_tokens; 0 = n_ctx
   // Defaults for the sampling fields a request omits (DefaultApiSampling(); `seed` unused).
   engine::SamplerOptions default_sampling = DefaultApiSampling();
 };
@@ -86,9 +106,10 @@ struct ParsedRequest {
   bool chat = false;           // chat.completion vs text_completion shapes
   bool echo = false;           // /v1/completions echo (prompt text prepended)
   std::string prompt_text;     // completions: the prompt text (for echo)
-  // The template has a thinking section (Qwen3): the generated text is split into
-  // reasoning_content and content at </think>.
-  bool split_reasoning = false;
+  // Chat APIs: the conversation, its rendered prompt and how to parse the reply.
+  Conversation conversation;
+  RenderedPrompt rendered;
+  engine::OutputParserOptions parser;
 };
 
 // Parses and validates a request body. Every field error names the field (`param`). Accepted
@@ -136,7 +157,7 @@ std::string_view FinishReasonString(serve::FinishReason r);
 // reasoning up to "</think>" (newlines around it trimmed, as the Qwen3 template does when the
 // turn is sent back), the rest is content; a reply that does not open with "<think>" is all
 // content. Streamed deltas concatenate to exactly the non-streamed fields.
-class ResponseBuilder {
+class ResponseBuilder final : public ReplyBuilder {
  public:
   ResponseBuilder(const ParsedRequest& req, std::string id, int64_t created_unix,
                   const ModelContext& model);
@@ -146,13 +167,15 @@ class ResponseBuilder {
   // asked). The final kDone event yields the finish chunk, the usage chunk when include_usage,
   // and "data: [DONE]\n\n". A kError event yields `data: {"error": {...}}\n\n` and ends the
   // stream. Nothing after the final event.
-  std::string StreamEvent(const serve::Event& e);
+  std::string StreamEvent(const serve::Event& e) override;
   // Non-streaming: call Add for every event, then Finish for the whole JSON body (the error
   // object when a kError event came: see error()).
-  void Add(const serve::Event& e);
-  std::string Finish() const;
+  void Add(const serve::Event& e) override;
+  std::string Finish() const override;
   // The API error of a kError event seen so far (its HTTP status for a non-streamed reply).
-  std::optional<ApiError> error() const;
+  std::optional<ApiError> error() const override;
+  std::string ErrorBody(const ApiError& e) const override { return e.ToJson(); }
+  std::optional<std::pair<Message, ReplayEntry>> ReplyRecord() const override;
   // A kDone or kError event has been seen.
   bool finished() const;
 

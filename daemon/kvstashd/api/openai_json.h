@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "base/status.h"
 #include "daemon/kvstashd/api/openai.h"
@@ -61,6 +62,38 @@ std::optional<std::string> OptString(const Json& o, std::string_view key,
                                      std::string_view param = {});
 // The same, for a value that is not a field of an object (array elements).
 int64_t AsInteger(const Json& v, std::string_view param);
+
+// Shared request-field checks (openai_request.cc), used by every API's parser.
+// `v` as a JSON number without a trailing ".0".
+std::string Num(double v);
+// Fail() unless lo <= v <= hi (lo < v when `lo_open`).
+void CheckRange(const std::string& param, double v, double lo, double hi, bool lo_open = false);
+// cache::ValidateSessionName's rule: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
+bool ValidSessionName(std::string_view name);
+// temperature, top_p, top_k, min_p, penalties and seed over model.default_sampling.
+void ParseSampling(const Json& j, const ModelContext& model, engine::SamplerOptions* s);
+// `stop`: a string or up to kMaxStopStrings strings.
+std::vector<std::string> ParseStop(const Json& j);
+// max_completion_tokens, else max_tokens (>= 1); nullopt when neither is given.
+std::optional<int64_t> RequestedMaxTokens(const Json& j);
+// Refuses a prompt that leaves no room in the context (422) and sets the token budget: the
+// request's, else the model default, clamped to max_tokens_limit and the room left.
+void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
+               const std::string& prompt_param, ParsedRequest* p);
+
+// {"type": "function", "function": {"name", "description", "parameters"}} (the tool list the
+// chat template sees, whatever API the tools came from).
+nlohmann::ordered_json MakeFunctionTool(const std::string& name,
+                                        const std::optional<std::string>& description,
+                                        const Json* parameters);
+// Renders p->conversation into p->request.prompt (and forced tokens, parser options); Fail()s
+// naming `param` when the template cannot render it. Reads the body's kvstash extras
+// ({"kvstash": {"script": TEXT}}, see ModelContext::allow_scripted_replies).
+void RenderInto(const Json& j, const ModelContext& model, const std::string& param,
+                ParsedRequest* p);
+// A client's session hint (Responses `prompt_cache_key`, Anthropic `metadata.user_id`) picks the
+// session the request continues, unless `session` named one.
+void SetSessionHint(const std::string& hint, ParsedRequest* p);
 
 // {"error": {"message", "type", "param", "code"}}, param and code null when empty.
 OrderedJson ErrorObject(const ApiError& e);

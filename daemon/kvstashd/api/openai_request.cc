@@ -6,6 +6,7 @@
 // check even with a model that has no vocabulary.
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <optional>
 #include <random>
@@ -18,16 +19,7 @@
 #include "engine/tokenizer/tokenizer.h"
 
 namespace kvstash::daemon::api {
-namespace {
-
-using internal::AsInteger;
-using internal::Fail;
-using internal::FindField;
-using internal::Json;
-using internal::OptBool;
-using internal::OptInteger;
-using internal::OptNumber;
-using internal::OptString;
+namespace internal {
 
 std::string Num(double v) {
   std::string s = Json(v).dump();
@@ -36,7 +28,7 @@ std::string Num(double v) {
 }
 
 // lo <= v <= hi, or lo < v when `lo_open`.
-void CheckRange(const std::string& param, double v, double lo, double hi, bool lo_open = false) {
+void CheckRange(const std::string& param, double v, double lo, double hi, bool lo_open) {
   if ((lo_open ? v > lo : v >= lo) && v <= hi) return;
   Fail(param, "'" + param + "' must be " + (lo_open ? "greater than " : "between ") + Num(lo) +
                   (lo_open ? " and at most " : " and ") + Num(hi) + ", got " + Num(v));
@@ -121,6 +113,102 @@ std::vector<std::string> ParseStop(const Json& j) {
   return out;
 }
 
+std::optional<int64_t> RequestedMaxTokens(const Json& j) {
+  // max_completion_tokens supersedes max_tokens (OpenAI deprecated the latter).
+  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
+    if (auto v = OptInteger(j, key)) {
+      if (*v < 1)
+        Fail(key, std::string("'") + key + "' must be at least 1, got " + std::to_string(*v));
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+// Refuses a prompt that leaves no room in the context and sets the token budget.
+void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
+               const std::string& prompt_param, ParsedRequest* p) {
+  const int64_t n_prompt = static_cast<int64_t>(p->request.prompt.size());
+  if (n_prompt == 0 && p->request.restore_session.empty())
+    Fail(prompt_param, "the prompt is empty");
+  const int64_t remaining = static_cast<int64_t>(model.n_ctx) - n_prompt;
+  if (remaining <= 0) {
+    Fail(prompt_param,
+         "the prompt has " + std::to_string(n_prompt) + " tokens, which leaves no room to " +
+             "generate in the model's context of " + std::to_string(model.n_ctx) + " tokens",
+         422, "context_length_exceeded");
+  }
+  int64_t budget =
+      requested.value_or(model.default_max_tokens > 0 ? model.default_max_tokens : remaining);
+  const int64_t cap = model.max_tokens_limit > 0 ? model.max_tokens_limit : model.n_ctx;
+  budget = std::max<int64_t>(1, std::min({budget, cap, remaining}));
+  p->request.limits.max_tokens = static_cast<int32_t>(budget);
+}
+
+nlohmann::ordered_json MakeFunctionTool(const std::string& name,
+                                        const std::optional<std::string>& description,
+                                        const Json* parameters) {
+  nlohmann::ordered_json fn = {{"name", name}};
+  if (description.has_value()) fn["description"] = *description;
+  if (parameters != nullptr) fn["parameters"] = nlohmann::ordered_json::parse(parameters->dump());
+  return {{"type", "function"}, {"function", std::move(fn)}};
+}
+
+void RenderInto(const Json& j, const ModelContext& model, const std::string& param,
+                ParsedRequest* p) {
+  Result<RenderedPrompt> r = RenderConversation(p->conversation, model);
+  if (!r.ok()) Fail(param, r.status().message());
+  p->rendered = std::move(*r);
+  p->request.prompt = p->rendered.tokens;
+  p->request.forced_tokens = p->rendered.forced;
+  p->parser = ParserOptionsFor(p->conversation, model, p->rendered);
+  const Json* extras = FindField(j, "kvstash");
+  if (extras == nullptr) return;
+  if (!extras->is_object()) Fail("kvstash", "'kvstash' must be an object");
+  if (auto script = OptString(*extras, "script", "kvstash.script")) {
+    if (!model.allow_scripted_replies) {
+      Fail("kvstash.script",
+           "scripted replies are off (start kvstashd with --allow-scripted-replies)");
+    }
+    // The prompt's opening (e.g. "<think>\n") is the model's: the script continues it.
+    p->request.forced_tokens = model.tokenizer->Encode(*script, false, /*parse_special=*/true);
+    p->request.end_after_forced = true;
+    if (p->request.forced_tokens.empty()) Fail("kvstash.script", "'kvstash.script' is empty");
+  }
+}
+
+void SetSessionHint(const std::string& hint, ParsedRequest* p) {
+  if (hint.empty() || !p->request.restore_session.empty()) return;
+  // Any string picks a session: its hash names it, so every client value is a valid name.
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
+  for (unsigned char c : hint) h = (h ^ c) * 1099511628211ull;
+  char name[32];
+  std::snprintf(name, sizeof(name), "hint-%016llx", static_cast<unsigned long long>(h));
+  p->request.restore_session = name;
+  p->request.save_session = name;
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::AsInteger;
+using internal::CheckRange;
+using internal::Fail;
+using internal::FindField;
+using internal::Json;
+using internal::MakeFunctionTool;
+using internal::OptBool;
+using internal::OptInteger;
+using internal::OptNumber;
+using internal::OptString;
+using internal::ParseSampling;
+using internal::ParseStop;
+using internal::RenderInto;
+using internal::RequestedMaxTokens;
+using internal::SetBudget;
+using internal::ValidSessionName;
+
 // The fields both endpoints share, except the prompt and the token budget.
 void ParseCommon(const Json& j, const ModelContext& model, ParsedRequest* p) {
   p->model = OptString(j, "model").value_or(model.model_id);
@@ -156,38 +244,6 @@ void ParseCommon(const Json& j, const ModelContext& model, ParsedRequest* p) {
   }
 }
 
-std::optional<int64_t> RequestedMaxTokens(const Json& j) {
-  // max_completion_tokens supersedes max_tokens (OpenAI deprecated the latter).
-  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
-    if (auto v = OptInteger(j, key)) {
-      if (*v < 1)
-        Fail(key, std::string("'") + key + "' must be at least 1, got " + std::to_string(*v));
-      return v;
-    }
-  }
-  return std::nullopt;
-}
-
-// Refuses a prompt that leaves no room in the context and sets the token budget.
-void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
-               const std::string& prompt_param, ParsedRequest* p) {
-  const int64_t n_prompt = static_cast<int64_t>(p->request.prompt.size());
-  if (n_prompt == 0 && p->request.restore_session.empty())
-    Fail(prompt_param, "the prompt is empty");
-  const int64_t remaining = static_cast<int64_t>(model.n_ctx) - n_prompt;
-  if (remaining <= 0) {
-    Fail(prompt_param,
-         "the prompt has " + std::to_string(n_prompt) + " tokens, which leaves no room to " +
-             "generate in the model's context of " + std::to_string(model.n_ctx) + " tokens",
-         422, "context_length_exceeded");
-  }
-  int64_t budget =
-      requested.value_or(model.default_max_tokens > 0 ? model.default_max_tokens : remaining);
-  const int64_t cap = model.max_tokens_limit > 0 ? model.max_tokens_limit : model.n_ctx;
-  budget = std::max<int64_t>(1, std::min({budget, cap, remaining}));
-  p->request.limits.max_tokens = static_cast<int32_t>(budget);
-}
-
 std::string MessageContent(const Json& m, const std::string& param, bool may_be_null) {
   const std::string cparam = param + ".content";
   const Json* c = FindField(m, "content");
@@ -216,37 +272,140 @@ std::string MessageContent(const Json& m, const std::string& param, bool may_be_
   return text;
 }
 
-std::vector<engine::ChatMessage> ParseMessages(const Json& j) {
+std::string RequiredString(const Json& o, std::string_view key, const std::string& param) {
+  auto v = OptString(o, key, param);
+  if (!v) Fail(param, "'" + param + "' is required");
+  return *v;
+}
+
+// tool_calls of an assistant message: [{"id", "type": "function", "function": {"name",
+// "arguments": JSON text}}].
+std::vector<ToolCall> ParseToolCalls(const Json& calls, const std::string& param) {
+  if (!calls.is_array()) Fail(param, "'" + param + "' must be an array, got " + calls.type_name());
+  std::vector<ToolCall> out;
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const Json& c = calls[k];
+    const std::string cp = param + "[" + std::to_string(k) + "]";
+    if (!c.is_object()) Fail(cp, "'" + cp + "' must be an object, got " + c.type_name());
+    const Json* fn = FindField(c, "function");
+    if (fn == nullptr || !fn->is_object())
+      Fail(cp + ".function", "'" + cp + ".function' is required");
+    ToolCall call;
+    call.id = OptString(c, "id", cp + ".id").value_or("");
+    call.name = RequiredString(*fn, "name", cp + ".function.name");
+    if (const Json* a = FindField(*fn, "arguments")) {
+      // OpenAI sends a JSON string; some clients send the object itself.
+      call.arguments = a->is_string() ? a->get<std::string>() : internal::Dump(*a);
+    } else {
+      call.arguments = "{}";
+    }
+    out.push_back(std::move(call));
+  }
+  return out;
+}
+
+std::vector<Message> ParseMessages(const Json& j) {
   const Json* msgs = FindField(j, "messages");
   if (msgs == nullptr) Fail("messages", "'messages' is required");
   if (!msgs->is_array()) {
     Fail("messages", std::string("'messages' must be an array, got ") + msgs->type_name());
   }
   if (msgs->empty()) Fail("messages", "'messages' must not be empty");
-  std::vector<engine::ChatMessage> out;
+  std::vector<Message> out;
   out.reserve(msgs->size());
   for (size_t i = 0; i < msgs->size(); ++i) {
     const Json& m = (*msgs)[i];
     const std::string param = "messages[" + std::to_string(i) + "]";
     if (!m.is_object()) Fail(param, "'" + param + "' must be an object, got " + m.type_name());
-    std::string role = OptString(m, "role", param + ".role").value_or("");
-    if (role.empty()) Fail(param + ".role", "'" + param + ".role' is required");
-    if (role == "developer") role = "system";
-    if (role == "tool") {
-      Fail(param + ".role", "tool messages are not supported yet");
-    } else if (role != "system" && role != "user" && role != "assistant") {
-      Fail(param + ".role", "unknown role '" + role + "' (system, developer, user or assistant)");
+    Message msg;
+    msg.role = OptString(m, "role", param + ".role").value_or("");
+    if (msg.role.empty()) Fail(param + ".role", "'" + param + ".role' is required");
+    if (msg.role == "developer") msg.role = "system";
+    if (msg.role != "system" && msg.role != "user" && msg.role != "assistant" &&
+        msg.role != "tool") {
+      Fail(param + ".role",
+           "unknown role '" + msg.role + "' (system, developer, user, assistant or tool)");
     }
-    if (const Json* calls = FindField(m, "tool_calls"); calls != nullptr && !calls->empty()) {
-      Fail(param + ".tool_calls", "tool calls are not supported yet");
+    const bool assistant = msg.role == "assistant";
+    msg.content = MessageContent(m, param, /*may_be_null=*/assistant);
+    if (assistant) {
+      msg.reasoning = OptString(m, "reasoning_content", param + ".reasoning_content").value_or("");
+      if (const Json* calls = FindField(m, "tool_calls")) {
+        msg.tool_calls = ParseToolCalls(*calls, param + ".tool_calls");
+      }
+    } else if (msg.role == "tool") {
+      msg.tool_call_id = RequiredString(m, "tool_call_id", param + ".tool_call_id");
+      msg.name = OptString(m, "name", param + ".name").value_or("");
     }
-    out.push_back({role, MessageContent(m, param, /*may_be_null=*/role == "assistant")});
+    out.push_back(std::move(msg));
+  }
+  // A tool message without a name takes it from the call it answers.
+  for (Message& msg : out) {
+    if (msg.role != "tool" || !msg.name.empty()) continue;
+    for (const Message& a : out) {
+      for (const ToolCall& c : a.tool_calls) {
+        if (c.id == msg.tool_call_id) msg.name = c.name;
+      }
+    }
   }
   return out;
 }
 
-std::string SpecialText(const engine::Tokenizer& tok, int32_t id) {
-  return id >= 0 && id < tok.vocab().size() ? tok.TokenToPiece(id, true) : std::string();
+// `tools`: [{"type": "function", "function": {"name", "description", "parameters"}}].
+nlohmann::ordered_json ParseTools(const Json& j) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  const Json* tools = FindField(j, "tools");
+  if (tools == nullptr) return out;
+  if (!tools->is_array()) {
+    Fail("tools", std::string("'tools' must be an array, got ") + tools->type_name());
+  }
+  for (size_t k = 0; k < tools->size(); ++k) {
+    const Json& t = (*tools)[k];
+    const std::string tp = "tools[" + std::to_string(k) + "]";
+    if (!t.is_object()) Fail(tp, "'" + tp + "' must be an object, got " + t.type_name());
+    const std::string type = OptString(t, "type", tp + ".type").value_or("function");
+    if (type != "function") {
+      Fail(tp + ".type", "tool type '" + type + "' is not supported (only 'function')");
+    }
+    const Json* fn = FindField(t, "function");
+    if (fn == nullptr || !fn->is_object()) {
+      Fail(tp + ".function", "'" + tp + ".function' is required");
+    }
+    out.push_back(MakeFunctionTool(RequiredString(*fn, "name", tp + ".function.name"),
+                                   OptString(*fn, "description", tp + ".function.description"),
+                                   FindField(*fn, "parameters")));
+  }
+  return out;
+}
+
+// `tool_choice`: "auto", "none", "required" or {"type": "function", "function": {"name"}}.
+void ParseToolChoice(const Json& j, Conversation* conv) {
+  const Json* v = FindField(j, "tool_choice");
+  if (v == nullptr) return;
+  if (v->is_string()) {
+    const std::string s = v->get<std::string>();
+    if (s == "auto") {
+      conv->tool_choice = ToolChoice::kAuto;
+    } else if (s == "none") {
+      conv->tool_choice = ToolChoice::kNone;
+    } else if (s == "required") {
+      conv->tool_choice = ToolChoice::kRequired;
+    } else {
+      Fail("tool_choice",
+           "'tool_choice' must be 'auto', 'none', 'required' or a function, got '" + s + "'");
+    }
+    return;
+  }
+  if (!v->is_object()) {
+    Fail("tool_choice",
+         std::string("'tool_choice' must be a string or an object, got ") + v->type_name());
+  }
+  const Json* fn = FindField(*v, "function");
+  std::string name = fn != nullptr && fn->is_object()
+                         ? RequiredString(*fn, "name", "tool_choice.function.name")
+                         : RequiredString(*v, "name", "tool_choice.name");
+  conv->tool_choice = ToolChoice::kNamed;
+  conv->tool_choice_name = std::move(name);
 }
 
 ParsedRequest ParseChat(std::string_view body, const ModelContext& model) {
@@ -263,33 +422,19 @@ ParsedRequest ParseChat(std::string_view body, const ModelContext& model) {
   } else {
     p.request.logprobs = logprobs ? 0 : -1;
   }
-  engine::ChatOptions opts;
-  opts.add_generation_prompt = true;
+  Conversation& conv = p.conversation;
   if (const Json* kw = FindField(j, "chat_template_kwargs")) {
     if (!kw->is_object()) {
       Fail("chat_template_kwargs",
            std::string("'chat_template_kwargs' must be an object, got ") + kw->type_name());
     }
-    opts.enable_thinking = OptBool(*kw, "enable_thinking", "chat_template_kwargs.enable_thinking");
+    conv.enable_thinking = OptBool(*kw, "enable_thinking", "chat_template_kwargs.enable_thinking");
   }
-  const std::vector<engine::ChatMessage> messages = ParseMessages(j);
-  p.split_reasoning = model.chat_template.kind == engine::ChatTemplateKind::kQwen3;
-
-  const engine::Tokenizer* tok = model.tokenizer;
-  if (tok == nullptr) {
-    Fail("",
-         "the model has no tokenizer vocabulary: chat completions need one (use "
-         "/v1/completions with a prompt of token ids)");
-  }
-  const engine::Vocab& v = tok->vocab();
-  opts.bos_token = SpecialText(*tok, v.bos_id);
-  opts.eos_token = SpecialText(*tok, v.eos_id);
-  Result<std::string> rendered = engine::RenderChat(model.chat_template, messages, opts);
-  if (!rendered.ok()) Fail("messages", rendered.status().message());
-  // Templates that write the BOS text themselves must not get a second BOS.
-  const bool add_bos =
-      v.add_bos && (opts.bos_token.empty() || !rendered->starts_with(opts.bos_token));
-  p.request.prompt = tok->Encode(*rendered, add_bos, /*parse_special=*/true);
+  conv.messages = ParseMessages(j);
+  conv.tools = ParseTools(j);
+  ParseToolChoice(j, &conv);
+  conv.parallel_tool_calls = OptBool(j, "parallel_tool_calls").value_or(true);
+  RenderInto(j, model, "messages", &p);
   SetBudget(model, max_tokens, "messages", &p);
   return p;
 }
@@ -350,6 +495,7 @@ ParsedRequest ParseCompletionBody(std::string_view body, const ModelContext& mod
   const Json j = internal::ParseBodyObject(body);
   ParsedRequest p;
   p.chat = false;
+  p.parser.reasoning = false;  // completions return the text as generated
   ParseCommon(j, model, &p);
   const std::optional<int64_t> max_tokens = RequestedMaxTokens(j);
   p.echo = OptBool(j, "echo").value_or(false);

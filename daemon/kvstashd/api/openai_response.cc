@@ -1,12 +1,11 @@
 // ResponseBuilder (openai.h): serve::Events -> chat.completion / text_completion bodies and SSE
 // chunks.
 //
-// Streamed and non-streamed replies go through the same ReasoningSplitter, so the deltas of a
-// stream concatenate to exactly the fields of the non-streamed message. The splitter holds back
-// only what may still turn out to be markup: a partial "<think>" at the very start, and inside
-// the think block a partial "</think>" plus the newlines before it (the template trims them).
-// Logprobs ride on the next chunk that is sent, so a token whose text is held back still has its
-// entry delivered, at the latest on the finish chunk.
+// Streamed and non-streamed chat replies go through the same StructuredReply (the output
+// parser), so the deltas of a stream concatenate to exactly the fields of the non-streamed
+// message: content, reasoning_content and tool_calls. Logprobs ride on the next chunk that is sent,
+// so a token whose text is held back still has its entry delivered, at the latest on the finish
+// chunk.
 #include <algorithm>
 #include <memory>
 #include <optional>
@@ -24,109 +23,6 @@ namespace {
 using internal::Dump;
 using Json = internal::OrderedJson;
 
-constexpr std::string_view kThinkOpen = "<think>";
-constexpr std::string_view kThinkClose = "</think>";
-
-class ReasoningSplitter {
- public:
-  struct Out {
-    std::string reasoning;
-    std::string content;
-  };
-
-  Out Feed(std::string_view text) {
-    Out out;
-    held_ += text;
-    Step(&out);
-    return out;
-  }
-
-  // Releases whatever is held at the end of the reply.
-  Out Finish() {
-    Out out;
-    switch (phase_) {
-      case Phase::kStart:  // a partial "<think>" that never completed is plain text
-        out.content = std::move(held_);
-        break;
-      case Phase::kReasoning:  // an unclosed think block: trailing newlines trimmed
-        while (!held_.empty() && held_.back() == '\n') held_.pop_back();
-        EmitReasoning(held_, &out);
-        break;
-      case Phase::kContent:  // only newlines can be left (after "</think>"): dropped
-        break;
-    }
-    held_.clear();
-    return out;
-  }
-
- private:
-  enum class Phase { kStart, kReasoning, kContent };
-
-  void Step(Out* out) {
-    for (;;) {
-      switch (phase_) {
-        case Phase::kStart:
-          if (held_.size() < kThinkOpen.size() && kThinkOpen.starts_with(held_)) return;
-          if (held_.starts_with(kThinkOpen)) {
-            held_.erase(0, kThinkOpen.size());
-            phase_ = Phase::kReasoning;
-          } else {
-            phase_ = Phase::kContent;
-            content_started_ = true;  // no think block: the text is kept as it is
-          }
-          continue;
-        case Phase::kReasoning: {
-          if (const size_t close = held_.find(kThinkClose); close != std::string::npos) {
-            std::string_view r = std::string_view(held_).substr(0, close);
-            while (!r.empty() && r.back() == '\n') r.remove_suffix(1);
-            EmitReasoning(r, out);
-            held_.erase(0, close + kThinkClose.size());
-            phase_ = Phase::kContent;
-            continue;
-          }
-          // Keep back the longest tail that may start "</think>", and the newlines before it.
-          size_t keep = std::min(held_.size(), kThinkClose.size() - 1);
-          while (keep > 0 && !std::string_view(held_).ends_with(kThinkClose.substr(0, keep))) {
-            --keep;
-          }
-          size_t cut = held_.size() - keep;
-          while (cut > 0 && held_[cut - 1] == '\n') --cut;
-          EmitReasoning(std::string_view(held_).substr(0, cut), out);
-          held_.erase(0, cut);
-          return;
-        }
-        case Phase::kContent:
-          if (!content_started_) {
-            const size_t first = held_.find_first_not_of('\n');
-            if (first == std::string::npos) {
-              held_.clear();
-              return;
-            }
-            held_.erase(0, first);
-            content_started_ = true;
-          }
-          out->content += held_;
-          held_.clear();
-          return;
-      }
-    }
-  }
-
-  void EmitReasoning(std::string_view r, Out* out) {
-    if (!reasoning_started_) {
-      while (!r.empty() && r.front() == '\n') r.remove_prefix(1);
-      if (r.empty()) return;
-      reasoning_started_ = true;
-    }
-    out->reasoning += r;
-  }
-
-  Phase phase_ = Phase::kStart;
-  std::string held_;
-  bool reasoning_started_ = false;  // leading newlines of the reasoning are dropped until then
-  bool content_started_ = false;    // leading newlines after "</think>" are dropped until then
-};
-
 // Bytes of a token piece as JSON numbers (OpenAI's `bytes`), which stay exact when the piece
 // splits a UTF-8 character.
 Json Bytes(std::string_view piece) {
@@ -141,7 +37,6 @@ struct ResponseBuilder::State {
   // The request, as far as the reply needs it.
   bool chat = false;
   bool include_usage = false;
-  bool split = false;
   bool echo = false;
   int logprobs = -1;
   std::string prompt_text;
@@ -150,9 +45,8 @@ struct ResponseBuilder::State {
   int64_t created = 0;
   const engine::Tokenizer* tok = nullptr;
 
-  ReasoningSplitter splitter;
-  std::string content;     // non-streamed: text released so far (after the splitter)
-  std::string reasoning;   // non-streamed: reasoning released so far
+  std::unique_ptr<StructuredReply> reply;  // chat: the parsed reply
+  std::string content;                     // completions: text released so far
   Json logprobs_acc;       // entries not yet sent (streamed) or all of them (non-streamed)
   size_t text_offset = 0;  // completions: offset of the next token's text in the reply
   bool started = false;    // streamed: the opening chunk went out
@@ -242,22 +136,52 @@ struct ResponseBuilder::State {
     if (echo && !prompt_text.empty()) return Chunk(prompt_text, nullptr);
     return {};
   }
-  std::string TextChunks(const ReasoningSplitter::Out& o) {
+  // Chat: the chunks for the parser's events.
+  std::string ChatChunks(const std::vector<engine::OutputEvent>& events) {
+    using K = engine::OutputEvent::Kind;
     std::string out;
-    if (!o.reasoning.empty()) out += Chunk({{"reasoning_content", o.reasoning}}, nullptr);
-    if (!o.content.empty()) {
-      out += chat ? Chunk({{"content", o.content}}, nullptr) : Chunk(o.content, nullptr);
+    for (const engine::OutputEvent& ev : events) {
+      switch (ev.kind) {
+        case K::kText:
+          if (!ev.text.empty()) out += Chunk({{"content", ev.text}}, nullptr);
+          break;
+        case K::kReasoning:
+          if (!ev.text.empty()) out += Chunk({{"reasoning_content", ev.text}}, nullptr);
+          break;
+        case K::kToolCallBegin: {
+          const ReplyCall& c = reply->calls().back();
+          Json call = {{"index", ev.tool_index},
+                       {"id", c.id},
+                       {"type", "function"},
+                       {"function", {{"name", c.name}, {"arguments", ""}}}};
+          out += Chunk({{"tool_calls", Json::array({std::move(call)})}}, nullptr);
+          break;
+        }
+        case K::kToolCallArgs:
+          if (!ev.text.empty()) {
+            Json call = {{"index", ev.tool_index}, {"function", {{"arguments", ev.text}}}};
+            out += Chunk({{"tool_calls", Json::array({std::move(call)})}}, nullptr);
+          }
+          break;
+        case K::kToolCallEnd:
+          break;
+      }
     }
     return out;
   }
-  ReasoningSplitter::Out Split(std::string_view text) {
-    if (split) return splitter.Feed(text);
-    return {"", std::string(text)};
+  std::string StreamText(int32_t token, std::string_view text) {
+    if (!chat) return text.empty() ? std::string() : Chunk(std::string(text), nullptr);
+    std::vector<engine::OutputEvent> events;
+    reply->Feed(token, text, &events);
+    return ChatChunks(events);
   }
-  std::string StreamText(std::string_view text) { return TextChunks(Split(text)); }
-  void Accumulate(const ReasoningSplitter::Out& o) {
-    reasoning += o.reasoning;
-    content += o.content;
+  std::string FinishReason() const {
+    if (chat && !reply->calls().empty() &&
+        (usage.finish == serve::FinishReason::kEndOfGeneration ||
+         usage.finish == serve::FinishReason::kStopString)) {
+      return "tool_calls";
+    }
+    return std::string(FinishReasonString(usage.finish));
   }
 
   std::string StreamEvent(const serve::Event& e) {
@@ -271,15 +195,20 @@ struct ResponseBuilder::State {
       case serve::Event::Kind::kToken: {
         std::string out = Start();
         AddLogprob(e);
-        return out + StreamText(e.text);
+        return out + StreamText(e.token, e.text);
       }
       case serve::Event::Kind::kDone: {
         done = true;
         usage = e.usage;
         std::string out = Start();
-        out += StreamText(e.text);
-        if (split) out += TextChunks(splitter.Finish());
-        const std::string finish(FinishReasonString(e.usage.finish));
+        if (chat) {
+          std::vector<engine::OutputEvent> events;
+          reply->Finish(e.text, &events);
+          out += ChatChunks(events);
+        } else {
+          out += StreamText(-1, e.text);
+        }
+        const std::string finish = FinishReason();
         out += chat ? Chunk(Json::object(), finish) : Chunk("", finish);
         if (include_usage) {
           Json c = Base(/*chunk=*/true);
@@ -303,36 +232,50 @@ struct ResponseBuilder::State {
         return;
       case serve::Event::Kind::kToken:
         AddLogprob(e);
-        Accumulate(Split(e.text));
+        if (chat) {
+          std::vector<engine::OutputEvent> events;
+          reply->Feed(e.token, e.text, &events);
+        } else {
+          content += e.text;
+        }
         return;
       case serve::Event::Kind::kDone:
         done = true;
         usage = e.usage;
-        Accumulate(Split(e.text));
+        if (chat) {
+          std::vector<engine::OutputEvent> events;
+          reply->Finish(e.text, &events);
+        } else {
+          content += e.text;
+        }
         return;
     }
   }
 
   std::string Finish() const {
     if (error.has_value()) return error->ToJson();
-    std::string final_content = content;
-    std::string final_reasoning = reasoning;
-    if (split) {
-      ReasoningSplitter rest = splitter;  // Finish() is const: flush a copy
-      ReasoningSplitter::Out o = rest.Finish();
-      final_reasoning += o.reasoning;
-      final_content += o.content;
-    }
     Json choice = {{"index", 0}};
     if (chat) {
-      Json message = {{"role", "assistant"}, {"content", final_content}};
-      if (split && !final_reasoning.empty()) message["reasoning_content"] = final_reasoning;
+      const bool calls = !reply->calls().empty();
+      Json message = {{"role", "assistant"}};
+      message["content"] =
+          calls && reply->content().empty() ? Json(nullptr) : Json(reply->content());
+      if (!reply->reasoning().empty()) message["reasoning_content"] = reply->reasoning();
+      if (calls) {
+        Json tc = Json::array();
+        for (const ReplyCall& c : reply->calls()) {
+          tc.push_back({{"id", c.id},
+                        {"type", "function"},
+                        {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+        }
+        message["tool_calls"] = std::move(tc);
+      }
       choice["message"] = std::move(message);
     } else {
-      choice["text"] = echo ? prompt_text + final_content : final_content;
+      choice["text"] = echo ? prompt_text + content : content;
     }
     choice["logprobs"] = LogprobsValue(logprobs_acc);
-    choice["finish_reason"] = done ? Json(FinishReasonString(usage.finish)) : Json(nullptr);
+    choice["finish_reason"] = done ? Json(FinishReason()) : Json(nullptr);
     Json body = Base(/*chunk=*/false);
     body["choices"] = Json::array({std::move(choice)});
     body["usage"] = internal::UsageObject(usage);
@@ -346,7 +289,9 @@ ResponseBuilder::ResponseBuilder(const ParsedRequest& req, std::string id, int64
   State& s = *s_;
   s.chat = req.chat;
   s.include_usage = req.include_usage;
-  s.split = req.split_reasoning;
+  if (s.chat) {
+    s.reply = std::make_unique<StructuredReply>(req, "call_");
+  }
   s.echo = req.echo && !req.chat;
   s.logprobs = req.request.logprobs;
   s.prompt_text = s.echo ? req.prompt_text : std::string();
@@ -390,6 +335,11 @@ std::string ResponseBuilder::Finish() const {
 }
 
 std::optional<ApiError> ResponseBuilder::error() const { return s_->error; }
+
+std::optional<std::pair<Message, ReplayEntry>> ResponseBuilder::ReplyRecord() const {
+  if (!s_->chat || !s_->done) return std::nullopt;
+  return std::make_pair(s_->reply->AsMessage(), ReplayEntry{"", s_->reply->ids(), {}});
+}
 
 bool ResponseBuilder::finished() const { return s_->done || s_->error.has_value(); }
 

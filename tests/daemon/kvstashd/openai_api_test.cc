@@ -40,6 +40,7 @@ ModelContext Qwen3Model() {
   m.aliases = {"qwen3", "default"};
   m.tokenizer = &Tok();
   m.chat_template.kind = engine::ChatTemplateKind::kQwen3;
+  m.reasoning = true;
   m.n_ctx = 256;
   m.default_max_tokens = 32;
   return m;
@@ -48,6 +49,7 @@ ModelContext Qwen3Model() {
 ModelContext ChatMlModel() {
   ModelContext m = Qwen3Model();
   m.chat_template.kind = engine::ChatTemplateKind::kChatMl;
+  m.reasoning = false;
   return m;
 }
 
@@ -104,7 +106,7 @@ TEST(OpenAiChatParse, RendersTheTemplateAndAddsTheVocabBos) {
           {"role":"user","content":"hello there"}]})");
   EXPECT_TRUE(p.chat);
   EXPECT_EQ(p.model, "my-model");
-  EXPECT_TRUE(p.split_reasoning);  // Qwen3
+  EXPECT_TRUE(p.parser.reasoning);  // Qwen3
   EXPECT_EQ(p.request.prompt,
             Render(Qwen3Model(), {{"system", "Be brief."}, {"user", "hello there"}}));
   ASSERT_FALSE(p.request.prompt.empty());
@@ -112,7 +114,7 @@ TEST(OpenAiChatParse, RendersTheTemplateAndAddsTheVocabBos) {
   EXPECT_EQ(p.request.limits.max_tokens, 32);  // default_max_tokens
   EXPECT_FALSE(p.stream);
   EXPECT_EQ(p.request.logprobs, -1);
-  EXPECT_FALSE(ParseChatOk(Chat(), ChatMlModel()).split_reasoning);
+  EXPECT_FALSE(ParseChatOk(Chat(), ChatMlModel()).parser.reasoning);
 }
 
 TEST(OpenAiChatParse, TemplateThatWritesBosGetsNoSecondBos) {
@@ -220,7 +222,7 @@ TEST(OpenAiChatParse, MessageErrorsNameThePath) {
       {R"({"messages":[{"content":"hi"}]})", "messages[0].role"},
       {R"({"messages":[{"role":"wizard","content":"hi"}]})", "messages[0].role"},
       {R"({"messages":[{"role":"user","content":"a"},{"role":"tool","content":"r"}]})",
-       "messages[1].role"},
+       "messages[1].tool_call_id"},
       {R"({"messages":[{"role":"user"}]})", "messages[0].content"},
       {R"({"messages":[{"role":"user","content":5}]})", "messages[0].content"},
       {R"({"messages":[{"role":"user","content":[{"type":"text","text":"a"},
@@ -230,7 +232,7 @@ TEST(OpenAiChatParse, MessageErrorsNameThePath) {
        "messages[0].content[0].text"},
       {R"({"messages":[{"role":"user","content":[7]}]})", "messages[0].content[0]"},
       {R"({"messages":[{"role":"assistant","content":"x","tool_calls":[{"id":"1"}]}]})",
-       "messages[0].tool_calls"},
+       "messages[0].tool_calls[0].function"},
   };
   for (const auto& [body, param] : cases) {
     const ApiError e = ChatError(body);
@@ -422,7 +424,7 @@ TEST(OpenAiCompletionParse, PromptForms) {
   const std::vector<int32_t> want = Tok().Encode("The cat <s> sat", true, false);
   ParsedRequest p = ParseCompletionOk(R"({"model":"x","prompt":"The cat <s> sat","echo":true})");
   EXPECT_FALSE(p.chat);
-  EXPECT_FALSE(p.split_reasoning);
+  EXPECT_FALSE(p.parser.reasoning);
   EXPECT_EQ(p.request.prompt, want);  // plain text: "<s>" is not the BOS token
   EXPECT_EQ(p.request.prompt[0], Tok().vocab().bos_id);
   EXPECT_EQ(p.prompt_text, "The cat <s> sat");
@@ -672,7 +674,7 @@ struct SplitCase {
 void CheckSplit(const SplitCase& c, const std::vector<std::string>& pieces) {
   const ModelContext m = Qwen3Model();
   ParsedRequest req = ParseChatOk(Chat());
-  ASSERT_TRUE(req.split_reasoning);
+  ASSERT_TRUE(req.parser.reasoning);
   ResponseBuilder nb(req, "c", 1, m);
   for (size_t i = 0; i + 1 < pieces.size(); ++i) nb.Add(Token(300, pieces[i]));
   nb.Add(Done(pieces.back()));

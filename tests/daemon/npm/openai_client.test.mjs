@@ -6,22 +6,16 @@
 // Every path is resolved from this file, never from the working directory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import {
+  FIXTURES, HERE, KVSTASHD, skipReason, startDaemon, stopDaemon, waitHealthy,
+} from './kvstashd.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..', '..');
-const KVSTASHD = path.resolve(process.env.KVSTASHD || path.join(REPO, 'build', 'bin', 'kvstashd'));
-const FIXTURES = path.resolve(process.env.KVSTASH_FIXTURES || path.join(REPO, '..', 'shared', 'models'));
 const MODEL = path.join(FIXTURES, 'stories260K.gguf');
 const MODEL_ID = 'stories260K';
-
-const READY_TIMEOUT_MS = 60_000;
-const EXIT_TIMEOUT_MS = 30_000;
 
 // A long prompt (well over 64 tokens with the model's 512-token vocabulary) so that whole KV
 // blocks (16 tokens by default) are cached after the first request.
@@ -32,8 +26,6 @@ const CHAT_MESSAGES = [
   { role: 'user', content: 'Tell me a story about a dog named Max and his red ball.' },
 ];
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
 // Loads the SDK. A missing node_modules is a broken setup (scripts/test runs `npm ci`), so it fails.
 async function loadOpenAI() {
   try {
@@ -43,65 +35,6 @@ async function loadOpenAI() {
       `cannot load the 'openai' package (${err.message}); run \`npm ci --prefix ${HERE}\` first`,
     );
   }
-}
-
-// Starts kvstashd on a free port; resolves once it printed its address.
-function startDaemon(cacheDir) {
-  const args = ['--port', '0', '--cache-dir', cacheDir, '-m', MODEL, '--log-level', 'warn'];
-  const child = spawn(KVSTASHD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const daemon = { child, stdout: '', stderr: '', exit: null };
-  daemon.exited = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      daemon.exit = { code, signal };
-      resolve(daemon.exit);
-    });
-  });
-  child.stderr.setEncoding('utf8').on('data', (d) => (daemon.stderr += d));
-  const listening = new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.stdout.setEncoding('utf8').on('data', (d) => {
-      daemon.stdout += d;
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(daemon.stdout);
-      if (m) resolve(Number(m[1]));
-    });
-    daemon.exited.then((e) =>
-      reject(new Error(`kvstashd exited before listening (${JSON.stringify(e)}):\n${daemon.stderr}`)),
-    );
-  });
-  daemon.port = withTimeout(listening, READY_TIMEOUT_MS, 'kvstashd to print its port');
-  return daemon;
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// Polls /health until 200 {"status":"ok"}; 503 {"status":"loading"} means keep waiting.
-async function waitHealthy(base, daemon) {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  let last = 'no answer';
-  while (Date.now() < deadline) {
-    if (daemon.exit) throw new Error(`kvstashd exited while loading: ${JSON.stringify(daemon.exit)}`);
-    try {
-      const res = await fetch(`${base}/health`);
-      const body = await res.text();
-      last = `${res.status} ${body}`;
-      if (res.status === 200) {
-        assert.equal(JSON.parse(body).status, 'ok');
-        return;
-      }
-      assert.equal(res.status, 503, `unexpected /health answer: ${last}`);
-    } catch (err) {
-      if (err instanceof assert.AssertionError) throw err;
-      last = err.message;
-    }
-    await sleep(100);
-  }
-  throw new Error(`kvstashd not healthy after ${READY_TIMEOUT_MS} ms (last: ${last})`);
 }
 
 function assertUsage(usage, what) {
@@ -128,26 +61,17 @@ function assertUsage(usage, what) {
 }
 
 test('kvstashd serves the official openai SDK', { timeout: 240_000 }, async (t) => {
-  if (!existsSync(MODEL)) {
-    const reason = `fixture ${MODEL} not found (set KVSTASH_FIXTURES to the folder holding stories260K.gguf)`;
+  const reason = skipReason(MODEL, 'openai');
+  if (reason) {
     console.log(`kvstash: SKIPPED: ${reason}`);
     t.skip(reason);
     return;
   }
   assert.ok(existsSync(KVSTASHD), `kvstashd not found at ${KVSTASHD} (build it, or set KVSTASHD)`);
-  // scripts/test leaves this file when `npm ci` could not reach the registry (e.g. a machine
-  // behind a TLS-intercepting proxy whose CA it lacks): the SDK is absent, said loudly.
-  const npmFailed = path.join(HERE, '.npm-ci-failed');
-  if (!existsSync(path.join(HERE, 'node_modules', 'openai')) && existsSync(npmFailed)) {
-    const reason = `npm ci could not install the openai SDK: ${readFileSync(npmFailed, 'utf8').trim()}`;
-    console.log(`kvstash: SKIPPED: ${reason}`);
-    t.skip(reason);
-    return;
-  }
   const OpenAI = await loadOpenAI();
 
   const cacheDir = await mkdtemp(path.join(tmpdir(), 'kvstash-npm-'));
-  const daemon = startDaemon(cacheDir);
+  const daemon = startDaemon(cacheDir, MODEL);
   try {
     const port = await daemon.port;
     const base = `http://127.0.0.1:${port}`;
@@ -290,11 +214,7 @@ test('kvstashd serves the official openai SDK', { timeout: 240_000 }, async (t) 
       assert.ok(device && Number(device[1]) > 0, 'no device-tier prompt tokens counted');
     });
   } finally {
-    if (!daemon.exit) daemon.child.kill('SIGTERM');
-    const exit = await withTimeout(daemon.exited, EXIT_TIMEOUT_MS, 'kvstashd to exit on SIGTERM').catch((e) => {
-      daemon.child.kill('SIGKILL');
-      throw e;
-    });
+    const exit = await stopDaemon(daemon);
     await rm(cacheDir, { recursive: true, force: true });
     await t.test('SIGTERM shuts kvstashd down with exit code 0', () => {
       assert.deepEqual(exit, { code: 0, signal: null }, `stderr:\n${daemon.stderr}`);
