@@ -121,8 +121,8 @@ void App::Handle(std::shared_ptr<http::Connection> conn, http::Request req) {
     return;
   }
   if (loading) {
-    api::ApiError e = Error(503, "the model is loading", "unavailable_error", "loading");
-    Send(conn, req, path, 503, e.ToJson(), id, t0, nullptr, 5);
+    SendError(conn, req, path, Error(503, "the model is loading", "unavailable_error", "loading"),
+              id, t0);
     return;
   }
   const bool get = method == bhttp::verb::get || method == bhttp::verb::head;
@@ -370,7 +370,10 @@ void App::Send(const std::shared_ptr<http::Connection>& conn, const http::Reques
 void App::SendError(const std::shared_ptr<http::Connection>& conn, const http::Request& req,
                     const std::string& route, const api::ApiError& e, const std::string& id,
                     SteadyClock::time_point t0) {
-  Send(conn, req, route, e.http_status, e.ToJson(), id, t0, nullptr, e.http_status == 503 ? 2 : 0);
+  // Anthropic clients parse errors in their API's shape, whatever refused the request.
+  const bool anthropic = PathOf(req).rfind("/v1/messages", 0) == 0;
+  Send(conn, req, route, e.http_status, anthropic ? api::AnthropicErrorBody(e) : e.ToJson(), id,
+       t0, nullptr, e.http_status == 503 ? 2 : 0);
 }
 
 void App::AccessLog(const std::string& id, const http::Request& req, int status,
