@@ -15,6 +15,7 @@
 
 #include "daemon/kvstashd/api/openai.h"
 #include "daemon/kvstashd/api/openai_json.h"
+#include "daemon/kvstashd/api/prompt.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace kvstash::daemon::api {
@@ -40,17 +41,6 @@ void CheckRange(const std::string& param, double v, double lo, double hi, bool l
   if ((lo_open ? v > lo : v >= lo) && v <= hi) return;
   Fail(param, "'" + param + "' must be " + (lo_open ? "greater than " : "between ") + Num(lo) +
                   (lo_open ? " and at most " : " and ") + Num(hi) + ", got " + Num(v));
-}
-
-// Mirrors cache::ValidateSessionName (1-128 of [A-Za-z0-9._-], not starting with '.' or '-'),
-// which lives in the cache library this one does not link; openai_api_test checks that the two
-// agree.
-bool ValidSessionName(std::string_view name) {
-  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
-  });
 }
 
 void ParseSampling(const Json& j, const ModelContext& model, engine::SamplerOptions* s) {
@@ -181,11 +171,7 @@ void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
              "generate in the model's context of " + std::to_string(model.n_ctx) + " tokens",
          422, "context_length_exceeded");
   }
-  int64_t budget =
-      requested.value_or(model.default_max_tokens > 0 ? model.default_max_tokens : remaining);
-  const int64_t cap = model.max_tokens_limit > 0 ? model.max_tokens_limit : model.n_ctx;
-  budget = std::max<int64_t>(1, std::min({budget, cap, remaining}));
-  p->request.limits.max_tokens = static_cast<int32_t>(budget);
+  p->request.limits.max_tokens = TokenBudget(model, n_prompt, requested);
 }
 
 std::string MessageContent(const Json& m, const std::string& param, bool may_be_null) {
@@ -245,10 +231,6 @@ std::vector<engine::ChatMessage> ParseMessages(const Json& j) {
   return out;
 }
 
-std::string SpecialText(const engine::Tokenizer& tok, int32_t id) {
-  return id >= 0 && id < tok.vocab().size() ? tok.TokenToPiece(id, true) : std::string();
-}
-
 ParsedRequest ParseChat(std::string_view body, const ModelContext& model) {
   const Json j = internal::ParseBodyObject(body);
   ParsedRequest p;
@@ -275,21 +257,14 @@ ParsedRequest ParseChat(std::string_view body, const ModelContext& model) {
   const std::vector<engine::ChatMessage> messages = ParseMessages(j);
   p.split_reasoning = model.chat_template.kind == engine::ChatTemplateKind::kQwen3;
 
-  const engine::Tokenizer* tok = model.tokenizer;
-  if (tok == nullptr) {
+  if (model.tokenizer == nullptr) {
     Fail("",
          "the model has no tokenizer vocabulary: chat completions need one (use "
          "/v1/completions with a prompt of token ids)");
   }
-  const engine::Vocab& v = tok->vocab();
-  opts.bos_token = SpecialText(*tok, v.bos_id);
-  opts.eos_token = SpecialText(*tok, v.eos_id);
-  Result<std::string> rendered = engine::RenderChat(model.chat_template, messages, opts);
-  if (!rendered.ok()) Fail("messages", rendered.status().message());
-  // Templates that write the BOS text themselves must not get a second BOS.
-  const bool add_bos =
-      v.add_bos && (opts.bos_token.empty() || !rendered->starts_with(opts.bos_token));
-  p.request.prompt = tok->Encode(*rendered, add_bos, /*parse_special=*/true);
+  Result<std::vector<int32_t>> prompt = RenderChatTokens(model, messages, opts);
+  if (!prompt.ok()) Fail("messages", prompt.status().message());
+  p.request.prompt = std::move(*prompt);
   SetBudget(model, max_tokens, "messages", &p);
   return p;
 }
