@@ -105,3 +105,36 @@ class RawConn {
 };
 
 }  // namespace kvstash::daemon::testutil
+
+namespace kvstash::daemon::testutil {
+
+struct CliResult {
+  int rc = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs `kvstash ARGS` through the shell, with `input` on stdin (a file, so stdin is not a tty).
+inline CliResult RunKvstash(const std::string& args, const std::string& input = "",
+                            const std::string& dir = "/tmp") {
+  static int n = 0;
+  const std::string base = dir + "/cli-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
+  { std::ofstream(base + ".in") << input; }
+  const std::string cmd =
+      std::string(KVSTASH_BIN_DIR) + "/kvstash " + args + " <" + base + ".in 2>" + base + ".err";
+  CliResult r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, got);
+  const int status = ::pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream e(base + ".err");
+  std::stringstream ss;
+  ss << e.rdbuf();
+  r.err = ss.str();
+  return r;
+}
+
+}  // namespace kvstash::daemon::testutil
