@@ -129,6 +129,10 @@ struct ClientCore {
         }
         if (!Dispatch(std::move(*f))) return;
       }
+      if (!reader->status().ok()) {
+        Fail(reader->status().WithContext("bad frame from kvstashd"));
+        return;
+      }
       const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
@@ -190,6 +194,7 @@ Result<Frame> ReadOne(ClientCore& c, std::chrono::steady_clock::time_point deadl
     if (auto raw = c.reader->Next()) {
       return DecodeFrame(std::span(reinterpret_cast<const uint8_t*>(raw->data()), raw->size()));
     }
+    KV_RETURN_IF_ERROR(c.reader->status());
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {

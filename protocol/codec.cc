@@ -206,6 +206,13 @@ Usage DecodeUsage(const fb::Usage& u) {
 }
 
 Result<Body> DecodeBody(const fb::Frame& f) {
+  // The verifier accepts a union whose type is set but whose table is absent (a null table
+  // verifies): every body_as_X() below would then be null.
+  if (f.body() == nullptr) {
+    if (f.body_type() == fb::Body_NONE) return Status::InvalidArgument("frame has no body");
+    return Status::InvalidArgument(
+        "frame of type " + std::to_string(static_cast<int>(f.body_type())) + " has no body table");
+  }
   switch (f.body_type()) {
     case fb::Body_Hello: {
       const fb::Hello* m = f.body_as_Hello();

@@ -40,8 +40,11 @@ class FrameReader {
   // stream cannot be resynchronized: every later call fails the same way.
   Status Append(const void* data, size_t n);
   // The FlatBuffer of the next complete frame (without its prefix), or nullopt when more bytes
-  // are needed.
+  // are needed or the stream failed: a length prefix inside an earlier chunk may only be checked
+  // here, so after nullopt the caller checks status().
   std::optional<std::string> Next();
+  // Ok, or why the stream cannot go on (the error Append returns from then on).
+  const Status& status() const { return error_; }
   // Bytes held for an incomplete frame.
   size_t buffered() const { return buffer_.size() - pos_; }
 

@@ -184,7 +184,9 @@ constexpr const char* kChatHelp =
 
 void RegisterDaemonGenerateCommands(CLI::App& app, int* exit_code) {
   auto a = std::make_shared<GenerateArgs>();
-  CLI::App* gen = app.add_subcommand("generate", kGenerateHelp);
+  CLI::App* gen = app.add_subcommand(
+      "generate", "Generate with the running kvstashd (local socket), streaming the text.");
+  gen->footer(kGenerateHelp);
   gen->add_option("prompt", a->prompt, "Prompt text");
   gen->add_option("-f,--file", a->file, "Read the prompt from FILE");
   gen->add_option("--session", a->session, "Continue (or create) the daemon session NAME");
@@ -200,7 +202,9 @@ void RegisterDaemonGenerateCommands(CLI::App& app, int* exit_code) {
   gen->callback([a, exit_code] { *exit_code = Generate(*a); });
 
   auto ca = std::make_shared<GenerateArgs>();
-  CLI::App* chat = app.add_subcommand("chat", kChatHelp);
+  CLI::App* chat = app.add_subcommand(
+      "chat", "An interactive conversation with the running kvstashd, kept in a session.");
+  chat->footer(kChatHelp);
   chat->add_option("--session", ca->session, "Keep the conversation in the daemon session NAME");
   chat->add_option("--system", ca->system, "System message of a new conversation");
   chat->add_option("--salt", ca->salt, "Cache salt (tenant isolation)");

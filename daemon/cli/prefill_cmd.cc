@@ -228,7 +228,9 @@ constexpr const char* kStatsHelp =
 
 void RegisterDaemonPrefillCommands(CLI::App& app, int* exit_code) {
   auto a = std::make_shared<PrefillArgs>();
-  CLI::App* p = app.add_subcommand("prefill", kPrefillHelp);
+  CLI::App* p = app.add_subcommand(
+      "prefill", "Warm a repository context (files, globs) in the running kvstashd's cache.");
+  p->footer(kPrefillHelp);
   p->add_option("-f,--file", a->files, "A file of the context (repeatable)")->expected(1, -1);
   p->add_option("--glob", a->globs,
                 "Files under the current directory matching PATTERN, ** for any directories "
@@ -241,7 +243,8 @@ void RegisterDaemonPrefillCommands(CLI::App& app, int* exit_code) {
   p->callback([a, exit_code] { *exit_code = Prefill(*a); });
 
   auto s = std::make_shared<StatsArgs>();
-  CLI::App* st = app.add_subcommand("stats", kStatsHelp);
+  CLI::App* st = app.add_subcommand("stats", "The running kvstashd's cache tiers and scheduler.");
+  st->footer(kStatsHelp);
   st->add_flag("--json", s->json, "Print the numbers as one JSON object");
   AddDaemonFlags(st, &s->daemon);
   st->callback([s, exit_code] { *exit_code = Stats(*s); });

@@ -245,9 +245,11 @@ constexpr const char* kRmHelp =
 void RegisterSessionCommand(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<SessionArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "session",
-      "Named sessions: of the running kvstashd (save, restore, list, rm), or of a cache directory "
-      "(list, rm with --cache-dir; sessions saved with `kvstash run --save-session`).");
+      "session", "Named sessions of the running kvstashd, or of a cache directory (--cache-dir).");
+  cmd->footer(
+      "save, restore, list and rm ask the running kvstashd over its local socket; list and rm "
+      "with --cache-dir DIR read the cache directory itself (the daemon stopped; sessions saved "
+      "with `kvstash run --save-session` too).");
   cmd->require_subcommand(1);
   CLI::App* list = cmd->add_subcommand("list", kListHelp);
   list->add_option("--cache-dir", args->cache_dir,

@@ -158,7 +158,9 @@ TEST(CodecTest, OversizeFrameAfterAGoodOneInTheSameChunk) {
   FrameReader r(4096);
   ASSERT_TRUE(r.Append(bytes.data(), bytes.size()).ok());
   EXPECT_TRUE(r.Next().has_value());
+  EXPECT_TRUE(r.status().ok());
   EXPECT_FALSE(r.Next().has_value());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);  // found by Next, reported here
   EXPECT_FALSE(r.Append("x", 1).ok());
 }
 
@@ -210,6 +212,24 @@ TEST(CodecTest, NestingBeyondTheDepthLimitFailsVerification) {
   flatbuffers::Verifier shallow(reinterpret_cast<const uint8_t*>(buf.data()), buf.size(), 2);
   EXPECT_FALSE(fb::VerifyFrameBuffer(shallow));
   EXPECT_TRUE(DecodeFrame(Bytes(buf)).ok());
+}
+
+// Regression: the verifier passes a union type without its table; decoding dereferenced the
+// missing table (found by the malformed-frame test against a live daemon).
+TEST(CodecTest, UnionTypeWithoutItsTableIsAnError) {
+  for (int type = 1; type <= static_cast<int>(fb::Body_MAX); ++type) {
+    flatbuffers::FlatBufferBuilder b;
+    fb::FrameBuilder fbld(b);
+    fbld.add_id(2);
+    fbld.add_body_type(static_cast<fb::Body>(type));
+    b.Finish(fbld.Finish(), fb::FrameIdentifier());
+    const std::string buf(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+    uint64_t id = 0;
+    auto f = DecodeFrame(Bytes(buf), &id);
+    ASSERT_FALSE(f.ok()) << type;
+    EXPECT_NE(f.status().message().find("has no body table"), std::string::npos);
+    EXPECT_EQ(id, 2u);
+  }
 }
 
 TEST(CodecTest, NoBodyIsAnError) {

@@ -92,6 +92,10 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
       if (!raw) break;
       OnFrame(*raw);
     }
+    if (!reader_.status().ok()) {
+      Fatal(reader_.status());
+      return;
+    }
     Read();
   }
 
@@ -100,7 +104,6 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
     Result<protocol::Frame> f = protocol::DecodeFrame(
         std::span(reinterpret_cast<const uint8_t*>(raw.data()), raw.size()), &id);
     if (!f.ok()) {
-      ++bad_frames_;
       if (!hello_done_) {
         Fatal(f.status().WithContext("the first frame must be a valid Hello"));
       } else {
@@ -136,7 +139,7 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
   // A fatal Error frame, then the connection closes once it is written.
   void Fatal(const Status& s) {
     if (closed_ || closing_) return;
-    if (bad_frames_ <= 1) DefaultLogger()->info("socket: closing a connection: {}", s.ToString());
+    DefaultLogger()->debug("socket: closing a connection of uid {}: {}", peer_uid_, s.ToString());
     Send(protocol::Frame{protocol::wire::kConnectionId, ErrorFrom(s, /*fatal=*/true)});
     closing_ = true;
     if (!writing_) Close();
@@ -188,7 +191,6 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
   bool hello_done_ = false;
   bool closing_ = false;
   bool closed_ = false;
-  uint64_t bad_frames_ = 0;
 };
 
 // Whether something is accepting connections at `path`.

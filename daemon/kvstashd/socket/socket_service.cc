@@ -117,12 +117,27 @@ Status ApplySampling(const protocol::Sampling& s, const api::ModelContext& m, se
     std::random_device rd;
     o.seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
   }
+  // The HTTP API's ranges (api/openai_request.cc), so both front ends accept the same requests.
+  auto range = [](const char* field, double v, double lo, double hi) -> Status {
+    if (v >= lo && v <= hi) return Status::Ok();
+    return Status::InvalidArgument("sampling." + std::string(field) + " must be between " +
+                                   std::to_string(lo) + " and " + std::to_string(hi) + ", got " +
+                                   std::to_string(v));
+  };
+  KV_RETURN_IF_ERROR(range("temperature", o.temperature, 0, 2));
+  KV_RETURN_IF_ERROR(range("top_p", o.top_p, 1e-9, 1));
+  KV_RETURN_IF_ERROR(range("min_p", o.min_p, 0, 1));
+  KV_RETURN_IF_ERROR(range("presence_penalty", o.presence_penalty, -2, 2));
+  KV_RETURN_IF_ERROR(range("frequency_penalty", o.frequency_penalty, -2, 2));
+  if (!(o.repeat_penalty > 0)) {
+    return Status::InvalidArgument("sampling.repetition_penalty must be greater than 0");
+  }
   if (s.stop.size() > static_cast<size_t>(api::kMaxStopStrings)) {
     return Status::InvalidArgument("sampling.stop: at most " +
                                    std::to_string(api::kMaxStopStrings) + " strings");
   }
   r->limits.stop_strings = s.stop;
-  return Status::Ok();  // ranges are checked by engine::Sampler::Create at Submit
+  return Status::Ok();
 }
 
 // The token budget: 0 stays 0 (prefill only).

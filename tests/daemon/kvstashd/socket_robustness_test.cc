@@ -99,8 +99,27 @@ TEST_F(SocketRobustnessTest, TenThousandMalformedFramesLeaveAnHonestClientServed
   while (sent < 10000) {
     if (!conn || rng() % 50 == 0) {
       conn = std::make_unique<RawConn>(d.socket_path());
-      ASSERT_TRUE(conn->ok());
-      ASSERT_TRUE(conn->Hello());
+      if (!conn->ok() || !conn->Hello()) {
+        stop = true;
+        client.join();
+        if (std::getenv("KVSTASH_DEBUG_GDB")) {
+          (void)std::system(("gdb -p " + std::to_string(d.pid()) +
+                             " -batch -ex 'thread apply all bt 12' > /tmp/sock-gdb.txt 2>&1")
+                                .c_str());
+        }
+        RawConn again(d.socket_path());
+        again.Send(protocol::Frame{0, protocol::Hello{1, 0, "again"}});
+        auto f = again.Read(std::chrono::seconds(5));
+        FAIL() << "retry: " << (f ? protocol::BodyName(f->body) : "nothing")
+               << (f && std::holds_alternative<protocol::ErrorReply>(f->body)
+                       ? std::get<protocol::ErrorReply>(f->body).message
+                       : "")
+               << " running=" << d.running() << "\na fresh connection was not served after " << sent
+               << " malformed frames ("
+               << (conn->ok() ? "no HelloAck" : std::string("connect: ") + std::strerror(errno))
+               << ")\n"
+               << d.Log().substr(d.Log().size() > 4000 ? d.Log().size() - 4000 : 0);
+      }
     }
     const int kind = static_cast<int>(rng() % 8);
     ++kinds_seen[kind];
@@ -128,8 +147,9 @@ TEST_F(SocketRobustnessTest, TenThousandMalformedFramesLeaveAnHonestClientServed
       }
       case 3:  // valid buffers of types a client may not send
         bytes = protocol::EncodeFrame(protocol::Frame{
-            rng() % 100 + 1, rng() % 2 ? protocol::Body(protocol::Done{})
-                                       : protocol::Body(protocol::HelloAck{1, 0, "x"})});
+            rng() % 100 + 1, rng() % 2
+                                 ? protocol::Body(protocol::Done{})
+                                 : protocol::Body(protocol::HelloAck{1, 0, "x", 0, "", 0, 0})});
         break;
       case 4:  // deep / cyclic nesting
         bytes = Framed(DeepFrame(rng));

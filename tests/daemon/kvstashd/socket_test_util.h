@@ -86,6 +86,7 @@ class RawConn {
         return std::nullopt;
       }
       if (!reader_.Append(buf, static_cast<size_t>(n)).ok()) return std::nullopt;
+      if (!reader_.status().ok()) return std::nullopt;
     }
   }
   // Reads until the daemon closes the connection (true) or `timeout` passes (false).
