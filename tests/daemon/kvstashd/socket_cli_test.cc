@@ -69,8 +69,8 @@ TEST(SocketCliTest, SessionContinuesAcrossARestartAsIfNeverStopped) {
   ASSERT_EQ(t2.rc, 0) << t2.err;
   EXPECT_EQ(text_of(t2), turn2_reference);
   const json u2 = json::parse(t2.out)["usage"];
-  // Everything before this turn came from the cache (restored into memory just before).
-  EXPECT_GE(u2["cached_tokens"].get<int>(), ru["prompt_tokens"].get<int>() - 1) << t2.out;
+  // Every full block before this turn came from memory (restored there just before).
+  EXPECT_GE(u2["cached_tokens"].get<int>(), ru["prompt_tokens"].get<int>() / 16 * 16) << t2.out;
   EXPECT_GT(u2["device_tokens"].get<int>(), 0) << t2.out;
   auto rm = RunKvstash("session rm story" + Sock(d));
   EXPECT_EQ(rm.rc, 0) << rm.err;
