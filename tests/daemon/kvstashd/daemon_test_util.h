@@ -221,8 +221,14 @@ class Daemon {
   bool running() const { return pid_ > 0; }
   int port() const { return port_; }
   const std::string& dir() const { return dir_; }
-  // The local socket of a daemon started without --socket.
-  std::string socket_path() const { return dir_ + "/kvstashd.sock"; }
+  // The local socket of a daemon started without --socket (in its directory, or under /tmp when
+  // that path would exceed a Unix socket address).
+  std::string socket_path() const {
+    const std::string p = dir_ + "/kvstashd.sock";
+    if (p.size() < 100) return p;
+    return "/tmp/kvstashd-test-" + std::to_string(::getpid()) + "-" +
+           std::to_string(std::hash<std::string>()(dir_) % 1000000) + ".sock";
+  }
   pid_t pid() const { return pid_; }
   std::string Log() const {
     std::ifstream in(log_);

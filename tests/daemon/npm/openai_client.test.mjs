@@ -47,7 +47,8 @@ async function loadOpenAI() {
 
 // Starts kvstashd on a free port; resolves once it printed its address.
 function startDaemon(cacheDir) {
-  const args = ['--port', '0', '--cache-dir', cacheDir, '-m', MODEL, '--log-level', 'warn'];
+  const args = ['--port', '0', '--cache-dir', cacheDir, '-m', MODEL, '--log-level', 'warn',
+    '--socket', 'none'];  // HTTP only; the default socket path is one per user
   const child = spawn(KVSTASHD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const daemon = { child, stdout: '', stderr: '', exit: null };
   daemon.exited = new Promise((resolve) => {
