@@ -2,6 +2,8 @@
 // and the daemon side of `session`): the --socket/--timeout flags, connecting with a clear error,
 // sampling flags, and printing a usage record as a line or as JSON. The wire format stays behind
 // protocol/client.h.
+//
+// Thread safety: used from the CLI's main thread (the client itself is thread-safe).
 #pragma once
 
 #include <CLI/CLI.hpp>
