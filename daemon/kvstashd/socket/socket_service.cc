@@ -25,13 +25,8 @@ protocol::ErrorReply ErrorFrom(const Status& s, bool fatal) {
 
 namespace {
 
-// What a generation-shaped request (Generate, Prefill, SessionSave, SessionRestore) asks of the
-// frames that answer it.
-struct Shape {
-  bool stream = false;    // TokenChunk frames (else the text comes in Done)
-  bool progress = false;  // Progress frames
-  bool generate = false;  // counted as a generation in /metrics
-};
+// Requests in flight on one connection beyond which new ones are refused.
+constexpr size_t kMaxInFlightPerConnection = 256;
 
 protocol::Usage UsageOf(const serve::Usage& u) {
   protocol::Usage p;
@@ -223,6 +218,97 @@ protocol::HelloAck Service::Ack(uint32_t max_frame_bytes) const {
   return a;
 }
 
+namespace {
+
+Result<serve::Request> FromPrefill(const protocol::PrefillRequest& p, const api::ModelContext& m) {
+  KV_RETURN_IF_ERROR(CheckSalt(p.cache_salt));
+  KV_ASSIGN_OR_RETURN(std::vector<int32_t> ids, PromptTokens(p.prompt, m, false));
+  if (ids.empty()) return Status::InvalidArgument("prompt: the prompt is empty");
+  serve::Request r = PrefillOnly(std::move(ids), p.cache_salt);
+  r.progress = p.progress;
+  return r;
+}
+
+Result<serve::Request> FromSessionSave(const protocol::SessionSaveRequest& ss,
+                                       const api::ModelContext& m) {
+  KV_RETURN_IF_ERROR(CheckSession(ss.name, "name", true));
+  KV_RETURN_IF_ERROR(CheckSession(ss.from_session, "from_session", false));
+  KV_RETURN_IF_ERROR(CheckSalt(ss.cache_salt));
+  KV_ASSIGN_OR_RETURN(std::vector<int32_t> ids, PromptTokens(ss.prompt, m, false));
+  if (ids.empty() && ss.from_session.empty()) {
+    return Status::InvalidArgument("SessionSave needs a prompt or from_session");
+  }
+  serve::Request r = PrefillOnly(std::move(ids), ss.cache_salt);
+  r.restore_session = ss.from_session;
+  r.save_session = ss.name;
+  return r;
+}
+
+Result<serve::Request> FromSessionRestore(const protocol::SessionRestoreRequest& sr) {
+  KV_RETURN_IF_ERROR(CheckSession(sr.name, "name", true));
+  KV_RETURN_IF_ERROR(CheckSalt(sr.cache_salt));
+  serve::Request r = PrefillOnly({}, sr.cache_salt);
+  r.restore_session = sr.name;
+  return r;
+}
+
+// The engine request of a generation-shaped frame and the frames that answer it; nullopt for
+// the other request types.
+std::optional<Result<serve::Request>> EngineRequest(const Body& body, const api::ModelContext& m,
+                                                    Shape* shape) {
+  if (const auto* g = std::get_if<protocol::GenerateRequest>(&body)) {
+    *shape = {g->stream, false, true};
+    return FromGenerate(*g, m);
+  }
+  if (const auto* p = std::get_if<protocol::PrefillRequest>(&body)) {
+    *shape = {false, p->progress, false};
+    return FromPrefill(*p, m);
+  }
+  if (const auto* ss = std::get_if<protocol::SessionSaveRequest>(&body)) {
+    return FromSessionSave(*ss, m);
+  }
+  if (const auto* sr = std::get_if<protocol::SessionRestoreRequest>(&body)) {
+    return FromSessionRestore(*sr);
+  }
+  return std::nullopt;
+}
+
+Result<Body> Detokenize(const protocol::DetokenizeRequest& d, const api::ModelContext& m,
+                        const serve::Engine& engine) {
+  const int n_vocab = m.tokenizer != nullptr ? m.tokenizer->vocab().size() : 0;
+  for (int32_t tok : d.tokens) {
+    if (tok < 0 || tok >= n_vocab) {
+      return Status::InvalidArgument("token id " + std::to_string(tok) + " is out of range [0, " +
+                                     std::to_string(n_vocab) + ")");
+    }
+  }
+  return Body(protocol::DetokenizeResult{engine.Detokenize(d.tokens)});
+}
+
+protocol::StatsResult StatsOf(const serve::Engine& engine) {
+  const cache::CacheStats c = engine.cache_stats();
+  const serve::SchedulerStats s = engine.scheduler_stats();
+  protocol::StatsResult r;
+  auto tier = [](const char* name, const cache::TierStats& t) {
+    return protocol::TierStats{name, t.blocks, t.bytes, t.hits, t.misses, t.evictions};
+  };
+  r.tiers = {tier("device", c.device), tier("host", c.host), tier("disk", c.disk)};
+  r.lookups = c.lookups;
+  r.lookup_tokens = c.lookup_tokens;
+  r.cached_tokens = c.cached_tokens;
+  r.prefilled_tokens = s.prefilled_tokens;
+  r.generated_tokens = s.generated_tokens;
+  r.running = s.running;
+  r.queue_depth = s.queue_depth;
+  r.pages_total = s.pages_total;
+  r.pages_free = s.pages_free;
+  r.completed = s.completed;
+  r.cancelled = s.cancelled;
+  return r;
+}
+
+}  // namespace
+
 void Service::Handle(const std::shared_ptr<Peer>& peer, Frame frame) {
   const uint64_t id = frame.id;
   auto reply = [&](Body b) { peer->Send(Frame{id, std::move(b)}); };
@@ -251,61 +337,22 @@ void Service::Handle(const std::shared_ptr<Peer>& peer, Frame frame) {
   if (peer->in_flight.count(id) != 0) {
     return fail(Status::InvalidArgument("request id " + std::to_string(id) + " is in flight"));
   }
-  const api::ModelContext& m = *model;
   Shape shape;
-  Result<serve::Request> req = Status::Internal("unset");
-  if (const auto* g = std::get_if<protocol::GenerateRequest>(&frame.body)) {
-    shape = {g->stream, false, true};
-    req = FromGenerate(*g, m);
-  } else if (const auto* p = std::get_if<protocol::PrefillRequest>(&frame.body)) {
-    shape = {false, p->progress, false};
-    Status s = CheckSalt(p->cache_salt);
-    auto ids = s.ok() ? PromptTokens(p->prompt, m, false) : Result<std::vector<int32_t>>(s);
-    if (ids.ok() && ids->empty()) ids = Status::InvalidArgument("prompt: the prompt is empty");
-    req = ids.ok() ? Result<serve::Request>(PrefillOnly(std::move(*ids), p->cache_salt))
-                   : Result<serve::Request>(ids.status());
-    if (req.ok()) req->progress = p->progress;
-  } else if (const auto* ss = std::get_if<protocol::SessionSaveRequest>(&frame.body)) {
-    Status s = CheckSession(ss->name, "name", true);
-    if (s.ok()) s = CheckSession(ss->from_session, "from_session", false);
-    if (s.ok()) s = CheckSalt(ss->cache_salt);
-    auto ids = s.ok() ? PromptTokens(ss->prompt, m, false) : Result<std::vector<int32_t>>(s);
-    if (ids.ok() && ids->empty() && ss->from_session.empty()) {
-      ids = Status::InvalidArgument("SessionSave needs a prompt or from_session");
-    }
-    if (ids.ok()) {
-      serve::Request r = PrefillOnly(std::move(*ids), ss->cache_salt);
-      r.restore_session = ss->from_session;
-      r.save_session = ss->name;
-      req = std::move(r);
-    } else {
-      req = ids.status();
-    }
-  } else if (const auto* sr = std::get_if<protocol::SessionRestoreRequest>(&frame.body)) {
-    Status s = CheckSession(sr->name, "name", true);
-    if (s.ok()) s = CheckSalt(sr->cache_salt);
-    if (s.ok()) {
-      serve::Request r = PrefillOnly({}, sr->cache_salt);
-      r.restore_session = sr->name;
-      req = std::move(r);
-    } else {
-      req = s;
-    }
-  } else if (const auto* t = std::get_if<protocol::TokenizeRequest>(&frame.body)) {
+  if (auto req = EngineRequest(frame.body, *model, &shape)) {
+    if (!req->ok()) return fail(req->status());
+    return Submit(peer, id, *engine, std::move(**req), shape);
+  }
+  if (const auto* t = std::get_if<protocol::TokenizeRequest>(&frame.body)) {
     auto ids = engine->Tokenize(t->text, t->add_special, t->parse_special);
     if (!ids.ok()) return fail(ids.status());
     return reply(protocol::TokenizeResult{std::move(*ids)});
-  } else if (const auto* d = std::get_if<protocol::DetokenizeRequest>(&frame.body)) {
-    const int n_vocab = m.tokenizer != nullptr ? m.tokenizer->vocab().size() : 0;
-    for (int32_t tok : d->tokens) {
-      if (tok < 0 || tok >= n_vocab) {
-        return fail(Status::InvalidArgument("token id " + std::to_string(tok) +
-                                            " is out of range [0, " + std::to_string(n_vocab) +
-                                            ")"));
-      }
-    }
-    return reply(protocol::DetokenizeResult{engine->Detokenize(d->tokens)});
-  } else if (std::holds_alternative<protocol::SessionListRequest>(frame.body)) {
+  }
+  if (const auto* d = std::get_if<protocol::DetokenizeRequest>(&frame.body)) {
+    auto r = Detokenize(*d, *model, *engine);
+    return r.ok() ? reply(std::move(*r)) : fail(r.status());
+  }
+  if (std::holds_alternative<protocol::StatsRequest>(frame.body)) return reply(StatsOf(*engine));
+  if (std::holds_alternative<protocol::SessionListRequest>(frame.body)) {
     return OffStrand(peer, id, [engine]() -> Body {
       auto list = engine->ListSessions();
       if (!list.ok()) return ErrorFrom(list.status());
@@ -316,45 +363,29 @@ void Service::Handle(const std::shared_ptr<Peer>& peer, Frame frame) {
       }
       return r;
     });
-  } else if (const auto* sd = std::get_if<protocol::SessionDeleteRequest>(&frame.body)) {
+  }
+  if (const auto* sd = std::get_if<protocol::SessionDeleteRequest>(&frame.body)) {
     if (Status s = CheckSession(sd->name, "name", true); !s.ok()) return fail(s);
-    const std::string name = sd->name;
-    return OffStrand(peer, id, [engine, name]() -> Body {
+    return OffStrand(peer, id, [engine, name = sd->name]() -> Body {
       Status s = engine->DeleteSession(name);
       if (!s.ok()) return ErrorFrom(s);
       return protocol::Done{};
     });
-  } else if (std::holds_alternative<protocol::StatsRequest>(frame.body)) {
-    const cache::CacheStats c = engine->cache_stats();
-    const serve::SchedulerStats s = engine->scheduler_stats();
-    protocol::StatsResult r;
-    auto tier = [](const char* name, const cache::TierStats& t) {
-      return protocol::TierStats{name, t.blocks, t.bytes, t.hits, t.misses, t.evictions};
-    };
-    r.tiers = {tier("device", c.device), tier("host", c.host), tier("disk", c.disk)};
-    r.lookups = c.lookups;
-    r.lookup_tokens = c.lookup_tokens;
-    r.cached_tokens = c.cached_tokens;
-    r.prefilled_tokens = s.prefilled_tokens;
-    r.generated_tokens = s.generated_tokens;
-    r.running = s.running;
-    r.queue_depth = s.queue_depth;
-    r.pages_total = s.pages_total;
-    r.pages_free = s.pages_free;
-    r.completed = s.completed;
-    r.cancelled = s.cancelled;
-    return reply(std::move(r));
-  } else {
-    return fail(Status::InvalidArgument(std::string(protocol::BodyName(frame.body)) +
-                                        " is not a request a client may send"));
   }
-  if (!req.ok()) return fail(req.status());
+  fail(Status::InvalidArgument(std::string(protocol::BodyName(frame.body)) +
+                               " is not a request a client may send"));
+}
+
+void Service::Submit(const std::shared_ptr<Peer>& peer, uint64_t id, serve::Engine& engine,
+                     serve::Request req, const Shape& shape) {
+  auto fail = [&](const Status& s) { peer->Send(Frame{id, ErrorFrom(s)}); };
   if (draining_.load()) return fail(Status::Busy("kvstashd is shutting down"));
-  if (peer->in_flight.size() >= 256) {
-    return fail(Status::ResourceExhausted("too many requests in flight on this connection"));
+  if (peer->in_flight.size() >= kMaxInFlightPerConnection) {
+    return fail(Status::ResourceExhausted("too many requests in flight on this connection (" +
+                                          std::to_string(kMaxInFlightPerConnection) + ")"));
   }
-  req->id = "sock-" + std::to_string(++next_id_);
-  auto handle = engine->Submit(std::move(*req));
+  req.id = "sock-" + std::to_string(++next_id_);
+  auto handle = engine.Submit(std::move(req));
   if (!handle.ok()) return fail(handle.status());
   auto s = std::make_shared<Stream>();
   s->peer = peer;

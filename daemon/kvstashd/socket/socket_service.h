@@ -28,6 +28,7 @@
 namespace kvstash::serve {
 class Engine;
 class RequestHandle;
+struct Request;
 }  // namespace kvstash::serve
 
 namespace kvstash::daemon::socket {
@@ -46,6 +47,14 @@ class Peer {
   // Requests of this connection in flight, by client id (for Cancel and for cancelling them all
   // when the client goes away).
   std::map<uint64_t, std::shared_ptr<serve::RequestHandle>> in_flight;
+};
+
+// What a generation-shaped request (Generate, Prefill, SessionSave, SessionRestore) asks of the
+// frames that answer it.
+struct Shape {
+  bool stream = false;    // TokenChunk frames (else the text comes in Done)
+  bool progress = false;  // Progress frames
+  bool generate = false;  // counted as a generation in /metrics
 };
 
 class Service {
@@ -68,6 +77,9 @@ class Service {
   struct Stream;
 
  private:
+  // Submits an engine request of `peer` and streams its events back as frames.
+  void Submit(const std::shared_ptr<Peer>& peer, uint64_t id, serve::Engine& engine,
+              serve::Request req, const Shape& shape);
   void Drain(const std::shared_ptr<Stream>& s);
   // Runs `work` on the worker thread and sends its frame back on the peer's strand.
   void OffStrand(const std::shared_ptr<Peer>& peer, uint64_t id,
