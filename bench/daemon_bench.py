@@ -351,7 +351,9 @@ class LlamaServer(Server):
 
 
 def kvstashd_server(args, label, extra, work):
-    argv = [args.kvstashd, "-m", args.model, "-t", str(args.threads), "--log-level", "info"] + extra
+    # HTTP only: several daemons run at once and the default socket path is one per user.
+    argv = [args.kvstashd, "-m", args.model, "-t", str(args.threads), "--log-level", "info",
+            "--socket", "none"] + extra
     return Kvstashd(label, argv, work, args.ready_timeout)
 
 

@@ -247,7 +247,7 @@ class Daemon:
 
 def daemon_argv(args, cache_dir, extra):
     return [args.bin, "-m", args.model, "--port", "0", "-t", str(args.threads),
-            "--cache-dir", cache_dir, "--log-level", args.log_level] + extra
+            "--cache-dir", cache_dir, "--log-level", args.log_level, "--socket", "none"] + extra
 
 
 def compute_references(args, work):

@@ -12,8 +12,14 @@
 
 namespace kvstash::cli {
 
-void RegisterRunCommand(CLI::App& app, int* exit_code);      // run_cmd.cc
-void RegisterSessionCommand(CLI::App& app, int* exit_code);  // session_cmd.cc (list, rm)
+void RegisterRunCommand(CLI::App& app, int* exit_code);  // run_cmd.cc
+void RegisterSessionCommand(CLI::App& app,
+                            int* exit_code);  // session_cmd.cc (save, restore, list, rm)
+// Against a running kvstashd over its local socket:
+void RegisterDaemonGenerateCommands(CLI::App& app,
+                                    int* exit_code);  // generate_cmd.cc (generate, chat)
+void RegisterDaemonPrefillCommands(CLI::App& app,
+                                   int* exit_code);  // prefill_cmd.cc (prefill, stats)
 
 void RegisterTokenizeCommands(CLI::App& app,
                               int* exit_code);  // tokenize_cmd.cc (tokenize, detokenize)

@@ -1,4 +1,5 @@
-// kvstash: the command-line front end. Offline commands run the engine in-process.
+// kvstash: the command-line front end. Offline commands (run, tokenize, session --cache-dir) run
+// the engine in-process; generate, chat, prefill, stats and session talk to a running kvstashd.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
@@ -14,6 +15,8 @@ int main(int argc, char** argv) {
   kvstash::cli::RegisterRunCommand(app, &exit_code);
   kvstash::cli::RegisterTokenizeCommands(app, &exit_code);
   kvstash::cli::RegisterSessionCommand(app, &exit_code);
+  kvstash::cli::RegisterDaemonGenerateCommands(app, &exit_code);
+  kvstash::cli::RegisterDaemonPrefillCommands(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

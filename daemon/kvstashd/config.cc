@@ -23,7 +23,8 @@ constexpr const char* kDescription =
 
 // Byte-size options are strings in CLI11 and parsed here, naming the option on error.
 struct RawSizes {
-  std::string kv_bytes = "2G", cache_bytes = "64G", host_cache_bytes = "0", max_body = "16M";
+  std::string kv_bytes = "2G", cache_bytes = "64G", host_cache_bytes = "0", max_body = "16M",
+              max_frame = "16M";
 };
 
 void AddOptions(CLI::App& app, DaemonConfig& c, RawSizes& r) {
@@ -130,6 +131,15 @@ void AddOptions(CLI::App& app, DaemonConfig& c, RawSizes& r) {
                  "prefills); 0 = off")
       ->capture_default_str()
       ->check(CLI::Range(0, 3600));
+  app.add_option("--socket", c.socket_path,
+                 "Unix socket for local clients (kvstash generate/chat/prefill/session/stats); "
+                 "default $XDG_RUNTIME_DIR/kvstash/kvstashd.sock; none = off");
+  app.add_option("--max-frame-bytes", r.max_frame,
+                 "Largest socket frame; a longer one closes the connection")
+      ->capture_default_str();
+  app.add_option("--socket-allow-uid", c.socket_allow_uids,
+                 "Another uid that may connect to the socket (repeatable; default: only the "
+                 "daemon's own)");
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
@@ -194,13 +204,17 @@ Status ParseSizes(const RawSizes& r, DaemonConfig& c) {
   } items[] = {{"--kv-bytes", &r.kv_bytes, &c.kv_bytes},
                {"--cache-bytes", &r.cache_bytes, &c.cache_bytes},
                {"--host-cache-bytes", &r.host_cache_bytes, &c.host_cache_bytes},
-               {"--max-body-bytes", &r.max_body, &c.max_body_bytes}};
+               {"--max-body-bytes", &r.max_body, &c.max_body_bytes},
+               {"--max-frame-bytes", &r.max_frame, &c.max_frame_bytes}};
   for (const Item& it : items) {
     auto v = ParseByteSize(*it.text);
     if (!v.ok()) return v.status().WithContext(it.flag);
     *it.out = *v;
   }
   if (c.max_body_bytes < 1024) return Status::InvalidArgument("--max-body-bytes must be >= 1K");
+  if (c.max_frame_bytes < 4096 || c.max_frame_bytes > (1ull << 31)) {
+    return Status::InvalidArgument("--max-frame-bytes must be between 4K and 2G");
+  }
   return Status::Ok();
 }
 

@@ -52,6 +52,10 @@ struct DaemonConfig {
   int header_timeout_s = 30;
   int shutdown_timeout_s = 30;
   int sse_ping_s = 15;
+  // Local socket (docs/protocol.md). "" = $XDG_RUNTIME_DIR/kvstash/kvstashd.sock; "none" = off.
+  std::string socket_path;
+  uint64_t max_frame_bytes = 16ull << 20;
+  std::vector<uint32_t> socket_allow_uids;  // besides the daemon's own uid
   // Logging.
   std::string log_level = "info";
   std::string log_format = "text";

@@ -26,8 +26,11 @@
 #include "daemon/kvstashd/http/server.h"
 #include "engine/chat/jinja/template.h"
 #include "engine/chat/output_parser.h"
+#include "daemon/kvstashd/socket/socket_server.h"
+#include "daemon/kvstashd/socket/socket_service.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "protocol/client.h"
 #include "serve/engine.h"
 
 namespace kvstash::daemon {
@@ -199,8 +202,22 @@ int Main(int argc, char** argv) {
     log->error("{}", s.ToString());
     return 1;
   }
+  socket::Service socket_service(app.metrics());
+  std::unique_ptr<socket::SocketServer> socket_server;
+  if (c.socket_path != "none") {
+    socket::SocketOptions o;
+    o.path = c.socket_path.empty() ? protocol::DefaultSocketPath() : c.socket_path;
+    o.max_frame_bytes = static_cast<uint32_t>(c.max_frame_bytes);
+    o.allowed_uids = c.socket_allow_uids;
+    socket_server = std::make_unique<socket::SocketServer>(ioc, o, socket_service);
+    if (Status s = socket_server->Listen(); !s.ok()) {
+      log->error("{}", s.ToString());
+      return 1;
+    }
+  }
   std::printf("kvstashd: listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)\n",
               c.host.c_str(), server.port(), c.host.c_str(), server.port());
+  if (socket_server) std::printf("kvstashd: socket %s\n", socket_server->path().c_str());
   std::fflush(stdout);
   auto work = http::net::make_work_guard(ioc);
   std::vector<std::thread> io_threads;
@@ -251,7 +268,9 @@ int Main(int argc, char** argv) {
     mem.kv_pool_bytes =
         static_cast<uint64_t>(engine->kv_pages()) * engine->kv_layout().block_bytes();
     mem.host_tier_bytes = c.host_cache_bytes;
-    app.SetEngine(engine, MakeModelContext(c, *engine, model_path), mem);
+    api::ModelContext model_context = MakeModelContext(c, *engine, model_path);
+    socket_service.SetEngine(engine, std::make_shared<const api::ModelContext>(model_context));
+    app.SetEngine(engine, std::move(model_context), mem);
     log->info("ready in {:.0f} ms: {} ({}), {} threads, {} KV pages of {} tokens ({}), context {}",
               w.ElapsedMs(), model_path, engine->model().Describe(), engine->n_threads(),
               mem.kv_pool_bytes / engine->kv_layout().block_bytes(),
@@ -274,22 +293,25 @@ int Main(int argc, char** argv) {
   log->info("signal {}: shutting down (in-flight requests have {} s)", g_signal.load(),
             c.shutdown_timeout_s);
   server.StopAccepting();
+  if (socket_server) socket_server->StopAccepting();
   app.BeginDrain();
+  socket_service.BeginDrain();
+  auto in_flight = [&] { return app.in_flight() + socket_service.in_flight(); };
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::seconds(c.shutdown_timeout_s);
-  while (app.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+  while (in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   int rc = 0;
   if (engine) {
-    if (app.in_flight() > 0) log->warn("cancelling {} requests still running", app.in_flight());
+    if (in_flight() > 0) log->warn("cancelling {} requests still running", in_flight());
     // Cancels what still runs (clients get their final event), flushes, closes the store.
     if (Status s = engine->Close(); !s.ok()) {
       log->error("closing the cache: {}", s.ToString());
       rc = 1;
     }
     const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    while (app.in_flight() > 0 && std::chrono::steady_clock::now() < grace) {
+    while (in_flight() > 0 && std::chrono::steady_clock::now() < grace) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }

@@ -68,8 +68,6 @@ int64_t AsInteger(const Json& v, std::string_view param);
 std::string Num(double v);
 // Fail() unless lo <= v <= hi (lo < v when `lo_open`).
 void CheckRange(const std::string& param, double v, double lo, double hi, bool lo_open = false);
-// cache::ValidateSessionName's rule: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
-bool ValidSessionName(std::string_view name);
 // temperature, top_p, top_k, min_p, penalties and seed over model.default_sampling.
 void ParseSampling(const Json& j, const ModelContext& model, engine::SamplerOptions* s);
 // `stop`: a string or up to kMaxStopStrings strings.

@@ -16,6 +16,7 @@
 
 #include "daemon/kvstashd/api/openai.h"
 #include "daemon/kvstashd/api/openai_json.h"
+#include "daemon/kvstashd/api/prompt.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace kvstash::daemon::api {
@@ -32,17 +33,6 @@ void CheckRange(const std::string& param, double v, double lo, double hi, bool l
   if ((lo_open ? v > lo : v >= lo) && v <= hi) return;
   Fail(param, "'" + param + "' must be " + (lo_open ? "greater than " : "between ") + Num(lo) +
                   (lo_open ? " and at most " : " and ") + Num(hi) + ", got " + Num(v));
-}
-
-// Mirrors cache::ValidateSessionName (1-128 of [A-Za-z0-9._-], not starting with '.' or '-'),
-// which lives in the cache library this one does not link; openai_api_test checks that the two
-// agree.
-bool ValidSessionName(std::string_view name) {
-  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
-  });
 }
 
 void ParseSampling(const Json& j, const ModelContext& model, engine::SamplerOptions* s) {
@@ -138,11 +128,7 @@ void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
              "generate in the model's context of " + std::to_string(model.n_ctx) + " tokens",
          422, "context_length_exceeded");
   }
-  int64_t budget =
-      requested.value_or(model.default_max_tokens > 0 ? model.default_max_tokens : remaining);
-  const int64_t cap = model.max_tokens_limit > 0 ? model.max_tokens_limit : model.n_ctx;
-  budget = std::max<int64_t>(1, std::min({budget, cap, remaining}));
-  p->request.limits.max_tokens = static_cast<int32_t>(budget);
+  p->request.limits.max_tokens = TokenBudget(model, n_prompt, requested);
 }
 
 nlohmann::ordered_json MakeFunctionTool(const std::string& name,
@@ -207,7 +193,6 @@ using internal::ParseStop;
 using internal::RenderInto;
 using internal::RequestedMaxTokens;
 using internal::SetBudget;
-using internal::ValidSessionName;
 
 // The fields both endpoints share, except the prompt and the token budget.
 void ParseCommon(const Json& j, const ModelContext& model, ParsedRequest* p) {

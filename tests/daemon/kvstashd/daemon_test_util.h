@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -149,6 +150,10 @@ class Daemon {
              const std::vector<std::string>& env_extra = {}) {
     log_ = dir_ + "/kvstashd-" + std::to_string(++starts_) + ".log";
     std::vector<std::string> argv = {Binary(), "--port", "0"};
+    // Each test daemon has its own socket (the default path is one per user).
+    if (std::find(args.begin(), args.end(), "--socket") == args.end()) {
+      argv.insert(argv.end(), {"--socket", socket_path()});
+    }
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
@@ -216,6 +221,15 @@ class Daemon {
   bool running() const { return pid_ > 0; }
   int port() const { return port_; }
   const std::string& dir() const { return dir_; }
+  // The local socket of a daemon started without --socket (in its directory, or under /tmp when
+  // that path would exceed a Unix socket address).
+  std::string socket_path() const {
+    const std::string p = dir_ + "/kvstashd.sock";
+    if (p.size() < 100) return p;
+    return "/tmp/kvstashd-test-" + std::to_string(::getpid()) + "-" +
+           std::to_string(std::hash<std::string>()(dir_) % 1000000) + ".sock";
+  }
+  pid_t pid() const { return pid_; }
   std::string Log() const {
     std::ifstream in(log_);
     std::stringstream ss;

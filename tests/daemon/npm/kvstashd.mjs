@@ -39,7 +39,9 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Starts kvstashd on a free port; resolves once it printed its address.
 export function startDaemon(cacheDir, model, extraArgs = []) {
-  const args = ['--port', '0', '--cache-dir', cacheDir, '-m', model, '--log-level', 'warn', ...extraArgs];
+  // HTTP only (--socket none): the default socket path is one per user.
+  const args = ['--port', '0', '--cache-dir', cacheDir, '-m', model, '--log-level', 'warn',
+    '--socket', 'none', ...extraArgs];
   const child = spawn(KVSTASHD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const daemon = { child, stdout: '', stderr: '', exit: null };
   daemon.exited = new Promise((resolve) => {
