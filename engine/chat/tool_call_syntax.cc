@@ -319,6 +319,19 @@ CallMatch MatchLlama3(std::string_view s) {
     if (i == s.size()) return {};
   }
   if (s[i] != '{') return Invalid();
+  // Reject a JSON answer by its first key, so it streams as text instead of being held until it
+  // closes: a call starts with one of its own keys.
+  size_t key = SkipWs(s, i + 1);
+  if (key == s.size()) return {};
+  if (s[key] != '"') return Invalid();
+  size_t key_end = ScanString(s, key);
+  if (key_end == std::string_view::npos) return {};
+  std::string first_key;
+  if (!DecodeJsonString(s.substr(key, key_end - key), &first_key) ||
+      (first_key != "name" && first_key != "type" && first_key != "parameters" &&
+       first_key != "arguments")) {
+    return Invalid();
+  }
   size_t end = 0;
   Scan r = ScanBalanced(s, i, &end);
   if (r != Scan::kComplete) return Pending(r);

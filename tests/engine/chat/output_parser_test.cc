@@ -418,6 +418,14 @@ TEST(OutputParserTest, Llama3SeveralCallsSeparatedBySemicolons) {
             (ParsedOutput{"", "", {{"a", "", "{}", ""}, {"b", "", "{}", ""}}}));
 }
 
+TEST(OutputParserTest, Llama3JsonAnswerStreamsOnceItsFirstKeyRulesOutACall) {
+  OutputParser p(Opts(ToolCallFormat::kLlama3Json));
+  std::vector<OutputEvent> ev;
+  p.Feed("{\"items\": [1, 2", &ev);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].text, "{\"items\": [1, 2");
+}
+
 TEST(OutputParserTest, Llama3InvalidArgumentsReported) {
   ParsedOutput p = ParseEverySplit(R"({"name": "f", "parameters": {"a": 01}})",
                                    Opts(ToolCallFormat::kLlama3Json));
