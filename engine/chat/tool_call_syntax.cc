@@ -203,6 +203,9 @@ Scan MatchNamedTag(std::string_view s, size_t* i, std::string_view prefix, std::
   if (e == s.size()) return Scan::kNeedMore;
   if (s[e] != '>' || e == b) return Scan::kInvalid;
   *name = std::string(s.substr(b, e - b));
+  // Names end up in JSON: one that is not valid UTF-8 cannot be a function or parameter name.
+  std::string decoded;
+  if (!DecodeJsonString(QuoteJson(*name), &decoded) || decoded != *name) return Scan::kInvalid;
   *i = e + 1;
   return Scan::kComplete;
 }

@@ -387,6 +387,9 @@ TEST(OutputParserTest, QwenXmlMalformedDegradesToText) {
       "<tool_call>\n<func=f>\n</func>\n</tool_call>",
       "<tool_call>\n<function=f>\n</function>\n",
       "<tool_call>\n<function=f>\nstray text\n</function>\n</tool_call>",
+      // Names that are not valid UTF-8 (regression: found by output_parser_fuzz).
+      "<tool_call>\n<function=f\x8e>\n</function>\n</tool_call>",
+      "<tool_call>\n<function=f>\n<parameter=\xff>\n1\n</parameter>\n</function>\n</tool_call>",
   };
   for (const char* c : cases) {
     EXPECT_EQ(ParseEverySplit(c, Opts(ToolCallFormat::kQwenXml, false, &Tools())), Text(c)) << c;
