@@ -286,6 +286,25 @@ TEST(OutputParserTest, EventsOfACall) {
   EXPECT_EQ(ev[3].tool_index, 0);
 }
 
+TEST(OutputParserTest, CallEventsArriveWhenTheCallClosesNotAtFinish) {
+  OutputParser p(Opts(ToolCallFormat::kMistral));
+  std::vector<OutputEvent> ev;
+  p.Feed("[TOOL_CALLS]a[CALL_ID]id1[ARGS]{\"x\": ", &ev);
+  EXPECT_TRUE(ev.empty());
+  p.Feed("1}[TOOL_CALLS]b[ARGS]{}", &ev);
+  ASSERT_EQ(ev.size(), 6u);
+  EXPECT_EQ(ev[0].kind, OutputEvent::kToolCallBegin);
+  EXPECT_EQ(ev[0].name, "a");
+  EXPECT_EQ(ev[0].id, "id1");
+  EXPECT_EQ(ev[1].text, "{\"x\": 1}");
+  EXPECT_EQ(ev[3].kind, OutputEvent::kToolCallBegin);
+  EXPECT_EQ(ev[3].tool_index, 1);
+  EXPECT_EQ(ev[5].kind, OutputEvent::kToolCallEnd);
+  ev.clear();
+  p.Finish(&ev);
+  EXPECT_TRUE(ev.empty());
+}
+
 // ---- Qwen3.5 / Qwen3-Coder XML
 // -------------------------------------------------------------------
 
