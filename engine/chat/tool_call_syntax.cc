@@ -25,7 +25,8 @@ constexpr std::string_view kMistralCalls = "[TOOL_CALLS]";
 constexpr std::string_view kMistralArgs = "[ARGS]";
 constexpr std::string_view kMistralCallId = "[CALL_ID]";
 // A function or parameter name longer than this is not markup we recognise (bounds how long an
-// unclosed `<function=` can hold text back).
+// unclosed `<function=` can hold text back); JSON names get the same bound, so every format
+// accepts the same names.
 constexpr size_t kMaxNameBytes = 256;
 
 CallMatch Invalid() { return CallMatch{Scan::kInvalid, 0, {}}; }
@@ -168,7 +169,10 @@ bool CallFromObject(std::string_view obj, Shape shape, ToolCall* call) {
   bool have_name = false, have_args = false;
   for (const Member& m : members) {
     if (m.key == "name") {
-      if (have_name || !DecodeJsonString(m.value, &call->name) || call->name.empty()) return false;
+      // Same length bound as the markup names (<function=…>, Mistral NAME[ARGS]).
+      if (have_name || !DecodeJsonString(m.value, &call->name) || call->name.empty() ||
+          call->name.size() > kMaxNameBytes)
+        return false;
       have_name = true;
     } else if (m.key == "arguments" || m.key == "parameters") {
       if (have_args) return false;

@@ -523,6 +523,13 @@ TEST(OutputParserTest, MistralMalformedDegradesToText) {
       "[TOOL_CALLS][{\"name\": \"f\"}, 3]",
       "[TOOL_CALLS][{\"arguments\": {}}]",
   };
+  // Names longer than 256 bytes are not calls, in the list form too (regression: found by
+  // output_parser_fuzz, the NAME[ARGS] form could not carry them).
+  std::string long_name(300, 'f');
+  std::string nemo = "[TOOL_CALLS][{\"name\": \"" + long_name + "\", \"arguments\": {}}]";
+  EXPECT_EQ(ParseEverySplit(nemo, Opts(ToolCallFormat::kMistral)), Text(nemo));
+  std::string bare = "[TOOL_CALLS]" + long_name + "[ARGS]{}";
+  EXPECT_EQ(ParseEverySplit(bare, Opts(ToolCallFormat::kMistral)), Text(bare));
   for (const char* c : cases) {
     EXPECT_EQ(ParseEverySplit(c, Opts(ToolCallFormat::kMistral)), Text(c)) << c;
   }
