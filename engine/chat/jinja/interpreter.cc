@@ -450,7 +450,7 @@ int64_t FloorDiv(int64_t a, int64_t b) {
 
 // printf-style `str % args` for the conversions templates use: %s %r %d %i %f %x %% with
 // optional flags (-, 0, +, space), width and precision. A dict argument (%(name)s) is refused.
-std::string PercentFormat(const std::string& fmt, const Value& arg, int line) {
+std::string PercentFormat(const std::string& fmt, const Value& arg, int line, bool escape) {
   List args = arg.kind == Kind::kTuple ? *arg.list : List{arg};
   if (arg.kind == Kind::kDict) Fail("unsupported construct '%(name)s formatting'", line);
   size_t next = 0;
@@ -481,6 +481,7 @@ std::string PercentFormat(const std::string& fmt, const Value& arg, int line) {
     char buf[512];
     if (conv == 's' || conv == 'r') {
       std::string text = conv == 's' ? ToStr(v) : Repr(v);
+      if (escape && !v.safe) text = HtmlEscape(text);
       if (spec.size() > 1) {
         // Width pads by code points; precision truncates.
         int64_t width = std::atoll(spec.c_str() + 1 + (spec[1] == '-' ? 1 : 0));
@@ -597,6 +598,11 @@ Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b
   if (op == "+") {
     if (a.kind == Kind::kString && b.kind == Kind::kString) {
       CheckSize(a.str->size() + b.str->size(), line);
+      if (a.safe || b.safe) {
+        // Markup + str (and str + Markup, via Markup.__radd__) escapes the plain side.
+        return Value::SafeStr((a.safe ? *a.str : HtmlEscape(*a.str)) +
+                              (b.safe ? *b.str : HtmlEscape(*b.str)));
+      }
       return Value::Str(*a.str + *b.str);
     }
     if ((a.kind == Kind::kList || a.kind == Kind::kTuple) && a.kind == b.kind) {
@@ -616,7 +622,7 @@ Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b
       CheckSize(seq.str->size() * static_cast<size_t>(std::min<int64_t>(times, 1LL << 40)), line);
       std::string out;
       for (int64_t k = 0; k < times; ++k) out += *seq.str;
-      return Value::Str(std::move(out));
+      return seq.safe ? Value::SafeStr(std::move(out)) : Value::Str(std::move(out));
     }
     if (seq.kind == Kind::kList || seq.kind == Kind::kTuple) {
       CheckSize(seq.list->size() * static_cast<size_t>(std::min<int64_t>(times, 1LL << 40)) * 16,
@@ -629,7 +635,10 @@ Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b
     }
     type_error();
   }
-  if (op == "%" && a.kind == Kind::kString) return Value::Str(PercentFormat(*a.str, b, line));
+  if (op == "%" && a.kind == Kind::kString) {
+    if (a.safe) return Value::SafeStr(PercentFormat(*a.str, b, line, /*escape=*/true));
+    return Value::Str(PercentFormat(*a.str, b, line, /*escape=*/false));
+  }
   Fail(
       "unsupported operand type(s) for " + op + ": '" + TypeName(a) + "' and '" + TypeName(b) + "'",
       line);

@@ -227,7 +227,7 @@ Value Renderer::StringMethod(const Value& self, const std::string& name, int lin
     return Value::Undefined();
   }
   const std::string s = *self.str;
-  return Value::MakeCallable(name, [s, name, self](CallArgs& a) -> Value {
+  auto impl = [s, name, self](CallArgs& a) -> Value {
     const int line = a.line;
     auto str_arg = [&](size_t i, const char* kw) {
       return ArgStr(a.Get(i, kw), line, name.c_str());
@@ -432,6 +432,23 @@ Value Renderer::StringMethod(const Value& self, const std::string& name, int lin
           {Value::Str(s.substr(0, p)), Value::Str(sep), Value::Str(s.substr(p + sep.size()))});
     }
     Fail("unsupported construct 'str." + name + "()'", line);
+  };
+  // markupsafe.Markup wraps these methods so that a Markup stays Markup.
+  static const char* kKeepSafe[] = {"strip",      "lstrip", "rstrip", "lower", "upper", "title",
+                                    "capitalize", "center", "ljust",  "rjust", "zfill"};
+  const bool keep_safe = self.safe && std::any_of(std::begin(kKeepSafe), std::end(kKeepSafe),
+                                                  [&](const char* n) { return name == n; });
+  const bool split_safe =
+      self.safe && (name == "split" || name == "rsplit" || name == "splitlines");
+  return Value::MakeCallable(name, [impl, keep_safe, split_safe](CallArgs& a) -> Value {
+    Value r = impl(a);
+    if (keep_safe && r.kind == Kind::kString) r.safe = true;
+    if (split_safe && r.kind == Kind::kList) {
+      List parts = *r.list;
+      for (Value& p : parts) p.safe = true;
+      r = Value::MakeList(std::move(parts));
+    }
+    return r;
   });
 }
 

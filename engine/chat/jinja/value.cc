@@ -80,6 +80,11 @@ Value Value::MakeTuple(List items) {
   v.kind = Kind::kTuple;
   return v;
 }
+Value Value::SafeStr(std::string s) {
+  Value v = Str(std::move(s));
+  v.safe = true;
+  return v;
+}
 Value Value::MakeGenerator(List items) {
   Value v = MakeList(std::move(items));
   v.kind = Kind::kGenerator;
@@ -250,10 +255,37 @@ std::string PyStrRepr(std::string_view s) {
   return out;
 }
 
+std::string HtmlEscape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  return out;
+}
+
 std::string Repr(const Value& v) {
   switch (v.kind) {
     case Kind::kString:
-      return PyStrRepr(*v.str);
+      return v.safe ? "Markup(" + PyStrRepr(*v.str) + ")" : PyStrRepr(*v.str);
     case Kind::kList:
     case Kind::kTuple: {
       bool tuple = v.kind == Kind::kTuple;

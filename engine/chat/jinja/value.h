@@ -69,6 +69,9 @@ struct Value {
   // namespace can be stored inside itself.
   uint32_t depth = 0;
   bool holds_namespace = false;
+  // kString: a markupsafe.Markup ("safe") string. With autoescape off (as in transformers) it
+  // prints as-is, but `Markup + str` escapes the str, as Python does.
+  bool safe = false;
 
   static Value Undefined(std::string hint = {});
   static Value None();
@@ -76,6 +79,7 @@ struct Value {
   static Value Int(int64_t v);
   static Value Float(double v);
   static Value Str(std::string v);
+  static Value SafeStr(std::string v);  // a Markup string
   static Value MakeList(List items);
   static Value MakeTuple(List items);
   static Value MakeGenerator(List items);
@@ -138,6 +142,8 @@ std::string ToStr(const Value& v);
 std::string Repr(const Value& v);
 std::string FloatRepr(double d);
 std::string PyStrRepr(std::string_view s);
+// markupsafe.escape(): & < > ' " as &amp; &lt; &gt; &#39; &#34;.
+std::string HtmlEscape(std::string_view s);
 // Python ==. Never raises.
 bool Equal(const Value& a, const Value& b);
 // Python ordering (<0, 0, >0) for numbers, strings and sequences; raises TypeError otherwise.

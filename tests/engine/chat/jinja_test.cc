@@ -376,6 +376,10 @@ end)J",
     {R"J({{ 'x' % ('a',) }})J", R"J({})J"},
     {R"J({{ '  a  b '.rsplit(None, 1) }} {{ 'a b c d'.split(' ', 2) }} {{ 'a,b,c'.rsplit(',', 1) }} {{ ''.split() }} {{ ''.split(',') }})J",
      R"J({})J"},
+    {R"J({{ "a'"|safe + "<b>" }}|{{ "<b>" + "x"|safe }}|{{ ("<" | safe) ~ "<" }}|{{ ("<a>"|safe) * 2 + "<" }}|{{ ("%s<" | safe) % "<" }}|{{ (" <x> "|safe)|trim + "<" }}|{{ none | e }}|{{ "<"|e + "<" }}|{{ ("a"|safe).upper() + "<" }}|{{ ("<"|safe) + ("<"|safe) }}|{{ 5|safe + "&" }}|{{ ("x"|safe|string) + "<" }}|{{ ("x"|safe|replace("x", "y")) + "<" }})J",
+     R"J({})J"},
+    {R"J({% macro m() %}<{% endmacro %}{{ m() + ("<"|safe) }}|{{ ("a"|safe).split("a") }}|{{ ["a"|safe] }}|{{ ("<"|safe|tojson) + "<" }})J",
+     R"J({})J"},
 };
 
 TEST(JinjaConformance, SnippetsMatchJinja2) {
