@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/chat/jinja/text.h"
+
 namespace kvstash::engine::jinja {
 
 // Raised inside the interpreter and converted to Status at the Template API boundary; it never
@@ -170,21 +172,5 @@ inline int64_t IntOf(const Value& v) { return v.kind == Kind::kBool ? (v.b ? 1 :
 // An int (or bool) argument of `what`; raises a TypeError-like error otherwise.
 int64_t ArgInt(const Value& v, int line, const char* what);
 std::string ArgStr(const Value& v, int line, const char* what);
-
-// ---- UTF-8 and Unicode helpers ----------------------------------------------------------------
-
-std::vector<char32_t> DecodeUtf8(std::string_view s);
-void AppendUtf8(std::string* out, char32_t cp);
-std::string EncodeUtf8(const std::vector<char32_t>& cps);
-size_t CodePointCount(std::string_view s);
-bool IsPySpace(char32_t cp);    // str.isspace()
-bool IsPrintable(char32_t cp);  // str.isprintable()
-bool IsAlnumWord(char32_t cp);  // regex \w
-std::string PyLower(std::string_view s);
-std::string PyUpper(std::string_view s);
-// str.capitalize() (first character title-cased, the rest lower-cased).
-std::string Capitalize(std::string_view s);
-// str.strip/lstrip/rstrip; `chars` null: whitespace.
-std::string PyStrip(std::string_view s, const std::string* chars, bool left, bool right);
 
 }  // namespace kvstash::engine::jinja
