@@ -549,7 +549,7 @@ Value Renderer::ApplyFilter(const std::string& name, const Value& v, CallArgs& a
     }
     return items[best];
   }
-  Fail("no filter named '" + name + "'", line);
+  Fail("unsupported filter '" + name + "'", line);
 }
 
 bool Renderer::ApplyTest(const std::string& name, const Value& v, CallArgs& a) {
@@ -616,7 +616,7 @@ bool Renderer::ApplyTest(const std::string& name, const Value& v, CallArgs& a) {
   if (name == "filter" || name == "test") {
     Fail("unsupported construct 'is " + name + "'", line);
   }
-  Fail("no test named '" + name + "'", line);
+  Fail("unsupported test '" + name + "'", line);
 }
 
 }  // namespace kvstash::engine::jinja

@@ -380,6 +380,18 @@ end)J",
      R"J({})J"},
     {R"J({% macro m() %}<{% endmacro %}{{ m() + ("<"|safe) }}|{{ ("a"|safe).split("a") }}|{{ ["a"|safe] }}|{{ ("<"|safe|tojson) + "<" }})J",
      R"J({})J"},
+    {R"J({% for x in [] %}{{ x | nosuchfilter }}{% endfor %})J", R"J({})J"},
+    {R"J({% if false %}{{ x | nosuchfilter }}{% endif %}ok)J", R"J({})J"},
+    {R"J({% if false %}{% for y in [] %}{{ y | nosuchfilter }}{% endfor %}{% endif %})J",
+     R"J({})J"},
+    {R"J({{ 1 if false else (x | nosuchfilter) }})J", R"J({})J"},
+    {R"J({{ (x | nosuchfilter) if false else 2 }})J", R"J({})J"},
+    {R"J({% if false %}{{ x is nosuchtest }}{% endif %}ok{{ 1 is nosuchtest if false }})J",
+     R"J({})J"},
+    {R"J({% macro m() %}{{ 1 | nosuchfilter }}{% endmacro %})J", R"J({})J"},
+    {R"J({% set x = 1 | nosuchfilter if false %}ok)J", R"J({})J"},
+    {R"J({% filter nosuchfilter %}x{% endfilter %})J", R"J({})J"},
+    {R"J({% if true %}{% filter nosuchfilter %}x{% endfilter %}{% endif %})J", R"J({})J"},
 };
 
 TEST(JinjaConformance, SnippetsMatchJinja2) {
