@@ -570,6 +570,23 @@ TEST(JinjaInterpreter, ContextKeyOrderIsKeptForOrderedJson) {
   EXPECT_EQ(*s, R"({"a": 2, "z": 1})");
 }
 
+TEST(JinjaInterpreter, ContextThatIsNotUtf8IsAnErrorNotAnException) {
+  auto t = Template::Parse("{{ x }}");
+  ASSERT_TRUE(t.ok());
+  nlohmann::json context;
+  context["x"] = std::string("bad \xff");
+  auto r = t->Render(context);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(JinjaParser, UnknownFilterFailsAtParseUnlessInsideIf) {
+  // jinja2 compiles filter and test names eagerly except in `if` and conditional expressions.
+  EXPECT_FALSE(Template::Parse("{% for x in [] %}{{ x | nosuch }}{% endfor %}").ok());
+  EXPECT_TRUE(Template::Parse("{% if false %}{{ x | nosuch }}{% endif %}").ok());
+  EXPECT_EQ(Render("{{ 1 if true else (2 | nosuch) }}"), "1");
+}
+
 TEST(JinjaLimits, RunawayOutputLoopsAndRecursionAreErrorsNotCrashes) {
   RenderOptions small;
   small.max_output_bytes = 1000;
