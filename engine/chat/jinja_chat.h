@@ -52,8 +52,8 @@ nlohmann::ordered_json MakeChatTemplateContext(const nlohmann::ordered_json& mes
                                                   const nlohmann::ordered_json& tools,
                                                   const JinjaChatOptions& options);
 
-// Parses `template_source` and renders; parse errors are InvalidArgument "jinja: line L col C: ...".
-// Parse once with jinja::Template::Parse when rendering many conversations.
+// Parses `template_source` and renders; parse errors are InvalidArgument "jinja: line L col C:
+// ...". Parse once with jinja::Template::Parse when rendering many conversations.
 [[nodiscard]] Result<std::string> RenderJinjaChat(std::string_view template_source,
                                                   const nlohmann::ordered_json& messages,
                                                   const nlohmann::ordered_json& tools,

@@ -1,7 +1,7 @@
 // The streaming output parser: a three-mode state machine (answer text, reasoning, buffered tool
 // call) over a buffer of the bytes not yet decided.
 //
-// Invariant: buf_ holds exactly the bytes that have been fed but not yet emitted or dropped, and
+// Invariant: buf holds exactly the bytes that have been fed but not yet emitted or dropped, and
 // every decision to emit, drop or re-interpret them is a function of those bytes alone — bytes
 // are held back whenever a later byte could change the decision (a possible marker prefix, an
 // unfinished UTF-8 character, whitespace whose fate depends on what follows, an open call).
@@ -62,7 +62,7 @@ size_t Utf8SafeCut(std::string_view s, size_t k) {
 
 struct OutputParser::State {
   enum class Mode : uint8_t { kContent, kReasoning, kCall };
-  // What the whitespace at the front of buf_ is adjacent to (kContent only).
+  // What the whitespace at the front of buf is adjacent to (kContent only).
   enum class Boundary : uint8_t {
     kNone,        // ordinary text
     kStart,       // start of output: dropped before a marker, else text

@@ -25,7 +25,8 @@ constexpr std::string_view kMistralCalls = "[TOOL_CALLS]";
 constexpr std::string_view kMistralArgs = "[ARGS]";
 constexpr std::string_view kMistralCallId = "[CALL_ID]";
 // A function or parameter name longer than this is not markup we recognise (bounds how long an
-// unclosed `<function=` can hold text back).
+// unclosed `<function=` can hold text back); JSON names get the same bound, so every format
+// accepts the same names.
 constexpr size_t kMaxNameBytes = 256;
 
 CallMatch Invalid() { return CallMatch{Scan::kInvalid, 0, {}}; }
@@ -168,7 +169,10 @@ bool CallFromObject(std::string_view obj, Shape shape, ToolCall* call) {
   bool have_name = false, have_args = false;
   for (const Member& m : members) {
     if (m.key == "name") {
-      if (have_name || !DecodeJsonString(m.value, &call->name) || call->name.empty()) return false;
+      // Same length bound as the markup names (<function=…>, Mistral NAME[ARGS]).
+      if (have_name || !DecodeJsonString(m.value, &call->name) || call->name.empty() ||
+          call->name.size() > kMaxNameBytes)
+        return false;
       have_name = true;
     } else if (m.key == "arguments" || m.key == "parameters") {
       if (have_args) return false;
@@ -203,6 +207,9 @@ Scan MatchNamedTag(std::string_view s, size_t* i, std::string_view prefix, std::
   if (e == s.size()) return Scan::kNeedMore;
   if (s[e] != '>' || e == b) return Scan::kInvalid;
   *name = std::string(s.substr(b, e - b));
+  // Names end up in JSON: one that is not valid UTF-8 cannot be a function or parameter name.
+  std::string decoded;
+  if (!DecodeJsonString(QuoteJson(*name), &decoded) || decoded != *name) return Scan::kInvalid;
   *i = e + 1;
   return Scan::kComplete;
 }
@@ -319,6 +326,19 @@ CallMatch MatchLlama3(std::string_view s) {
     if (i == s.size()) return {};
   }
   if (s[i] != '{') return Invalid();
+  // Reject a JSON answer by its first key, so it streams as text instead of being held until it
+  // closes: a call starts with one of its own keys.
+  size_t key = SkipWs(s, i + 1);
+  if (key == s.size()) return {};
+  if (s[key] != '"') return Invalid();
+  size_t key_end = ScanString(s, key);
+  if (key_end == std::string_view::npos) return {};
+  std::string first_key;
+  if (!DecodeJsonString(s.substr(key, key_end - key), &first_key) ||
+      (first_key != "name" && first_key != "type" && first_key != "parameters" &&
+       first_key != "arguments")) {
+    return Invalid();
+  }
   size_t end = 0;
   Scan r = ScanBalanced(s, i, &end);
   if (r != Scan::kComplete) return Pending(r);

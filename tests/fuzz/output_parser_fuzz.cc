@@ -3,7 +3,8 @@
 // broken promise: the accumulated result must not depend on how the output is chunked (one split,
 // random chunkings, 1-byte chunks for short inputs), events never split a UTF-8 character of a
 // valid input, text and reasoning are made of input bytes only, arguments without an error are
-// valid JSON, and with no format and no reasoning the text is the input unchanged.
+// valid JSON, with no format and no reasoning the text is the input unchanged, and calls written
+// back with FormatToolCalls() parse to the same calls.
 //
 // Input: two control bytes, then the output. Byte 0: bits 0-2 the format (mod 5), bit 3
 // starts_in_reasoning, bit 4 reasoning off, bit 5 pass the tool schemas below. Byte 1 seeds the
@@ -71,6 +72,60 @@ engine::ParsedOutput ParseChunks(std::string_view all, const std::vector<size_t>
   return result;
 }
 
+bool IsMistralName(std::string_view s) {
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.' || c == ':';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool IsXmlName(std::string_view s) {
+  return !s.empty() && s.find_first_of("<>\r\n") == std::string_view::npos;
+}
+
+// Calls without an error, written back with FormatToolCalls() and parsed again, are the same
+// calls — where the format can carry them (Mistral's NAME[ARGS] form needs plain names; the XML
+// form needs names without markup characters and, without schemas, string values).
+void CheckRoundTrip(const engine::ParsedOutput& parsed,
+                    const engine::OutputParserOptions& options) {
+  std::vector<engine::ParsedOutput::Call> calls;
+  for (const auto& c : parsed.calls) {
+    if (!c.error.empty()) return;
+    if (options.format == engine::ToolCallFormat::kMistral &&
+        (!IsMistralName(c.name) || !IsMistralName(c.id)))
+      return;
+    if (options.format == engine::ToolCallFormat::kQwenXml) {
+      if (options.tools != nullptr || !IsXmlName(c.name)) return;
+      auto args = nlohmann::json::parse(c.arguments_json, nullptr, false);
+      if (!args.is_object()) return;
+      for (auto it = args.begin(); it != args.end(); ++it) {
+        if (!IsXmlName(it.key()) || !it.value().is_string() ||
+            it.value().get<std::string>().find("</parameter>") != std::string::npos)
+          return;
+      }
+    }
+    calls.push_back(c);
+  }
+  if (calls.empty()) return;
+  std::string text = engine::FormatToolCalls(options.format, calls);
+  engine::OutputParserOptions plain = options;
+  plain.starts_in_reasoning = false;
+  engine::ParsedOutput again = engine::ParseOutput(text, plain);
+  Check(again.text.empty() && again.calls.size() == calls.size());
+  for (size_t i = 0; i < calls.size(); ++i) {
+    Check(again.calls[i].name == calls[i].name && again.calls[i].error.empty());
+    if (options.format == engine::ToolCallFormat::kMistral) Check(again.calls[i].id == calls[i].id);
+    if (options.format == engine::ToolCallFormat::kQwenXml) {
+      Check(nlohmann::json::parse(again.calls[i].arguments_json) ==
+            nlohmann::json::parse(calls[i].arguments_json));
+    } else {
+      Check(again.calls[i].arguments_json == calls[i].arguments_json);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -93,6 +148,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (options.format == engine::ToolCallFormat::kNone && !options.reasoning) {
     Check(whole.text == all && whole.reasoning.empty() && whole.calls.empty());
   }
+
+  CheckRoundTrip(whole, options);
 
   auto next = [&rng]() {
     rng = rng * 1664525u + 1013904223u;

@@ -12,7 +12,8 @@ C++ test injects the same clock.
 Modes:
   conversations --templates DIR --count N --seed S
       For every DIR/*.jinja, N random conversations (seeded): system prompt present or absent,
-      multi-turn chats with tool calls and tool results, parallel tool calls, reasoning_content
+      multi-turn chats with tool calls and tool results, parallel tool calls, content-part
+      arrays, reasoning_content
       and <think> blocks, unicode (CJK, emoji, combining marks), tool lists,
       add_generation_prompt and enable_thinking true/false/absent. Prints a JSON array of
       {"template": file name, "context": {...}, "ok": bool, "text": str | "error": str}.
@@ -132,7 +133,12 @@ def make_conversation(rng):
     if rng.random() < 0.6:
         messages.append({"role": "system", "content": rng.choice(TEXTS[:12]) or "You are helpful."})
     for turn in range(rng.randint(1, 4)):
-        messages.append({"role": "user", "content": rng.choice(TEXTS)})
+        if rng.random() < 0.1:
+            # OpenAI content parts (templates that expect a string print Python's repr).
+            messages.append({"role": "user", "content": [
+                {"type": "text", "text": rng.choice(TEXTS)} for _ in range(rng.randint(1, 2))]})
+        else:
+            messages.append({"role": "user", "content": rng.choice(TEXTS)})
         last_turn = turn == 0 or rng.random() < 0.3
         if last_turn and rng.random() < 0.4:
             break  # ends with the user: a generation prompt

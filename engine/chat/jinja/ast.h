@@ -41,6 +41,7 @@ using ExprPtr = std::unique_ptr<Expr>;
 struct Expr {
   ExprKind kind;
   int line = 0;
+  int col = 0;
   std::string name;  // kName, kAttr, kFilter, kTest; kBinary: the operator
   Value literal;
   std::vector<ExprPtr> args;

@@ -42,6 +42,12 @@ Value Attribute(Renderer* r, const Value& item, const Value& attribute, int line
   return AttrGet(r, item, ToStr(attribute), line);
 }
 
+// A filter result built from `v`'s text: Markup in, Markup out (markupsafe wraps these str
+// methods).
+Value KeepSafe(const Value& v, std::string text) {
+  return v.safe ? Value::SafeStr(std::move(text)) : Value::Str(std::move(text));
+}
+
 // Python's len().
 int64_t Length(const Value& v, int line) {
   switch (v.kind) {
@@ -124,32 +130,6 @@ double PyRound(double x, int64_t ndigits) {
   return r * p;
 }
 
-std::string HtmlEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&#34;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out.push_back(c);
-    }
-  }
-  return out;
-}
-
 bool ParsePyInt(std::string s, int64_t base, int64_t* out) {
   std::string t = PyStrip(s, nullptr, true, true);
   std::string digits;
@@ -215,19 +195,19 @@ Value Renderer::ApplyFilter(const std::string& name, const Value& v, CallArgs& a
   auto as_str = [&]() { return ToStr(v); };
   auto list_of = [&]() { return Iterate(v, line); };
   if (name == "safe" || name == "list") {
-    if (name == "safe") return v;
+    if (name == "safe") return v.safe ? v : Value::SafeStr(ToStr(v));
     return Value::MakeList(list_of());
   }
   if (name == "trim") {
     Value chars = a.Get(0, "chars", Value::None());
     std::string cs = chars.is_none() ? "" : ToStr(chars);
-    return Value::Str(PyStrip(as_str(), chars.is_none() ? nullptr : &cs, true, true));
+    return KeepSafe(v, PyStrip(as_str(), chars.is_none() ? nullptr : &cs, true, true));
   }
   if (name == "length" || name == "count") return Value::Int(Length(v, line));
-  if (name == "string") return Value::Str(as_str());
-  if (name == "lower") return Value::Str(PyLower(as_str()));
-  if (name == "upper") return Value::Str(PyUpper(as_str()));
-  if (name == "capitalize") return Value::Str(Capitalize(as_str()));
+  if (name == "string") return v.safe ? v : Value::Str(as_str());
+  if (name == "lower") return KeepSafe(v, PyLower(as_str()));
+  if (name == "upper") return KeepSafe(v, PyUpper(as_str()));
+  if (name == "capitalize") return KeepSafe(v, Capitalize(as_str()));
   if (name == "title") {
     // Words start after [-\s({\[<]; each is item[0].upper() + item[1:].lower().
     std::vector<char32_t> cps = DecodeUtf8(as_str());
@@ -524,10 +504,11 @@ Value Renderer::ApplyFilter(const std::string& name, const Value& v, CallArgs& a
     CallArgs m;
     m.line = line;
     m.pos = {a.Get(0, "width", Value::Int(80))};
-    return CallValue(StringMethod(Value::Str(as_str()), "center", line), m, line);
+    return KeepSafe(v, *CallValue(StringMethod(Value::Str(as_str()), "center", line), m, line).str);
   }
   if (name == "escape" || name == "e" || name == "forceescape") {
-    return Value::Str(HtmlEscape(as_str()));
+    if (v.safe && name != "forceescape") return v;
+    return Value::SafeStr(v.is_none() && name != "forceescape" ? "None" : HtmlEscape(as_str()));
   }
   if (name == "attr") return GetAttr(v, ToStr(a.Get(0, "name")), line);
   if (name == "sum") {
@@ -568,7 +549,7 @@ Value Renderer::ApplyFilter(const std::string& name, const Value& v, CallArgs& a
     }
     return items[best];
   }
-  Fail("no filter named '" + name + "'", line);
+  Fail("unsupported filter '" + name + "'", line);
 }
 
 bool Renderer::ApplyTest(const std::string& name, const Value& v, CallArgs& a) {
@@ -635,7 +616,7 @@ bool Renderer::ApplyTest(const std::string& name, const Value& v, CallArgs& a) {
   if (name == "filter" || name == "test") {
     Fail("unsupported construct 'is " + name + "'", line);
   }
-  Fail("no test named '" + name + "'", line);
+  Fail("unsupported test '" + name + "'", line);
 }
 
 }  // namespace kvstash::engine::jinja

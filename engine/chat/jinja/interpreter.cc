@@ -448,68 +448,6 @@ int64_t FloorDiv(int64_t a, int64_t b) {
   return q;
 }
 
-// printf-style `str % args` for the conversions templates use: %s %r %d %i %f %x %% with
-// optional flags (-, 0, +, space), width and precision. A dict argument (%(name)s) is refused.
-std::string PercentFormat(const std::string& fmt, const Value& arg, int line) {
-  List args = arg.kind == Kind::kTuple ? *arg.list : List{arg};
-  if (arg.kind == Kind::kDict) Fail("unsupported construct '%(name)s formatting'", line);
-  size_t next = 0;
-  std::string out;
-  for (size_t k = 0; k < fmt.size(); ++k) {
-    if (fmt[k] != '%') {
-      out.push_back(fmt[k]);
-      continue;
-    }
-    size_t spec_start = k;
-    ++k;
-    while (k < fmt.size() && std::strchr("-0+ #", fmt[k]) != nullptr) ++k;
-    while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) ++k;
-    if (k < fmt.size() && fmt[k] == '.') {
-      ++k;
-      while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) ++k;
-    }
-    if (k >= fmt.size()) Fail("incomplete format", line);
-    char conv = fmt[k];
-    std::string spec = fmt.substr(spec_start, k - spec_start);
-    if (conv == '%') {
-      out.push_back('%');
-      continue;
-    }
-    if (spec.size() > 12) Fail("format spec too long", line);
-    if (next >= args.size()) Fail("not enough arguments for format string", line);
-    const Value& v = args[next++];
-    char buf[512];
-    if (conv == 's' || conv == 'r') {
-      std::string text = conv == 's' ? ToStr(v) : Repr(v);
-      if (spec.size() > 1) {
-        // Width pads by code points; precision truncates.
-        int64_t width = std::atoll(spec.c_str() + 1 + (spec[1] == '-' ? 1 : 0));
-        int64_t len = static_cast<int64_t>(CodePointCount(text));
-        if (width > len) {
-          std::string pad(static_cast<size_t>(std::min<int64_t>(width - len, 1 << 20)), ' ');
-          text = spec[1] == '-' ? text + pad : pad + text;
-        }
-      }
-      out += text;
-    } else if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X' || conv == 'o') {
-      if (!v.is_number()) Fail("%" + std::string(1, conv) + " format: a number is required", line);
-      long long n = v.kind == Kind::kFloat ? static_cast<long long>(v.f) : IntOf(v);
-      std::string f = spec + "ll" + (conv == 'i' ? 'd' : conv);
-      std::snprintf(buf, sizeof(buf), f.c_str(), n);
-      out += buf;
-    } else if (conv == 'f' || conv == 'F' || conv == 'e' || conv == 'g') {
-      if (!v.is_number()) Fail("must be real number, not " + TypeName(v), line);
-      double x = v.kind == Kind::kFloat ? v.f : static_cast<double>(IntOf(v));
-      std::snprintf(buf, sizeof(buf), (spec + conv).c_str(), x);
-      out += buf;
-    } else {
-      Fail("unsupported format character '" + std::string(1, conv) + "'", line);
-    }
-  }
-  if (next < args.size()) Fail("not all arguments converted during string formatting", line);
-  return out;
-}
-
 }  // namespace
 
 Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b, int line) {
@@ -597,6 +535,11 @@ Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b
   if (op == "+") {
     if (a.kind == Kind::kString && b.kind == Kind::kString) {
       CheckSize(a.str->size() + b.str->size(), line);
+      if (a.safe || b.safe) {
+        // Markup + str (and str + Markup, via Markup.__radd__) escapes the plain side.
+        return Value::SafeStr((a.safe ? *a.str : HtmlEscape(*a.str)) +
+                              (b.safe ? *b.str : HtmlEscape(*b.str)));
+      }
       return Value::Str(*a.str + *b.str);
     }
     if ((a.kind == Kind::kList || a.kind == Kind::kTuple) && a.kind == b.kind) {
@@ -616,7 +559,7 @@ Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b
       CheckSize(seq.str->size() * static_cast<size_t>(std::min<int64_t>(times, 1LL << 40)), line);
       std::string out;
       for (int64_t k = 0; k < times; ++k) out += *seq.str;
-      return Value::Str(std::move(out));
+      return seq.safe ? Value::SafeStr(std::move(out)) : Value::Str(std::move(out));
     }
     if (seq.kind == Kind::kList || seq.kind == Kind::kTuple) {
       CheckSize(seq.list->size() * static_cast<size_t>(std::min<int64_t>(times, 1LL << 40)) * 16,
@@ -629,7 +572,10 @@ Value Renderer::EvalBinary(const std::string& op, const Value& a, const Value& b
     }
     type_error();
   }
-  if (op == "%" && a.kind == Kind::kString) return Value::Str(PercentFormat(*a.str, b, line));
+  if (op == "%" && a.kind == Kind::kString) {
+    if (a.safe) return Value::SafeStr(PercentFormat(*a.str, b, line, /*escape=*/true));
+    return Value::Str(PercentFormat(*a.str, b, line, /*escape=*/false));
+  }
   Fail(
       "unsupported operand type(s) for " + op + ": '" + TypeName(a) + "' and '" + TypeName(b) + "'",
       line);

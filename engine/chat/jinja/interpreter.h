@@ -72,5 +72,7 @@ class Renderer {
 };
 
 bool Contains(const Value& container, const Value& item, int line);
+// Python's `fmt % arg` (printf-style); `escape`: Markup % args escapes the arguments.
+std::string PercentFormat(const std::string& fmt, const Value& arg, int line, bool escape);
 
 }  // namespace kvstash::engine::jinja

@@ -6,20 +6,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "engine/chat/jinja/interpreter.h"
 
 namespace kvstash::engine::jinja {
-
-std::string Capitalize(std::string_view s) {
-  std::vector<char32_t> cps = DecodeUtf8(s);
-  if (cps.empty()) return "";
-  std::string out;
-  AppendUtf8(&out, static_cast<char32_t>(u_totitle(static_cast<UChar32>(cps[0]))));
-  out += PyLower(EncodeUtf8(std::vector<char32_t>(cps.begin() + 1, cps.end())));
-  return out;
-}
 
 namespace {
 
@@ -213,6 +206,69 @@ std::string FormatSimple(const std::string& fmt, const CallArgs& args, int line)
 
 }  // namespace
 
+// printf-style `str % args` for the conversions templates use: %s %r %d %i %f %x %% with
+// optional flags (-, 0, +, space), width and precision. A dict argument (%(name)s) is refused.
+std::string PercentFormat(const std::string& fmt, const Value& arg, int line, bool escape) {
+  List args = arg.kind == Kind::kTuple ? *arg.list : List{arg};
+  if (arg.kind == Kind::kDict) Fail("unsupported construct '%(name)s formatting'", line);
+  size_t next = 0;
+  std::string out;
+  for (size_t k = 0; k < fmt.size(); ++k) {
+    if (fmt[k] != '%') {
+      out.push_back(fmt[k]);
+      continue;
+    }
+    size_t spec_start = k;
+    ++k;
+    while (k < fmt.size() && std::strchr("-0+ #", fmt[k]) != nullptr) ++k;
+    while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) ++k;
+    if (k < fmt.size() && fmt[k] == '.') {
+      ++k;
+      while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) ++k;
+    }
+    if (k >= fmt.size()) Fail("incomplete format", line);
+    char conv = fmt[k];
+    std::string spec = fmt.substr(spec_start, k - spec_start);
+    if (conv == '%') {
+      out.push_back('%');
+      continue;
+    }
+    if (spec.size() > 12) Fail("format spec too long", line);
+    if (next >= args.size()) Fail("not enough arguments for format string", line);
+    const Value& v = args[next++];
+    char buf[512];
+    if (conv == 's' || conv == 'r') {
+      std::string text = conv == 's' ? ToStr(v) : Repr(v);
+      if (escape && !v.safe) text = HtmlEscape(text);
+      if (spec.size() > 1) {
+        // Width pads by code points; precision truncates.
+        int64_t width = std::atoll(spec.c_str() + 1 + (spec[1] == '-' ? 1 : 0));
+        int64_t len = static_cast<int64_t>(CodePointCount(text));
+        if (width > len) {
+          std::string pad(static_cast<size_t>(std::min<int64_t>(width - len, 1 << 20)), ' ');
+          text = spec[1] == '-' ? text + pad : pad + text;
+        }
+      }
+      out += text;
+    } else if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X' || conv == 'o') {
+      if (!v.is_number()) Fail("%" + std::string(1, conv) + " format: a number is required", line);
+      long long n = v.kind == Kind::kFloat ? static_cast<long long>(v.f) : IntOf(v);
+      std::string f = spec + "ll" + (conv == 'i' ? 'd' : conv);
+      std::snprintf(buf, sizeof(buf), f.c_str(), n);
+      out += buf;
+    } else if (conv == 'f' || conv == 'F' || conv == 'e' || conv == 'g') {
+      if (!v.is_number()) Fail("must be real number, not " + TypeName(v), line);
+      double x = v.kind == Kind::kFloat ? v.f : static_cast<double>(IntOf(v));
+      std::snprintf(buf, sizeof(buf), (spec + conv).c_str(), x);
+      out += buf;
+    } else {
+      Fail("unsupported format character '" + std::string(1, conv) + "'", line);
+    }
+  }
+  if (next < args.size()) Fail("not all arguments converted during string formatting", line);
+  return out;
+}
+
 Value Renderer::StringMethod(const Value& self, const std::string& name, int line) {
   static const char* kNames[] = {
       "strip",        "lstrip",       "rstrip",     "split",     "rsplit",   "startswith",
@@ -227,7 +283,7 @@ Value Renderer::StringMethod(const Value& self, const std::string& name, int lin
     return Value::Undefined();
   }
   const std::string s = *self.str;
-  return Value::MakeCallable(name, [s, name, self](CallArgs& a) -> Value {
+  auto impl = [s, name, self](CallArgs& a) -> Value {
     const int line = a.line;
     auto str_arg = [&](size_t i, const char* kw) {
       return ArgStr(a.Get(i, kw), line, name.c_str());
@@ -432,6 +488,23 @@ Value Renderer::StringMethod(const Value& self, const std::string& name, int lin
           {Value::Str(s.substr(0, p)), Value::Str(sep), Value::Str(s.substr(p + sep.size()))});
     }
     Fail("unsupported construct 'str." + name + "()'", line);
+  };
+  // markupsafe.Markup wraps these methods so that a Markup stays Markup.
+  static const char* kKeepSafe[] = {"strip",      "lstrip", "rstrip", "lower", "upper", "title",
+                                    "capitalize", "center", "ljust",  "rjust", "zfill"};
+  const bool keep_safe = self.safe && std::any_of(std::begin(kKeepSafe), std::end(kKeepSafe),
+                                                  [&](const char* n) { return name == n; });
+  const bool split_safe =
+      self.safe && (name == "split" || name == "rsplit" || name == "splitlines");
+  return Value::MakeCallable(name, [impl, keep_safe, split_safe](CallArgs& a) -> Value {
+    Value r = impl(a);
+    if (keep_safe && r.kind == Kind::kString) r.safe = true;
+    if (split_safe && r.kind == Kind::kList) {
+      List parts = *r.list;
+      for (Value& p : parts) p.safe = true;
+      r = Value::MakeList(std::move(parts));
+    }
+    return r;
   });
 }
 

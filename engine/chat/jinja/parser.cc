@@ -24,6 +24,7 @@ class Parser {
   Body Run() {
     std::string which;
     Body body = ParseBody({}, &which);
+    for (const auto& st : body) CheckNames(*st, false);
     return body;
   }
 
@@ -96,6 +97,7 @@ class Parser {
     auto e = std::make_unique<Expr>();
     e->kind = kind;
     e->line = line;
+    e->col = Cur().col;
     return e;
   }
 

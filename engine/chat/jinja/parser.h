@@ -14,4 +14,8 @@ namespace kvstash::engine::jinja {
 // Throws JinjaError with line and column on syntax errors and unsupported constructs.
 Body ParseTemplate(std::string_view source);
 
+// Throws JinjaError for a filter or test name unknown to jinja2 outside an `if` or conditional
+// expression (names.cc). `soft`: whether `s` sits in such a frame. Called by ParseTemplate.
+void CheckNames(const Stmt& s, bool soft);
+
 }  // namespace kvstash::engine::jinja

@@ -70,7 +70,15 @@ Result<Template> Template::Parse(std::string_view source) {
 }
 
 Result<std::string> Template::Render(const nlohmann::json& context) const {
-  return Render(nlohmann::ordered_json::parse(context.dump()), RenderOptions());
+  nlohmann::ordered_json ordered;
+  try {
+    // Round trip through text: nlohmann offers no direct conversion between the two types.
+    // dump() throws on strings that are not UTF-8.
+    ordered = nlohmann::ordered_json::parse(context.dump());
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("jinja: context: ") + e.what());
+  }
+  return Render(ordered, RenderOptions());
 }
 
 Result<std::string> Template::Render(const nlohmann::ordered_json& context) const {

@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/chat/jinja/text.h"
+
 namespace kvstash::engine::jinja {
 
 // Raised inside the interpreter and converted to Status at the Template API boundary; it never
@@ -69,6 +71,9 @@ struct Value {
   // namespace can be stored inside itself.
   uint32_t depth = 0;
   bool holds_namespace = false;
+  // kString: a markupsafe.Markup ("safe") string. With autoescape off (as in transformers) it
+  // prints as-is, but `Markup + str` escapes the str, as Python does.
+  bool safe = false;
 
   static Value Undefined(std::string hint = {});
   static Value None();
@@ -76,6 +81,7 @@ struct Value {
   static Value Int(int64_t v);
   static Value Float(double v);
   static Value Str(std::string v);
+  static Value SafeStr(std::string v);  // a Markup string
   static Value MakeList(List items);
   static Value MakeTuple(List items);
   static Value MakeGenerator(List items);
@@ -138,6 +144,8 @@ std::string ToStr(const Value& v);
 std::string Repr(const Value& v);
 std::string FloatRepr(double d);
 std::string PyStrRepr(std::string_view s);
+// markupsafe.escape(): & < > ' " as &amp; &lt; &gt; &#39; &#34;.
+std::string HtmlEscape(std::string_view s);
 // Python ==. Never raises.
 bool Equal(const Value& a, const Value& b);
 // Python ordering (<0, 0, >0) for numbers, strings and sequences; raises TypeError otherwise.
@@ -164,21 +172,5 @@ inline int64_t IntOf(const Value& v) { return v.kind == Kind::kBool ? (v.b ? 1 :
 // An int (or bool) argument of `what`; raises a TypeError-like error otherwise.
 int64_t ArgInt(const Value& v, int line, const char* what);
 std::string ArgStr(const Value& v, int line, const char* what);
-
-// ---- UTF-8 and Unicode helpers ----------------------------------------------------------------
-
-std::vector<char32_t> DecodeUtf8(std::string_view s);
-void AppendUtf8(std::string* out, char32_t cp);
-std::string EncodeUtf8(const std::vector<char32_t>& cps);
-size_t CodePointCount(std::string_view s);
-bool IsPySpace(char32_t cp);    // str.isspace()
-bool IsPrintable(char32_t cp);  // str.isprintable()
-bool IsAlnumWord(char32_t cp);  // regex \w
-std::string PyLower(std::string_view s);
-std::string PyUpper(std::string_view s);
-// str.capitalize() (first character title-cased, the rest lower-cased).
-std::string Capitalize(std::string_view s);
-// str.strip/lstrip/rstrip; `chars` null: whitespace.
-std::string PyStrip(std::string_view s, const std::string* chars, bool left, bool right);
 
 }  // namespace kvstash::engine::jinja

@@ -77,8 +77,8 @@ TEST(JinjaChat, ToolConversationMatchesJinja2) {
       std::system("/usr/bin/python3 -c 'import jinja2' >/dev/null 2>&1") != 0) {
     GTEST_SKIP() << "jinja2 reference: /usr/bin/python3 with python3-jinja2 not available";
   }
-  for (const char* name : {"Qwen-Qwen3-0.6B.jinja", "meta-llama-Llama-3.1-8B-Instruct.jinja",
-                           "Qwen3.5-4B.jinja"}) {
+  for (const char* name :
+       {"Qwen-Qwen3-0.6B.jinja", "meta-llama-Llama-3.1-8B-Instruct.jinja", "Qwen3.5-4B.jinja"}) {
     const std::string source = ReadTemplate(name);
     ASSERT_FALSE(source.empty()) << name;
     JinjaChatOptions options;

@@ -376,6 +376,22 @@ end)J",
     {R"J({{ 'x' % ('a',) }})J", R"J({})J"},
     {R"J({{ '  a  b '.rsplit(None, 1) }} {{ 'a b c d'.split(' ', 2) }} {{ 'a,b,c'.rsplit(',', 1) }} {{ ''.split() }} {{ ''.split(',') }})J",
      R"J({})J"},
+    {R"J({{ "a'"|safe + "<b>" }}|{{ "<b>" + "x"|safe }}|{{ ("<" | safe) ~ "<" }}|{{ ("<a>"|safe) * 2 + "<" }}|{{ ("%s<" | safe) % "<" }}|{{ (" <x> "|safe)|trim + "<" }}|{{ none | e }}|{{ "<"|e + "<" }}|{{ ("a"|safe).upper() + "<" }}|{{ ("<"|safe) + ("<"|safe) }}|{{ 5|safe + "&" }}|{{ ("x"|safe|string) + "<" }}|{{ ("x"|safe|replace("x", "y")) + "<" }})J",
+     R"J({})J"},
+    {R"J({% macro m() %}<{% endmacro %}{{ m() + ("<"|safe) }}|{{ ("a"|safe).split("a") }}|{{ ["a"|safe] }}|{{ ("<"|safe|tojson) + "<" }})J",
+     R"J({})J"},
+    {R"J({% for x in [] %}{{ x | nosuchfilter }}{% endfor %})J", R"J({})J"},
+    {R"J({% if false %}{{ x | nosuchfilter }}{% endif %}ok)J", R"J({})J"},
+    {R"J({% if false %}{% for y in [] %}{{ y | nosuchfilter }}{% endfor %}{% endif %})J",
+     R"J({})J"},
+    {R"J({{ 1 if false else (x | nosuchfilter) }})J", R"J({})J"},
+    {R"J({{ (x | nosuchfilter) if false else 2 }})J", R"J({})J"},
+    {R"J({% if false %}{{ x is nosuchtest }}{% endif %}ok{{ 1 is nosuchtest if false }})J",
+     R"J({})J"},
+    {R"J({% macro m() %}{{ 1 | nosuchfilter }}{% endmacro %})J", R"J({})J"},
+    {R"J({% set x = 1 | nosuchfilter if false %}ok)J", R"J({})J"},
+    {R"J({% filter nosuchfilter %}x{% endfilter %})J", R"J({})J"},
+    {R"J({% if true %}{% filter nosuchfilter %}x{% endfilter %}{% endif %})J", R"J({})J"},
 };
 
 TEST(JinjaConformance, SnippetsMatchJinja2) {
@@ -552,6 +568,23 @@ TEST(JinjaInterpreter, ContextKeyOrderIsKeptForOrderedJson) {
   auto s = t->Render(nlohmann::json::parse(R"({"d": {"z": 1, "a": 2}})"));
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(*s, R"({"a": 2, "z": 1})");
+}
+
+TEST(JinjaInterpreter, ContextThatIsNotUtf8IsAnErrorNotAnException) {
+  auto t = Template::Parse("{{ x }}");
+  ASSERT_TRUE(t.ok());
+  nlohmann::json context;
+  context["x"] = std::string("bad \xff");
+  auto r = t->Render(context);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(JinjaParser, UnknownFilterFailsAtParseUnlessInsideIf) {
+  // jinja2 compiles filter and test names eagerly except in `if` and conditional expressions.
+  EXPECT_FALSE(Template::Parse("{% for x in [] %}{{ x | nosuch }}{% endfor %}").ok());
+  EXPECT_TRUE(Template::Parse("{% if false %}{{ x | nosuch }}{% endif %}").ok());
+  EXPECT_EQ(Render("{{ 1 if true else (2 | nosuch) }}"), "1");
 }
 
 TEST(JinjaLimits, RunawayOutputLoopsAndRecursionAreErrorsNotCrashes) {

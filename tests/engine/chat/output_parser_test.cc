@@ -286,6 +286,25 @@ TEST(OutputParserTest, EventsOfACall) {
   EXPECT_EQ(ev[3].tool_index, 0);
 }
 
+TEST(OutputParserTest, CallEventsArriveWhenTheCallClosesNotAtFinish) {
+  OutputParser p(Opts(ToolCallFormat::kMistral));
+  std::vector<OutputEvent> ev;
+  p.Feed("[TOOL_CALLS]a[CALL_ID]id1[ARGS]{\"x\": ", &ev);
+  EXPECT_TRUE(ev.empty());
+  p.Feed("1}[TOOL_CALLS]b[ARGS]{}", &ev);
+  ASSERT_EQ(ev.size(), 6u);
+  EXPECT_EQ(ev[0].kind, OutputEvent::kToolCallBegin);
+  EXPECT_EQ(ev[0].name, "a");
+  EXPECT_EQ(ev[0].id, "id1");
+  EXPECT_EQ(ev[1].text, "{\"x\": 1}");
+  EXPECT_EQ(ev[3].kind, OutputEvent::kToolCallBegin);
+  EXPECT_EQ(ev[3].tool_index, 1);
+  EXPECT_EQ(ev[5].kind, OutputEvent::kToolCallEnd);
+  ev.clear();
+  p.Finish(&ev);
+  EXPECT_TRUE(ev.empty());
+}
+
 // ---- Qwen3.5 / Qwen3-Coder XML
 // -------------------------------------------------------------------
 
@@ -387,6 +406,9 @@ TEST(OutputParserTest, QwenXmlMalformedDegradesToText) {
       "<tool_call>\n<func=f>\n</func>\n</tool_call>",
       "<tool_call>\n<function=f>\n</function>\n",
       "<tool_call>\n<function=f>\nstray text\n</function>\n</tool_call>",
+      // Names that are not valid UTF-8 (regression: found by output_parser_fuzz).
+      "<tool_call>\n<function=f\x8e>\n</function>\n</tool_call>",
+      "<tool_call>\n<function=f>\n<parameter=\xff>\n1\n</parameter>\n</function>\n</tool_call>",
   };
   for (const char* c : cases) {
     EXPECT_EQ(ParseEverySplit(c, Opts(ToolCallFormat::kQwenXml, false, &Tools())), Text(c)) << c;
@@ -416,6 +438,14 @@ TEST(OutputParserTest, Llama3SeveralCallsSeparatedBySemicolons) {
                 " {\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"parameters\": {}}\n",
                 Opts(ToolCallFormat::kLlama3Json)),
             (ParsedOutput{"", "", {{"a", "", "{}", ""}, {"b", "", "{}", ""}}}));
+}
+
+TEST(OutputParserTest, Llama3JsonAnswerStreamsOnceItsFirstKeyRulesOutACall) {
+  OutputParser p(Opts(ToolCallFormat::kLlama3Json));
+  std::vector<OutputEvent> ev;
+  p.Feed("{\"items\": [1, 2", &ev);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].text, "{\"items\": [1, 2");
 }
 
 TEST(OutputParserTest, Llama3InvalidArgumentsReported) {
@@ -493,6 +523,13 @@ TEST(OutputParserTest, MistralMalformedDegradesToText) {
       "[TOOL_CALLS][{\"name\": \"f\"}, 3]",
       "[TOOL_CALLS][{\"arguments\": {}}]",
   };
+  // Names longer than 256 bytes are not calls, in the list form too (regression: found by
+  // output_parser_fuzz, the NAME[ARGS] form could not carry them).
+  std::string long_name(300, 'f');
+  std::string nemo = "[TOOL_CALLS][{\"name\": \"" + long_name + "\", \"arguments\": {}}]";
+  EXPECT_EQ(ParseEverySplit(nemo, Opts(ToolCallFormat::kMistral)), Text(nemo));
+  std::string bare = "[TOOL_CALLS]" + long_name + "[ARGS]{}";
+  EXPECT_EQ(ParseEverySplit(bare, Opts(ToolCallFormat::kMistral)), Text(bare));
   for (const char* c : cases) {
     EXPECT_EQ(ParseEverySplit(c, Opts(ToolCallFormat::kMistral)), Text(c)) << c;
   }
