@@ -102,6 +102,9 @@ std::vector<Case> AllCases() {
       v.push_back({p, t});
     }
   }
+  for (const char* p : {"tiny-qwen3moe", "tiny-qwen35", "tiny-qwen35moe"}) {
+    for (const char* t : {"f32", "f16", "q8_0", "q4_k"}) v.push_back({p, t});
+  }
   return v;
 }
 
