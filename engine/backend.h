@@ -72,11 +72,13 @@ class Backend {
   // are L2-normalized per head (x / sqrt(sum x^2 + eps)), q scaled by 1/sqrt(dk); value head h
   // uses key head h % n_k_heads; g = softplus(alpha + dt_bias) * a, b = sigmoid(beta);
   //   S <- exp(g) S;  d = b (v - S k);  S <- S + d k^T;  o = S q
-  // Token by token, so splitting the tokens across calls gives bit-identical results.
+  // chunk_tokens <= 1: token by token, so splitting the tokens across calls gives bit-identical
+  // results. chunk_tokens > 1: the chunked (WY) form over chunks of that many tokens counted from
+  // the first token of the call; equal to float rounding only.
   virtual void GatedDeltaNet(const float* qkv, const float* alpha, const float* beta,
                              const float* dt_bias, const float* a, int n_tok, int n_k_heads,
-                             int n_v_heads, int dk, int dv, float eps, float* state,
-                             float* out) = 0;
+                             int n_v_heads, int dk, int dv, float eps, int chunk_tokens,
+                             float* state, float* out) = 0;
 
   // Token embedding rows: out[t] = row tokens[t] of w, dequantized.
   virtual Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) = 0;

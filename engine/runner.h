@@ -35,6 +35,11 @@ struct RunnerOptions {
   KvDtype kv_dtype = KvDtype::kF16;
   int n_batch = 256;  // tokens per forward chunk during prefill (memory bound)
   int n_pages = 0;    // pool size; 0 = enough for one sequence of n_ctx
+  // Gated DeltaNet prefill: 0 = token-by-token recurrence (default; the recurrent state is then
+  // bit-identical however a prompt is split, which cached == cold relies on); N > 1 = the
+  // chunked form over chunks of N tokens for segments longer than one token (agrees to float
+  // rounding only; the split changes the rounding).
+  int deltanet_chunk_tokens = 0;
 };
 
 enum class LogitsMode { kNone, kLast, kAll };

@@ -34,7 +34,8 @@ void Runner::DeltaNetMixer(const LayerWeights& L, int deltanet_index,
     be.CausalConvSilu(qkv, m, conv_dim, L.ssm_conv.data(), c.ssm_d_conv, conv_state);
     be.GatedDeltaNet(qkv, gdn_alpha_.data() + row * hv, gdn_beta_.data() + row * hv,
                      L.ssm_dt_bias.data(), L.ssm_a.data(), m, c.ssm_n_k_heads, hv, hd, hd,
-                     c.rms_eps, ssm_state, gdn_o_.data() + row * value_dim);
+                     c.rms_eps, options_.deltanet_chunk_tokens, ssm_state,
+                     gdn_o_.data() + row * value_dim);
     row += m;
   }
   if (tap_) {

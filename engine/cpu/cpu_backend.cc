@@ -176,17 +176,31 @@ class CpuBackend final : public Backend {
 
   void GatedDeltaNet(const float* qkv, const float* alpha, const float* beta, const float* dt_bias,
                      const float* a, int n_tok, int n_k_heads, int n_v_heads, int dk, int dv,
-                     float eps, float* state, float* out) override {
+                     float eps, int chunk_tokens, float* state, float* out) override {
     gdn_qn_.resize(static_cast<size_t>(n_tok) * n_k_heads * dk);
     gdn_kn_.resize(gdn_qn_.size());
-    gdn_decay_.resize(static_cast<size_t>(n_tok) * n_v_heads);
-    gdn_b_.resize(gdn_decay_.size());
+    gdn_g_.resize(static_cast<size_t>(n_tok) * n_v_heads);
+    gdn_b_.resize(gdn_g_.size());
     cpu::DeltaNetPrepare(qkv, alpha, beta, dt_bias, a, n_tok, n_k_heads, n_v_heads, dk, dv, eps,
-                         gdn_qn_.data(), gdn_kn_.data(), gdn_decay_.data(), gdn_b_.data());
+                         gdn_qn_.data(), gdn_kn_.data(), gdn_g_.data(), gdn_b_.data());
     pool_.ParallelFor(n_v_heads, [&](int64_t h, int) {
-      cpu::DeltaRuleHead(k_, qkv, gdn_qn_.data(), gdn_kn_.data(), gdn_decay_.data(), gdn_b_.data(),
-                         n_tok, n_k_heads, n_v_heads, dk, dv, static_cast<int>(h),
-                         state + static_cast<size_t>(h) * dv * dk, out);
+      const cpu::DeltaHeadArgs args{qkv,
+                                    gdn_qn_.data(),
+                                    gdn_kn_.data(),
+                                    gdn_g_.data(),
+                                    gdn_b_.data(),
+                                    n_tok,
+                                    n_k_heads,
+                                    n_v_heads,
+                                    dk,
+                                    dv,
+                                    static_cast<int>(h)};
+      float* state_h = state + static_cast<size_t>(h) * dv * dk;
+      if (chunk_tokens > 1 && n_tok > 1) {
+        cpu::DeltaRuleHeadChunked(k_, args, chunk_tokens, state_h, out);
+      } else {
+        cpu::DeltaRuleHead(k_, args, state_h, out);
+      }
     });
   }
 
@@ -292,9 +306,9 @@ class CpuBackend final : public Backend {
   const KernelTable& k_;
   std::vector<uint8_t> act_;
   std::vector<Scratch> scratch_;
-  // GatedDeltaNet scratch: normalized q/k [n_tok][n_k_heads * dk], decay and beta [n_tok]
+  // GatedDeltaNet scratch: normalized q/k [n_tok][n_k_heads * dk], log-decay and beta [n_tok]
   // [n_v_heads], f32.
-  std::vector<float> gdn_qn_, gdn_kn_, gdn_decay_, gdn_b_;
+  std::vector<float> gdn_qn_, gdn_kn_, gdn_g_, gdn_b_;
 };
 
 }  // namespace
