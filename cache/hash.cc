@@ -56,6 +56,8 @@ std::string NamespaceString(const NamespaceParams& p) {
          ";kv_dtype=" + engine::KvDtypeName(l.dtype) + ";n_layers=" + std::to_string(l.n_layers) +
          ";n_kv_heads=" + std::to_string(l.n_kv_heads) + ";head_dim=" + std::to_string(l.head_dim) +
          ";block_tokens=" + std::to_string(l.block_tokens) + ";" + rope +
+         (p.kv_layers.empty() ? "" : ";kv_layers=" + p.kv_layers) +
+         (p.rope_sections.empty() ? "" : ";rope_sections=" + p.rope_sections) +
          ";salt_bytes=" + std::to_string(p.cache_salt.size()) + ";salt=" + p.cache_salt;
 }
 
@@ -75,6 +77,17 @@ NamespaceParams NamespaceFor(const engine::Model& model, const Hash128& fingerpr
   p.rope_style = static_cast<int>(c.rope_style);
   p.n_rot = c.n_rot;
   p.rope_freq_factors = !model.rope_freq_factors().empty();
+  if (c.n_kv_layers != c.n_layer) {
+    for (int l = 0; l < c.n_layer; ++l) {
+      if (c.kv_layer[l] < 0) continue;
+      p.kv_layers += (p.kv_layers.empty() ? "" : ",") + std::to_string(l);
+    }
+  }
+  if (c.is_hybrid()) {
+    for (int i = 0; i < 4; ++i) {
+      p.rope_sections += (i ? "," : "") + std::to_string(c.rope_sections[i]);
+    }
+  }
   p.cache_salt = std::move(cache_salt);
   return p;
 }

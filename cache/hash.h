@@ -41,6 +41,12 @@ struct NamespaceParams {
   int rope_style = 0;  // engine::RopeStyle as an int
   int n_rot = 0;
   bool rope_freq_factors = false;
+  // Which model layers a block holds, when not all of them: hybrid models (qwen35*) keep K/V
+  // for their attention layers only, e.g. "3,7,11". Empty = every layer (and then absent from
+  // the namespace text, so existing namespaces are unchanged). The interleaved-rope sections
+  // of those models ride along as "rope_sections=a,b,c,d".
+  std::string kv_layers;
+  std::string rope_sections;
   std::string cache_salt;  // optional per-tenant salt; "" = none
 };
 

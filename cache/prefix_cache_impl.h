@@ -125,6 +125,7 @@ class PrefixCache::Impl {
     for (int32_t p : seq.block_table) pool_.Unref(p);
     seq.block_table.clear();
     seq.tokens.clear();
+    seq.recurrent.clear();
     EnforceDeviceBudget();
   }
   void ObservePrefill(int tokens, double ms) {

@@ -49,6 +49,37 @@ class Backend {
   virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out) = 0;
   // y[i] += x[i].
   virtual void Add(const float* x, int64_t n, float* y) = 0;
+  // x[i] *= sigmoid(gate[i]) (the output gate of qwen35 attention).
+  virtual void SigmoidMul(const float* gate, int64_t n, float* x) = 0;
+
+  // MoE router: per token, softmax over n_expert logits ([n_tok][n_expert]), the top k experts
+  // by probability (descending; ties to the lower id) into ids [n_tok][k], and their
+  // probabilities renormalized to sum 1 (the sum clamped below at 2^-14 as llama.cpp does) into
+  // weights [n_tok][k].
+  virtual void MoeRoute(const float* logits, int n_tok, int n_expert, int k, int32_t* ids,
+                        float* weights) = 0;
+
+  // Depthwise causal conv (kernel d_conv, no bias) then SiLU over n_tok consecutive tokens of one
+  // sequence: x [n_tok][channels] in place, conv_w [channels][d_conv], state [d_conv - 1]
+  // [channels] the inputs before x[0] (oldest first), updated to the last d_conv - 1 inputs.
+  virtual void CausalConvSilu(float* x, int n_tok, int channels, const float* conv_w, int d_conv,
+                              float* state) = 0;
+
+  // Gated DeltaNet recurrence over n_tok consecutive tokens of one sequence (docs/engine.md).
+  // qkv [n_tok][2 * n_k_heads * dk + n_v_heads * dv]: q | k | v after the conv; alpha, beta
+  // [n_tok][n_v_heads] raw projections; dt_bias, a [n_v_heads] (a = -exp(A_log)); state
+  // [n_v_heads][dv][dk] f32, updated in place; out [n_tok][n_v_heads * dv]. Per token: q and k
+  // are L2-normalized per head (x / sqrt(sum x^2 + eps)), q scaled by 1/sqrt(dk); value head h
+  // uses key head h % n_k_heads; g = softplus(alpha + dt_bias) * a, b = sigmoid(beta);
+  //   S <- exp(g) S;  d = b (v - S k);  S <- S + d k^T;  o = S q
+  // chunk_tokens <= 1: token by token, so splitting the tokens across calls gives bit-identical
+  // results. chunk_tokens > 1: the chunked (WY) form over chunks of that many tokens counted from
+  // the first token of the call; equal to float rounding only.
+  virtual void GatedDeltaNet(const float* qkv, const float* alpha, const float* beta,
+                             const float* dt_bias, const float* a, int n_tok, int n_k_heads,
+                             int n_v_heads, int dk, int dv, float eps, int chunk_tokens,
+                             float* state, float* out) = 0;
+
   // Token embedding rows: out[t] = row tokens[t] of w, dequantized.
   virtual Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) = 0;
 };

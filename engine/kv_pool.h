@@ -81,10 +81,16 @@ class KvPool {
   std::function<bool()> reclaim_;
 };
 
-// One sequence's view of the pool: its tokens and the page holding each block.
+// One sequence's view of the pool: its tokens and the page holding each block, and for hybrid
+// models (engine/model/model.h LayerKind::kDeltaNet) the recurrent state after its last token,
+// which lives outside the pool: it is one whole state per sequence, not per position.
 struct Sequence {
   std::vector<int32_t> tokens;       // every position computed so far
   std::vector<int32_t> block_table;  // page id of block i (positions [i*bt, (i+1)*bt))
+  // Hybrid models only, empty otherwise: per DeltaNet layer (in layer order) the conv state
+  // [d_conv - 1][conv_dim] then the delta-rule state [n_v_heads][head_dim (v)][head_dim (k)], f32.
+  // Valid for exactly `tokens`; a sequence with tokens but no state cannot be extended.
+  std::vector<float> recurrent;
   int n_past() const { return static_cast<int>(tokens.size()); }
 };
 

@@ -18,7 +18,8 @@ Result<std::unique_ptr<Runner>> Runner::Create(const Model& model, const RunnerO
   if (o.n_batch < 1) o.n_batch = 256;
   auto r = std::unique_ptr<Runner>(new Runner(model, o));
   r->backend_ = CreateCpuBackend(o.n_threads);
-  KvLayout layout{o.kv_dtype, c.n_layer, c.n_head_kv, c.head_dim, o.block_tokens};
+  // The pages hold the attention layers only (all layers but the DeltaNet ones).
+  KvLayout layout{o.kv_dtype, c.n_kv_layers, c.n_head_kv, c.head_dim, o.block_tokens};
   const int pages = o.n_pages > 0 ? o.n_pages : (o.n_ctx + o.block_tokens - 1) / o.block_tokens;
   KV_ASSIGN_OR_RETURN(r->pool_, KvPool::Create(layout, pages));
   // Per-pair inverse frequencies with linear scaling and rope_freqs divisors folded in.
@@ -29,6 +30,20 @@ Result<std::unique_ptr<Runner>> Runner::Create(const Model& model, const RunnerO
     if (!factors.empty()) f /= factors[i];
     r->inv_freq_[i] = static_cast<float>(f);
   }
+  if (c.is_hybrid()) {
+    // Interleaved multi-section RoPE (ggml's IMROPE): pair i takes the position of axis
+    // t, h or w by i % 3 within the sections, else axis e. Text tokens have t = h = w = their
+    // position and e = 0, so the e pairs do not rotate.
+    const int* sec = c.rope_sections;
+    const int sect_dims = sec[0] + sec[1] + sec[2] + sec[3];
+    for (int i = 0; i < c.n_rot / 2; ++i) {
+      const int sector = i % sect_dims;
+      const bool text_axis = (sector % 3 == 0 && sector < 3 * sec[0]) ||
+                             (sector % 3 == 1 && sector < 3 * sec[1]) ||
+                             (sector % 3 == 2 && sector < 3 * sec[2]);
+      if (!text_axis) r->inv_freq_[i] = 0.0f;
+    }
+  }
   return r;
 }
 
@@ -36,6 +51,13 @@ void Runner::Release(Sequence& seq) {
   for (int32_t p : seq.block_table) pool_->Unref(p);
   seq.block_table.clear();
   seq.tokens.clear();
+  seq.recurrent.clear();
+}
+
+size_t Runner::RecurrentStateElems() const {
+  const HParams& c = model_.config();
+  if (!c.is_hybrid()) return 0;
+  return static_cast<size_t>(c.n_deltanet_layers()) * (c.conv_state_elems() + c.ssm_state_elems());
 }
 
 Status Runner::CheckTokens(std::span<const int32_t> tokens) const {
@@ -136,6 +158,12 @@ Status Runner::Forward(std::span<const BatchSegment> segments) {
       return Status::InvalidArgument("batch segment " + std::to_string(i) +
                                      " has no logits buffer");
     }
+    if (s.seq->n_past() > 0 && s.seq->recurrent.size() != RecurrentStateElems()) {
+      // A hybrid sequence rebuilt from KV blocks alone (no recurrent state) would compute
+      // wrong outputs: refuse it.
+      return Status::InvalidArgument("batch segment " + std::to_string(i) +
+                                     " continues a sequence without its recurrent state");
+    }
     for (size_t j = 0; j < i; ++j) {
       if (segments[j].seq == s.seq) {
         return Status::InvalidArgument("a sequence appears twice in one batch");
@@ -145,17 +173,14 @@ Status Runner::Forward(std::span<const BatchSegment> segments) {
   }
   if (nn == 0) return Status::Ok();
   const int n = static_cast<int>(nn);
+  // A sequence's first tokens start from a zero recurrent state.
+  for (const BatchSegment& s : segments) {
+    if (s.seq->n_past() == 0) s.seq->recurrent.assign(RecurrentStateElems(), 0.0f);
+  }
   const int64_t q_dim = int64_t{c.n_head} * c.head_dim;
-  const int64_t kv_dim = int64_t{c.n_head_kv} * c.head_dim;
   x_.resize(nn * c.n_embd);
-  xn_.resize(nn * std::max<int64_t>(c.n_embd, q_dim));
-  q_.resize(nn * q_dim);
-  k_.resize(nn * kv_dim);
-  v_.resize(nn * kv_dim);
-  att_.resize(nn * q_dim);
+  xn_.resize(nn * std::max<int64_t>({c.n_embd, q_dim, c.ssm_value_dim()}));
   tmp_.resize(nn * c.n_embd);
-  gate_.resize(nn * c.n_ff);
-  up_.resize(nn * c.n_ff);
   tokens_.clear();
   positions_.clear();
   for (const BatchSegment& s : segments) {
@@ -164,48 +189,30 @@ Status Runner::Forward(std::span<const BatchSegment> segments) {
       positions_.push_back(s.seq->n_past() + static_cast<int32_t>(t));
     }
   }
-  RopeParams rope{c.n_rot, c.head_dim, c.rope_style, inv_freq_.data()};
 
   KV_RETURN_IF_ERROR(be.Embed(model_.token_embd(), tokens_, x_.data()));
+  int deltanet_index = 0;
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = model_.layers()[l];
+    layer_ = l;
     be.RmsNorm(x_.data(), L.attn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
-    be.MatMul(L.wq, xn_.data(), n, q_.data());
-    be.MatMul(L.wk, xn_.data(), n, k_.data());
-    be.MatMul(L.wv, xn_.data(), n, v_.data());
-    if (c.has_qkv_bias) {
-      for (int t = 0; t < n; ++t) {
-        be.Add(L.bq.data(), q_dim, q_.data() + t * q_dim);
-        be.Add(L.bk.data(), kv_dim, k_.data() + t * kv_dim);
-        be.Add(L.bv.data(), kv_dim, v_.data() + t * kv_dim);
-      }
+    Tap("attn_norm", l, xn_.data(), n, c.n_embd);
+    if (L.kind == LayerKind::kAttention) {
+      AttentionMixer(L, c.kv_layer[l], segments, n);
+    } else {
+      DeltaNetMixer(L, deltanet_index++, segments, n);
     }
-    if (c.has_qk_norm) {
-      be.RmsNorm(q_.data(), L.q_norm.data(), n * c.n_head, c.head_dim, c.rms_eps, q_.data());
-      be.RmsNorm(k_.data(), L.k_norm.data(), n * c.n_head_kv, c.head_dim, c.rms_eps, k_.data());
-    }
-    be.Rope(q_.data(), n, c.n_head, positions_.data(), rope);
-    be.Rope(k_.data(), n, c.n_head_kv, positions_.data(), rope);
-    // Attention is per sequence: each segment stores its rows' K/V into its own pages and
-    // attends over them. Sequences grow only after the last layer, so StoreKv/Attention take the
-    // absolute positions explicitly.
-    size_t row = 0;
-    for (const BatchSegment& s : segments) {
-      const int m = static_cast<int>(s.tokens.size());
-      const int pos0 = s.seq->n_past();
-      be.StoreKv(*pool_, *s.seq, l, pos0, m, k_.data() + row * kv_dim, v_.data() + row * kv_dim);
-      be.Attention(*pool_, *s.seq, l, pos0, m, c.n_head, q_.data() + row * q_dim,
-                   att_.data() + row * q_dim);
-      row += s.tokens.size();
-    }
-    be.MatMul(L.wo, att_.data(), n, tmp_.data());
+    Tap("mixer_out", l, tmp_.data(), n, c.n_embd);
     be.Add(tmp_.data(), nn * c.n_embd, x_.data());
     be.RmsNorm(x_.data(), L.ffn_norm.data(), n, c.n_embd, c.rms_eps, xn_.data());
-    be.MatMul(L.w_gate, xn_.data(), n, gate_.data());
-    be.MatMul(L.w_up, xn_.data(), n, up_.data());
-    be.SwiGlu(gate_.data(), up_.data(), nn * c.n_ff, gate_.data());
-    be.MatMul(L.w_down, gate_.data(), n, tmp_.data());
+    if (c.is_moe()) {
+      MoeFfn(L, n);
+    } else {
+      DenseFfn(L, n);
+    }
+    Tap("ffn_out", l, tmp_.data(), n, c.n_embd);
     be.Add(tmp_.data(), nn * c.n_embd, x_.data());
+    Tap("l_out", l, x_.data(), n, c.n_embd);
   }
   // Gather the rows that want logits, one output matmul for all of them, scatter back.
   int rows = 0;
@@ -238,6 +245,86 @@ Status Runner::Forward(std::span<const BatchSegment> segments) {
     s.seq->tokens.insert(s.seq->tokens.end(), s.tokens.begin(), s.tokens.end());
   }
   return Status::Ok();
+}
+
+// Softmax attention over the paged KV. qwen35*: attn_q yields per head [q, gate]; the output is
+// multiplied by sigmoid(gate) before attn_output.
+void Runner::AttentionMixer(const LayerWeights& L, int kv_layer,
+                            std::span<const BatchSegment> segments, int n) {
+  const HParams& c = model_.config();
+  Backend& be = *backend_;
+  const size_t nn = static_cast<size_t>(n);
+  const int64_t q_dim = int64_t{c.n_head} * c.head_dim;
+  const int64_t kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  q_.resize(nn * q_dim);
+  k_.resize(nn * kv_dim);
+  v_.resize(nn * kv_dim);
+  att_.resize(nn * q_dim);
+  if (c.attn_output_gate) {
+    qg_.resize(nn * 2 * q_dim);
+    be.MatMul(L.wq, xn_.data(), n, qg_.data());
+    // q_ gets the q halves of [n][n_head][q | gate]; the gates stay in qg_ until after attention.
+    for (size_t t = 0; t < nn; ++t) {
+      for (int h = 0; h < c.n_head; ++h) {
+        const float* src = qg_.data() + (t * c.n_head + h) * 2 * c.head_dim;
+        std::copy_n(src, c.head_dim, q_.data() + (t * c.n_head + h) * c.head_dim);
+      }
+    }
+  } else {
+    be.MatMul(L.wq, xn_.data(), n, q_.data());
+  }
+  be.MatMul(L.wk, xn_.data(), n, k_.data());
+  be.MatMul(L.wv, xn_.data(), n, v_.data());
+  if (c.has_qkv_bias) {
+    for (size_t t = 0; t < nn; ++t) {
+      be.Add(L.bq.data(), q_dim, q_.data() + t * q_dim);
+      be.Add(L.bk.data(), kv_dim, k_.data() + t * kv_dim);
+      be.Add(L.bv.data(), kv_dim, v_.data() + t * kv_dim);
+    }
+  }
+  if (c.has_qk_norm) {
+    be.RmsNorm(q_.data(), L.q_norm.data(), n * c.n_head, c.head_dim, c.rms_eps, q_.data());
+    be.RmsNorm(k_.data(), L.k_norm.data(), n * c.n_head_kv, c.head_dim, c.rms_eps, k_.data());
+  }
+  RopeParams rope{c.n_rot, c.head_dim, c.rope_style, inv_freq_.data()};
+  be.Rope(q_.data(), n, c.n_head, positions_.data(), rope);
+  be.Rope(k_.data(), n, c.n_head_kv, positions_.data(), rope);
+  // Attention is per sequence: each segment stores its rows' K/V into its own pages and
+  // attends over them. Sequences grow only after the last layer, so StoreKv/Attention take the
+  // absolute positions explicitly.
+  size_t row = 0;
+  for (const BatchSegment& s : segments) {
+    const int m = static_cast<int>(s.tokens.size());
+    const int pos0 = s.seq->n_past();
+    be.StoreKv(*pool_, *s.seq, kv_layer, pos0, m, k_.data() + row * kv_dim,
+               v_.data() + row * kv_dim);
+    be.Attention(*pool_, *s.seq, kv_layer, pos0, m, c.n_head, q_.data() + row * q_dim,
+                 att_.data() + row * q_dim);
+    row += s.tokens.size();
+  }
+  if (c.attn_output_gate) {
+    // The gate halves of qg_ gathered into q_ (free now), then att_ *= sigmoid(gate).
+    for (size_t t = 0; t < nn; ++t) {
+      for (int h = 0; h < c.n_head; ++h) {
+        const float* src = qg_.data() + ((t * c.n_head + h) * 2 + 1) * c.head_dim;
+        std::copy_n(src, c.head_dim, q_.data() + (t * c.n_head + h) * c.head_dim);
+      }
+    }
+    be.SigmoidMul(q_.data(), nn * q_dim, att_.data());
+  }
+  be.MatMul(L.wo, att_.data(), n, tmp_.data());
+}
+
+void Runner::DenseFfn(const LayerWeights& L, int n) {
+  const HParams& c = model_.config();
+  Backend& be = *backend_;
+  const size_t nn = static_cast<size_t>(n);
+  gate_.resize(nn * c.n_ff);
+  up_.resize(nn * c.n_ff);
+  be.MatMul(L.w_gate, xn_.data(), n, gate_.data());
+  be.MatMul(L.w_up, xn_.data(), n, up_.data());
+  be.SwiGlu(gate_.data(), up_.data(), nn * c.n_ff, gate_.data());
+  be.MatMul(L.w_down, gate_.data(), n, tmp_.data());
 }
 
 }  // namespace kvstash::engine

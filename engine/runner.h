@@ -15,8 +15,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -33,6 +35,11 @@ struct RunnerOptions {
   KvDtype kv_dtype = KvDtype::kF16;
   int n_batch = 256;  // tokens per forward chunk during prefill (memory bound)
   int n_pages = 0;    // pool size; 0 = enough for one sequence of n_ctx
+  // Gated DeltaNet prefill: 0 = token-by-token recurrence (default; the recurrent state is then
+  // bit-identical however a prompt is split, which cached == cold relies on); N > 1 = the
+  // chunked form over chunks of N tokens for segments longer than one token (agrees to float
+  // rounding only; the split changes the rounding).
+  int deltanet_chunk_tokens = 0;
 };
 
 enum class LogitsMode { kNone, kLast, kAll };
@@ -76,6 +83,15 @@ class Runner {
   // Pages `seq` still needs to hold n_positions positions.
   int PagesNeeded(const Sequence& seq, int64_t n_positions) const;
 
+  // Test hook: when set, Forward reports intermediate tensors of every layer, all rows of the
+  // batch in order: "attn_norm", "mixer_out", "ffn_out", "l_out" [n][n_embd]; DeltaNet layers
+  // "gdn_conv" [n][conv_dim] (after conv + SiLU) and "gdn_o" [n][value_dim] (recurrence output);
+  // MoE layers "moe_router" [n][n_expert] logits, "moe_ids" and "moe_weights" [n][k],
+  // "moe_routed" [n][n_embd] (routed experts only). f32.
+  using TensorTap = std::function<void(std::string_view name, int layer, const float* data,
+                                       int n_rows, int row_elems)>;
+  void SetTensorTap(TensorTap tap) { tap_ = std::move(tap); }
+
   // One forward pass over every segment's rows (at most one segment per sequence; pages
   // reserved). Token ids are validated first; on error no sequence has changed. Each segment's
   // sequence grows by its tokens.
@@ -84,23 +100,57 @@ class Runner {
  private:
   Runner(const Model& model, const RunnerOptions& options) : model_(model), options_(options) {}
   Status CheckTokens(std::span<const int32_t> tokens) const;
+  // Token mixers of one layer for the n rows of the batch: read xn_, write the projection
+  // output (before the residual add) to tmp_.
+  void AttentionMixer(const LayerWeights& L, int kv_layer, std::span<const BatchSegment> segments,
+                      int n);
+  void DeltaNetMixer(const LayerWeights& L, int deltanet_index,
+                     std::span<const BatchSegment> segments, int n);  // runner_deltanet.cc
+  // FFNs: read xn_, write tmp_.
+  void DenseFfn(const LayerWeights& L, int n);
+  void MoeFfn(const LayerWeights& L, int n);  // runner_moe.cc
+  // f32 elements of a sequence's recurrent state (0 for non-hybrid models).
+  size_t RecurrentStateElems() const;
+
+  void Tap(std::string_view name, int layer, const float* data, int n_rows, int row_elems) {
+    if (tap_) tap_(name, layer, data, n_rows, row_elems);
+  }
 
   const Model& model_;
   RunnerOptions options_;
+  TensorTap tap_;
+  int layer_ = 0;  // the layer Forward is in (for taps)
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<KvPool> pool_;
   std::vector<float> inv_freq_;
   // Activation scratch for the n rows of one forward (grown on demand, never shrunk).
-  std::vector<float> x_;            // [n][n_embd] residual stream
-  std::vector<float> xn_;           // [n][max(n_embd, n_head * head_dim)] normed input of a matmul
-  std::vector<float> q_;            // [n][n_head * head_dim]
-  std::vector<float> k_;            // [n][n_head_kv * head_dim]
-  std::vector<float> v_;            // [n][n_head_kv * head_dim]
-  std::vector<float> att_;          // [n][n_head * head_dim] attention output
-  std::vector<float> tmp_;          // [n][n_embd] projection output before the residual add
-  std::vector<float> gate_;         // [n][n_ff]
-  std::vector<float> up_;           // [n][n_ff]
-  std::vector<float> out_;          // [rows wanting logits][n_vocab]
+  std::vector<float> x_;     // [n][n_embd] residual stream
+  std::vector<float> xn_;    // [n][max(n_embd, n_head * head_dim)] normed input of a matmul
+  std::vector<float> q_;     // [n][n_head * head_dim]
+  std::vector<float> k_;     // [n][n_head_kv * head_dim]
+  std::vector<float> v_;     // [n][n_head_kv * head_dim]
+  std::vector<float> att_;   // [n][n_head * head_dim] attention output
+  std::vector<float> tmp_;   // [n][n_embd] projection output before the residual add
+  std::vector<float> gate_;  // [n][n_ff]
+  std::vector<float> up_;    // [n][n_ff]
+  std::vector<float> out_;   // [rows wanting logits][n_vocab]
+  std::vector<float> qg_;    // [n][n_head][2][head_dim] qwen35 attn_q output: q, gate
+  // MoE (runner_moe.cc).
+  std::vector<float> router_;      // [n][n_expert] router logits
+  std::vector<int32_t> moe_ids_;   // [n][n_expert_used] chosen experts, best first
+  std::vector<float> moe_w_;       // [n][n_expert_used] their renormalized weights
+  std::vector<float> moe_x_;       // [rows routed to one expert][n_embd] gathered inputs
+  std::vector<float> moe_g_;       // [rows][max(n_ff_exp, n_ff_shexp)] gate, then SwiGLU
+  std::vector<float> moe_u_;       // [rows][max(n_ff_exp, n_ff_shexp)] up
+  std::vector<float> moe_y_;       // [rows][n_embd] one expert's output
+  std::vector<float> moe_out_;     // [n][n_expert_used][n_embd] every routed expert output
+  std::vector<int32_t> moe_rows_;  // [n * n_expert_used] (token * k + slot) grouped by expert
+  // Gated DeltaNet (runner_deltanet.cc).
+  std::vector<float> gdn_qkv_;      // [n][conv_dim] q | k | v, conv applied in place
+  std::vector<float> gdn_z_;        // [n][value_dim] output gate
+  std::vector<float> gdn_alpha_;    // [n][n_v_heads]
+  std::vector<float> gdn_beta_;     // [n][n_v_heads]
+  std::vector<float> gdn_o_;        // [n][value_dim] recurrence output, then gated norm
   std::vector<int32_t> tokens_;     // [n] every row's token id
   std::vector<int32_t> positions_;  // [n] every row's absolute position
 };

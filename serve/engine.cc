@@ -64,7 +64,7 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
   // 2. The runner and its KV pool.
   if (o.kv_bytes > 0 && o.runner.n_pages == 0) {
     const engine::HParams& hp = e->model_->config();
-    const engine::KvLayout layout{o.runner.kv_dtype, hp.n_layer, hp.n_head_kv, hp.head_dim,
+    const engine::KvLayout layout{o.runner.kv_dtype, hp.n_kv_layers, hp.n_head_kv, hp.head_dim,
                                   std::max(1, o.runner.block_tokens)};
     const int n_ctx = o.runner.n_ctx > 0 ? o.runner.n_ctx : hp.n_ctx_train;
     const uint64_t one_ctx =

@@ -268,7 +268,11 @@ bool Scheduler::Admit(Active& a) {
         return true;
       }
       a.context = r->tokens;
-      SetCacheUsage(a.usage, r->acquired);
+      if (KvReuseAllowed()) {
+        SetCacheUsage(a.usage, r->acquired);
+      } else {
+        Release(a);  // hybrid: the session's tokens are recomputed (no recurrent state stored)
+      }
     }
     a.context.insert(a.context.end(), a.req.prompt.begin(), a.req.prompt.end());
     const int n_ctx = runner_.options().n_ctx;
@@ -297,8 +301,9 @@ bool Scheduler::Admit(Active& a) {
   if (cache_ != nullptr && a.seq.n_past() == 0) {
     // On resume with a pending token the whole context may come from the cache; otherwise the
     // last position is computed for its logits.
-    const int max_positions = a.pending >= 0 ? static_cast<int>(a.context.size())
-                                             : static_cast<int>(a.context.size()) - 1;
+    int max_positions = a.pending >= 0 ? static_cast<int>(a.context.size())
+                                       : static_cast<int>(a.context.size()) - 1;
+    if (!KvReuseAllowed()) max_positions = 0;
     auto got = cache_->Acquire(a.seq, a.context, max_positions, a.req.cache_salt);
     if (!got.ok()) {
       Fail(a, got.status());
@@ -335,6 +340,8 @@ bool Scheduler::Admit(Active& a) {
 // Session-as-prefix mode: the prompt holds the whole conversation. The session supplies the KV
 // only when its tokens are a prefix of the prompt; otherwise (missing, diverged, incompatible)
 // the prompt goes through the plain cache lookup.
+bool Scheduler::KvReuseAllowed() const { return !runner_.model().config().is_hybrid(); }
+
 void Scheduler::RestoreSessionPrefix(Active& a) {
   auto r = cache_->RestoreSession(a.req.restore_session, a.seq, 1, a.req.cache_salt);
   if (!r.ok()) {
@@ -346,7 +353,7 @@ void Scheduler::RestoreSessionPrefix(Active& a) {
   }
   const bool prefix = r->tokens.size() <= a.req.prompt.size() &&
                       std::equal(r->tokens.begin(), r->tokens.end(), a.req.prompt.begin());
-  if (!prefix || a.seq.n_past() >= static_cast<int>(a.req.prompt.size())) {
+  if (!prefix || a.seq.n_past() >= static_cast<int>(a.req.prompt.size()) || !KvReuseAllowed()) {
     Release(a);
     return;
   }

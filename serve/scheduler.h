@@ -97,6 +97,11 @@ class Scheduler {
   void Step();
   bool Admit(Active& a);
   void RestoreSessionPrefix(Active& a);
+  // False for hybrid models (qwen35, qwen35moe): cached KV blocks alone cannot resume them, since
+  // their DeltaNet layers also need the recurrent state after the prefix, which the cache does
+  // not store yet. Every prompt and restored session is then recomputed from position 0 (the
+  // blocks are still published for when snapshots exist).
+  bool KvReuseAllowed() const;
   void Preempt(Active& a);
   void Finish(Active& a, FinishReason reason, const std::string& tail_text);
   void Fail(Active& a, const Status& s);

@@ -12,8 +12,10 @@
 
 #include "base/check.h"
 #include "engine/backend.h"
+#include "engine/cpu/deltanet.h"
 #include "engine/cpu/fp16.h"
 #include "engine/cpu/kernels.h"
+#include "engine/cpu/moe.h"
 #include "engine/cpu/thread_pool.h"
 #include "engine/gguf/quant.h"
 
@@ -148,6 +150,60 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void SigmoidMul(const float* gate, int64_t n, float* x) override {
+    ForChunks(n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) x[i] *= 1.0f / (1.0f + std::exp(-gate[i]));
+    });
+  }
+
+  void MoeRoute(const float* logits, int n_tok, int n_expert, int k, int32_t* ids,
+                float* weights) override {
+    ForRows(n_tok, n_expert, [&](int64_t t) {
+      cpu::MoeRouteToken(logits + t * n_expert, n_expert, k, ids + t * k, weights + t * k);
+    });
+  }
+
+  void CausalConvSilu(float* x, int n_tok, int channels, const float* conv_w, int d_conv,
+                      float* state) override {
+    constexpr int kChannelsPerTask = 256;
+    const int n_tasks = (channels + kChannelsPerTask - 1) / kChannelsPerTask;
+    pool_.ParallelFor(n_tasks, [&](int64_t task, int) {
+      const int c0 = static_cast<int>(task) * kChannelsPerTask;
+      cpu::CausalConvSiluChannels(x, n_tok, channels, conv_w, d_conv, state, c0,
+                                  std::min(channels, c0 + kChannelsPerTask));
+    });
+  }
+
+  void GatedDeltaNet(const float* qkv, const float* alpha, const float* beta, const float* dt_bias,
+                     const float* a, int n_tok, int n_k_heads, int n_v_heads, int dk, int dv,
+                     float eps, int chunk_tokens, float* state, float* out) override {
+    gdn_qn_.resize(static_cast<size_t>(n_tok) * n_k_heads * dk);
+    gdn_kn_.resize(gdn_qn_.size());
+    gdn_g_.resize(static_cast<size_t>(n_tok) * n_v_heads);
+    gdn_b_.resize(gdn_g_.size());
+    cpu::DeltaNetPrepare(qkv, alpha, beta, dt_bias, a, n_tok, n_k_heads, n_v_heads, dk, dv, eps,
+                         gdn_qn_.data(), gdn_kn_.data(), gdn_g_.data(), gdn_b_.data());
+    pool_.ParallelFor(n_v_heads, [&](int64_t h, int) {
+      const cpu::DeltaHeadArgs args{qkv,
+                                    gdn_qn_.data(),
+                                    gdn_kn_.data(),
+                                    gdn_g_.data(),
+                                    gdn_b_.data(),
+                                    n_tok,
+                                    n_k_heads,
+                                    n_v_heads,
+                                    dk,
+                                    dv,
+                                    static_cast<int>(h)};
+      float* state_h = state + static_cast<size_t>(h) * dv * dk;
+      if (chunk_tokens > 1 && n_tok > 1) {
+        cpu::DeltaRuleHeadChunked(k_, args, chunk_tokens, state_h, out);
+      } else {
+        cpu::DeltaRuleHead(k_, args, state_h, out);
+      }
+    });
+  }
+
   Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) override {
     for (size_t t = 0; t < tokens.size(); ++t) {
       if (tokens[t] < 0 || tokens[t] >= w.n_out) {
@@ -250,6 +306,9 @@ class CpuBackend final : public Backend {
   const KernelTable& k_;
   std::vector<uint8_t> act_;
   std::vector<Scratch> scratch_;
+  // GatedDeltaNet scratch: normalized q/k [n_tok][n_k_heads * dk], log-decay and beta [n_tok]
+  // [n_v_heads], f32.
+  std::vector<float> gdn_qn_, gdn_kn_, gdn_g_, gdn_b_;
 };
 
 }  // namespace

@@ -47,6 +47,32 @@ ModelConfig Make(std::string name, std::string arch, int64_t n_embd, int64_t n_l
   return c;
 }
 
+ModelConfig WithMoe(ModelConfig c, int64_t n_expert, int64_t n_expert_used, int64_t n_ff_exp,
+                    int64_t n_ff_shexp = 0) {
+  c.n_expert = n_expert;
+  c.n_expert_used = n_expert_used;
+  c.n_ff_exp = n_ff_exp;
+  c.n_ff_shexp = n_ff_shexp;
+  return c;
+}
+
+// Hybrid shape: partial rotary n_rot with llama.cpp's default section split ([11,11,10,0] for
+// 64), DeltaNet heads.
+ModelConfig WithDeltaNet(ModelConfig c, int64_t n_rot, int64_t ssm_head_dim, int64_t n_k_heads,
+                         int64_t n_v_heads, int64_t interval = 4) {
+  c.n_rot = n_rot;
+  const int64_t pairs = n_rot / 2;
+  c.rope_sections[0] = (pairs + 2) / 3;
+  c.rope_sections[1] = (pairs + 1) / 3;
+  c.rope_sections[2] = pairs / 3;
+  c.rope_sections[3] = 0;
+  c.ssm_head_dim = ssm_head_dim;
+  c.ssm_n_k_heads = n_k_heads;
+  c.ssm_n_v_heads = n_v_heads;
+  c.full_attention_interval = interval;
+  return c;
+}
+
 std::string Lower(std::string_view s) {
   std::string out(s);
   std::transform(out.begin(), out.end(), out.begin(),
@@ -93,6 +119,8 @@ Init InitFor(const ModelConfig& c, std::string_view name, const std::vector<int6
     return name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
   };
   if (ends_with("norm.weight")) return {1.0f, 0.1f};
+  // DeltaNet decay -exp(A_log): negative, around -1 (per-token decay exp(softplus(.) * a)).
+  if (ends_with(".ssm_a")) return {-1.0f, 0.25f};
   if (ends_with(".bias")) return {0.0f, 0.1f};
   if (name == "token_embd.weight" || name == "output.weight") {
     return {0.0f, 2.5f / std::sqrt(static_cast<float>(c.n_embd))};
@@ -140,6 +168,23 @@ const std::vector<ModelPreset>& ModelPresets() {
       {"qwen2.5-7b", "Qwen2.5-7B shape (qwen2, 3584 embd, 28 layers, GQA 28/4)",
        Make("qwen2.5-7b", "qwen2", 3584, 28, 28, 4, 0, 18944, 152064, 32768, 1000000.0f, 1e-6f,
             false)},
+      {"qwen3-30b-a3b",
+       "Qwen3-30B-A3B shape (qwen3moe, 2048 embd, 48 layers, 32/4 heads of 128, 128 experts top 8)",
+       WithMoe(Make("qwen3-30b-a3b", "qwen3moe", 2048, 48, 32, 4, 128, 6144, 151936, 40960,
+                    1000000.0f, 1e-6f, false),
+               128, 8, 768)},
+      {"qwen3.6-27b",
+       "Qwen3.6-27B shape (qwen35: 64 layers, 48 DeltaNet 16k/48v + 16 attention 24/4x256)",
+       WithDeltaNet(Make("qwen3.6-27b", "qwen35", 5120, 64, 24, 4, 256, 17408, 248320, 262144,
+                         10000000.0f, 1e-6f, false),
+                    64, 128, 16, 48)},
+      {"qwen3.6-35b-a3b",
+       "Qwen3.6-35B-A3B shape (qwen35moe: 40 layers, 30 DeltaNet + 10 attention, 256 experts "
+       "top 8 + shared)",
+       WithMoe(WithDeltaNet(Make("qwen3.6-35b-a3b", "qwen35moe", 2048, 40, 16, 2, 256, 512, 248320,
+                                 262144, 10000000.0f, 1e-6f, false),
+                            64, 128, 16, 32),
+               256, 8, 512, 512)},
       {"tiny-llama", "test: llama, 256 embd, 2 layers, 4/2 heads of 64, untied",
        Make("tiny-llama", "llama", 256, 2, 4, 2, 0, 512, 1024, 2048, 10000.0f, 1e-5f, false)},
       {"tiny-llama3", "test: llama, 256 embd, 2 layers, 4/2 heads of 64, tied, llama3 rope x8",
@@ -149,6 +194,21 @@ const std::vector<ModelPreset>& ModelPresets() {
        Make("tiny-qwen2", "qwen2", 256, 2, 8, 2, 0, 768, 2048, 4096, 1000000.0f, 1e-6f, true)},
       {"tiny-qwen3", "test: qwen3, 256 embd, 3 layers, 8/4 heads of 64 (q dim 512), tied",
        Make("tiny-qwen3", "qwen3", 256, 3, 8, 4, 64, 512, 4096, 4096, 1000000.0f, 1e-6f, true)},
+      {"tiny-qwen3moe", "test: qwen3moe, 256 embd, 2 layers, 8/4 heads of 64, 16 experts top 4",
+       WithMoe(Make("tiny-qwen3moe", "qwen3moe", 256, 2, 8, 4, 64, 512, 2048, 4096, 1000000.0f,
+                    1e-6f, false),
+               16, 4, 128)},
+      {"tiny-qwen35",
+       "test: qwen35, 256 embd, 4 layers (DeltaNet 2k/4v heads of 32, attention 4/2x64, rot 16)",
+       WithDeltaNet(Make("tiny-qwen35", "qwen35", 256, 4, 4, 2, 64, 512, 2048, 4096, 10000000.0f,
+                         1e-6f, false),
+                    16, 32, 2, 4, 2)},
+      {"tiny-qwen35moe",
+       "test: qwen35moe, tiny-qwen35 attention/DeltaNet shape, 8 experts top 3 + shared expert",
+       WithMoe(WithDeltaNet(Make("tiny-qwen35moe", "qwen35moe", 256, 4, 4, 2, 64, 128, 2048, 4096,
+                                 10000000.0f, 1e-6f, false),
+                            16, 32, 2, 4, 2),
+               8, 3, 128, 128)},
   };
   return kPresets;
 }
@@ -168,8 +228,31 @@ Status ValidateConfig(const ModelConfig& c) {
   const auto bad = [&](const std::string& what) {
     return Status::InvalidArgument("model config '" + c.name + "': " + what);
   };
-  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3") {
-    return bad("arch '" + c.arch + "' is not one of llama, qwen2, qwen3");
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3" && !c.IsMoe() && !c.IsHybrid()) {
+    return bad("arch '" + c.arch +
+               "' is not one of llama, qwen2, qwen3, qwen3moe, qwen35, qwen35moe");
+  }
+  if (c.IsMoe()) {
+    if (c.n_expert < 1 || c.n_expert > 4096 || c.n_expert_used < 1 ||
+        c.n_expert_used > c.n_expert || c.n_ff_exp < 1) {
+      return bad("MoE needs 1 <= n_expert_used <= n_expert <= 4096 and n_ff_exp >= 1");
+    }
+    if (c.arch == "qwen35moe" && c.n_ff_shexp < 1) return bad("qwen35moe needs n_ff_shexp >= 1");
+  }
+  if (c.n_rot < 0 || c.n_rot > c.EffectiveHeadDim() || c.n_rot % 2 != 0) {
+    return bad("n_rot must be even and <= head_dim");
+  }
+  if (c.IsHybrid()) {
+    if (c.ssm_head_dim < 1 || c.ssm_n_k_heads < 1 || c.ssm_n_v_heads < 1 ||
+        c.ssm_n_v_heads % c.ssm_n_k_heads != 0 || c.ssm_d_conv < 2 || c.ssm_d_conv > 16 ||
+        c.full_attention_interval < 1) {
+      return bad(
+          "hybrid models need ssm head dim/heads >= 1, n_v_heads a multiple of n_k_heads, "
+          "2 <= ssm_d_conv <= 16, full_attention_interval >= 1");
+    }
+    int64_t sum = 0;
+    for (int64_t s : c.rope_sections) sum += s;
+    if (sum < 1) return bad("rope_sections must not all be zero");
   }
   constexpr int64_t kMaxDim = int64_t{1} << 24;
   const std::pair<const char*, int64_t> positive[] = {
@@ -263,7 +346,63 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& c, WeightType wt)
   };
   const GgmlType more_bits = wt.q4_k_m ? GgmlType::kQ6_K : wt.type;
 
+  // Like llama-quantize: MoE routers and the DeltaNet conv stay f32.
+  const auto f32_mat = [&](std::string name, std::vector<int64_t> dims) {
+    plan.push_back({std::move(name), std::move(dims), GgmlType::kF32});
+  };
+  const auto experts = [&](std::string name, int64_t n_in, int64_t n_out, GgmlType base) {
+    plan.push_back({std::move(name), {n_in, n_out, c.n_expert}, FitRowLength(base, n_in)});
+  };
   mat("token_embd.weight", c.n_embd, c.n_vocab, c.tied_embeddings ? more_bits : wt.type);
+  if (c.IsMoe() || c.IsHybrid()) {
+    // qwen3moe, qwen35, qwen35moe, in llama.cpp's tensor names.
+    const int64_t conv_dim = (2 * c.ssm_n_k_heads + c.ssm_n_v_heads) * c.ssm_head_dim;
+    const int64_t value_dim = c.ssm_n_v_heads * c.ssm_head_dim;
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      const std::string p = "blk." + std::to_string(i) + ".";
+      const GgmlType layer_more = UseMoreBits(i, c.n_layer) ? more_bits : wt.type;
+      vec(p + "attn_norm.weight", c.n_embd);
+      if (c.IsDeltaNetLayer(i)) {
+        mat(p + "attn_qkv.weight", c.n_embd, conv_dim, wt.type);
+        mat(p + "attn_gate.weight", c.n_embd, value_dim, wt.type);
+        f32_mat(p + "ssm_conv1d.weight", {c.ssm_d_conv, conv_dim});
+        vec(p + "ssm_dt.bias", c.ssm_n_v_heads);
+        vec(p + "ssm_a", c.ssm_n_v_heads);
+        mat(p + "ssm_beta.weight", c.n_embd, c.ssm_n_v_heads, wt.type);
+        mat(p + "ssm_alpha.weight", c.n_embd, c.ssm_n_v_heads, wt.type);
+        vec(p + "ssm_norm.weight", c.ssm_head_dim);
+        mat(p + "ssm_out.weight", value_dim, c.n_embd, layer_more);
+      } else {
+        // qwen35*: attn_q yields per head [q, gate].
+        mat(p + "attn_q.weight", c.n_embd, c.IsHybrid() ? 2 * q_dim : q_dim, wt.type);
+        mat(p + "attn_k.weight", c.n_embd, kv_dim, wt.type);
+        mat(p + "attn_v.weight", c.n_embd, kv_dim, layer_more);
+        mat(p + "attn_output.weight", q_dim, c.n_embd, wt.type);
+        vec(p + "attn_q_norm.weight", hd);
+        vec(p + "attn_k_norm.weight", hd);
+      }
+      vec(p + (c.IsHybrid() ? "post_attention_norm.weight" : "ffn_norm.weight"), c.n_embd);
+      if (c.IsMoe()) {
+        f32_mat(p + "ffn_gate_inp.weight", {c.n_embd, c.n_expert});
+        experts(p + "ffn_gate_exps.weight", c.n_embd, c.n_ff_exp, wt.type);
+        experts(p + "ffn_up_exps.weight", c.n_embd, c.n_ff_exp, wt.type);
+        experts(p + "ffn_down_exps.weight", c.n_ff_exp, c.n_embd, layer_more);
+        if (c.n_ff_shexp > 0) {
+          vec(p + "ffn_gate_inp_shexp.weight", c.n_embd);
+          mat(p + "ffn_gate_shexp.weight", c.n_embd, c.n_ff_shexp, wt.type);
+          mat(p + "ffn_up_shexp.weight", c.n_embd, c.n_ff_shexp, wt.type);
+          mat(p + "ffn_down_shexp.weight", c.n_ff_shexp, c.n_embd, layer_more);
+        }
+      } else {
+        mat(p + "ffn_gate.weight", c.n_embd, c.n_ff, wt.type);
+        mat(p + "ffn_up.weight", c.n_embd, c.n_ff, wt.type);
+        mat(p + "ffn_down.weight", c.n_ff, c.n_embd, layer_more);
+      }
+    }
+    vec("output_norm.weight", c.n_embd);
+    if (!c.tied_embeddings) mat("output.weight", c.n_embd, c.n_vocab, more_bits);
+    return plan;
+  }
   if (c.rope_scaling_factor != 0.0f) vec("rope_freqs.weight", hd / 2);
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -542,10 +681,30 @@ Result<GgufWriter> BuildSyntheticModel(const MkModelOptions& options, MkModelSum
   w.SetUint32(a + ".attention.head_count_kv", u32(c.n_head_kv));
   w.SetFloat32(a + ".attention.layer_norm_rms_epsilon", c.norm_eps);
   w.SetFloat32(a + ".rope.freq_base", c.rope_base);
-  w.SetUint32(a + ".rope.dimension_count", u32(hd));
+  w.SetUint32(a + ".rope.dimension_count", u32(c.EffectiveNRot()));
   if (c.n_embd % c.n_head != 0 || hd != c.n_embd / c.n_head) {
     w.SetUint32(a + ".attention.key_length", u32(hd));
     w.SetUint32(a + ".attention.value_length", u32(hd));
+  }
+  if (c.IsMoe()) {
+    w.SetUint32(a + ".expert_count", u32(c.n_expert));
+    w.SetUint32(a + ".expert_used_count", u32(c.n_expert_used));
+    w.SetUint32(a + ".expert_feed_forward_length", u32(c.n_ff_exp));
+    if (c.n_ff_shexp > 0) {
+      w.SetUint32(a + ".expert_shared_feed_forward_length", u32(c.n_ff_shexp));
+    }
+  }
+  if (c.IsHybrid()) {
+    w.SetInt32Array(
+        a + ".rope.dimension_sections",
+        {static_cast<int32_t>(c.rope_sections[0]), static_cast<int32_t>(c.rope_sections[1]),
+         static_cast<int32_t>(c.rope_sections[2]), static_cast<int32_t>(c.rope_sections[3])});
+    w.SetUint32(a + ".ssm.conv_kernel", u32(c.ssm_d_conv));
+    w.SetUint32(a + ".ssm.state_size", u32(c.ssm_head_dim));
+    w.SetUint32(a + ".ssm.group_count", u32(c.ssm_n_k_heads));
+    w.SetUint32(a + ".ssm.time_step_rank", u32(c.ssm_n_v_heads));
+    w.SetUint32(a + ".ssm.inner_size", u32(c.ssm_n_v_heads * c.ssm_head_dim));
+    w.SetUint32(a + ".full_attention_interval", u32(c.full_attention_interval));
   }
   w.SetUint32("general.file_type", LlamaFileType(options.weight_type));
   if (Traits(options.weight_type.type).block_elems > 1) {

@@ -24,10 +24,13 @@
 
 namespace kvstash::engine {
 
-// Shape and hyperparameters; the union of what llama, qwen2 and qwen3 need.
+// Shape and hyperparameters; the union of what llama, qwen2, qwen3, qwen3moe, qwen35 and
+// qwen35moe need.
 struct ModelConfig {
-  std::string name;            // general.name
-  std::string arch = "llama";  // "llama" | "qwen2" (adds q/k/v biases) | "qwen3" (adds q/k norms)
+  std::string name;  // general.name
+  // "llama" | "qwen2" (adds q/k/v biases) | "qwen3" (adds q/k norms) | "qwen3moe" | "qwen35" |
+  // "qwen35moe"
+  std::string arch = "llama";
   int64_t n_embd = 0;          // {arch}.embedding_length
   int64_t n_layer = 0;         // {arch}.block_count
   int64_t n_head = 0;          // {arch}.attention.head_count
@@ -46,9 +49,30 @@ struct ModelConfig {
   float rope_high_freq_factor = 4.0f;
   int64_t rope_original_ctx = 8192;
 
+  // Partial rotary: {arch}.rope.dimension_count; 0 = the whole head.
+  int64_t n_rot = 0;
+  // Mixture of experts (qwen3moe, qwen35moe).
+  int64_t n_expert = 0;       // {arch}.expert_count
+  int64_t n_expert_used = 0;  // {arch}.expert_used_count, <= n_expert
+  int64_t n_ff_exp = 0;       // {arch}.expert_feed_forward_length
+  int64_t n_ff_shexp = 0;     // {arch}.expert_shared_feed_forward_length (qwen35moe)
+  // Hybrid (qwen35, qwen35moe): Gated DeltaNet layers except every full_attention_interval-th.
+  int64_t full_attention_interval = 4;
+  int64_t ssm_d_conv = 4;                   // {arch}.ssm.conv_kernel
+  int64_t ssm_head_dim = 0;                 // {arch}.ssm.state_size
+  int64_t ssm_n_k_heads = 0;                // {arch}.ssm.group_count
+  int64_t ssm_n_v_heads = 0;                // {arch}.ssm.time_step_rank (multiple of ssm_n_k_heads)
+  int64_t rope_sections[4] = {0, 0, 0, 0};  // {arch}.rope.dimension_sections (sum n_rot / 2)
+
   int64_t EffectiveHeadDim() const { return head_dim > 0 ? head_dim : n_embd / n_head; }
+  int64_t EffectiveNRot() const { return n_rot > 0 ? n_rot : EffectiveHeadDim(); }
   bool HasQkvBias() const { return arch == "qwen2"; }
-  bool HasQkNorm() const { return arch == "qwen3"; }
+  bool HasQkNorm() const { return arch != "llama" && arch != "qwen2"; }
+  bool IsMoe() const { return arch == "qwen3moe" || arch == "qwen35moe"; }
+  bool IsHybrid() const { return arch == "qwen35" || arch == "qwen35moe"; }
+  bool IsDeltaNetLayer(int64_t i) const {
+    return IsHybrid() && (i + 1) % full_attention_interval != 0;
+  }
 };
 
 struct ModelPreset {

@@ -15,7 +15,10 @@
 
 namespace kvstash::engine {
 
-enum class Arch { kLlama, kQwen2, kQwen3 };
+enum class Arch { kLlama, kQwen2, kQwen3, kQwen3Moe, kQwen35, kQwen35Moe };
+// What mixes the tokens of a layer: softmax attention over the paged KV, or a Gated DeltaNet
+// (linear attention with a per-sequence recurrent state; qwen35/qwen35moe, docs/engine.md).
+enum class LayerKind { kAttention, kDeltaNet };
 enum class RopeStyle { kNormal /* interleaved pairs (2i, 2i+1) */, kNeox /* (i, i + n_rot/2) */ };
 
 struct HParams {
@@ -39,6 +42,37 @@ struct HParams {
   bool has_qk_norm = false;   // qwen3
   bool tied_embeddings = false;
   bool has_rope_freqs = false;  // rope_freqs.weight present (Llama 3 rope scaling)
+
+  // Mixture of experts (qwen3moe, qwen35moe): every layer's FFN is n_expert experts of width
+  // n_ff_exp, n_expert_used of them per token (softmax router, top-k, weights renormalized).
+  int n_expert = 0;       // 0 = dense FFN
+  int n_expert_used = 0;  // top-k
+  int n_ff_exp = 0;       // {arch}.expert_feed_forward_length
+  int n_ff_shexp = 0;     // shared expert width (qwen35moe), 0 = none
+
+  // Hybrid (qwen35, qwen35moe). n_layer counts trunk layers only: block_count minus the
+  // multi-token-prediction blocks ({arch}.nextn_predict_layers), which are not run.
+  std::vector<LayerKind> layer_kind;    // [n_layer]
+  std::vector<int> kv_layer;            // [n_layer] index into the KV layout, -1 for DeltaNet
+  int n_kv_layers = 0;                  // attention layers = the layers a KV block holds
+  bool attn_output_gate = false;        // qwen35*: attn_q also yields a per-head sigmoid gate
+  int ssm_d_conv = 0;                   // short conv kernel width (4)
+  int ssm_head_dim = 0;                 // head_k_dim = head_v_dim (ssm.state_size)
+  int ssm_n_k_heads = 0;                // ssm.group_count
+  int ssm_n_v_heads = 0;                // ssm.time_step_rank; a multiple of ssm_n_k_heads
+  int rope_sections[4] = {0, 0, 0, 0};  // qwen35*: imrope sections (text uses axes 0-2)
+
+  bool is_hybrid() const { return arch == Arch::kQwen35 || arch == Arch::kQwen35Moe; }
+  bool is_moe() const { return n_expert > 0; }
+  int ssm_key_dim() const { return ssm_head_dim * ssm_n_k_heads; }
+  int ssm_value_dim() const { return ssm_head_dim * ssm_n_v_heads; }
+  int ssm_conv_dim() const { return 2 * ssm_key_dim() + ssm_value_dim(); }
+  // f32 elements of one sequence's recurrent state for one DeltaNet layer.
+  size_t conv_state_elems() const { return static_cast<size_t>(ssm_d_conv - 1) * ssm_conv_dim(); }
+  size_t ssm_state_elems() const {
+    return static_cast<size_t>(ssm_head_dim) * ssm_head_dim * ssm_n_v_heads;
+  }
+  int n_deltanet_layers() const { return n_layer - n_kv_layers; }
 };
 
 // A 2-D weight: n_out rows of n_in elements, row-major, in `type`, inside the mapped file.
@@ -51,12 +85,32 @@ struct WeightMatrix {
 };
 
 struct LayerWeights {
+  LayerKind kind = LayerKind::kAttention;
   std::vector<float> attn_norm;  // [n_embd]
+  // Attention. qwen35*: wq has 2 * n_head * head_dim rows, per head [q (head_dim), gate
+  // (head_dim)].
   WeightMatrix wq, wk, wv, wo;
   std::vector<float> bq, bk, bv;      // qwen2 only
-  std::vector<float> q_norm, k_norm;  // qwen3 only, [head_dim]
-  std::vector<float> ffn_norm;        // [n_embd]
-  WeightMatrix w_gate, w_up, w_down;
+  std::vector<float> q_norm, k_norm;  // qwen3*/qwen35*, [head_dim]
+
+  // Gated DeltaNet (qwen35*). Value heads are in the converter's tiled order: value head j uses
+  // key head j % n_k_heads.
+  WeightMatrix ssm_qkv;              // attn_qkv: n_embd -> conv_dim (q | k | v)
+  WeightMatrix ssm_z;                // attn_gate: n_embd -> value_dim
+  WeightMatrix ssm_beta, ssm_alpha;  // n_embd -> n_v_heads
+  WeightMatrix ssm_out;              // value_dim -> n_embd
+  std::vector<float> ssm_conv;       // [conv_dim][d_conv] f32 (ssm_conv1d.weight)
+  std::vector<float> ssm_dt_bias;    // [n_v_heads]
+  std::vector<float> ssm_a;          // [n_v_heads], holds -exp(A_log)
+  std::vector<float> ssm_norm;       // [ssm_head_dim], plain weight (no +1)
+
+  std::vector<float> ffn_norm;        // [n_embd] (qwen35*: post_attention_norm)
+  WeightMatrix w_gate, w_up, w_down;  // dense FFN
+  // MoE FFN: router and per-expert views into the 3-D expert tensors.
+  WeightMatrix ffn_router;                               // ffn_gate_inp: n_embd -> n_expert
+  std::vector<WeightMatrix> exp_gate, exp_up, exp_down;  // [n_expert]
+  WeightMatrix shexp_gate, shexp_up, shexp_down;         // shared expert (qwen35moe)
+  std::vector<float> shexp_router;                       // [n_embd] ffn_gate_inp_shexp
 };
 
 class Model {
@@ -85,6 +139,9 @@ class Model {
  private:
   Model() = default;
   Status Init();
+  Status InitDense();
+  Status InitQwen3Moe();
+  Status InitQwen35();
 
   std::unique_ptr<GgufFile> file_;
   HParams config_;

@@ -191,6 +191,24 @@ TEST(PrefixCacheTest, NamespacesIsolate) {
   EXPECT_EQ(Generate(*st.runner, st.cache.get(), prompt, 2).acquired.disk_tokens, 95);
 }
 
+// A hybrid model's blocks hold its attention layers only: the layout counts them and the
+// namespace names them (and the rope sections); a dense model's namespace text is unchanged.
+TEST(PrefixCacheTest, HybridNamespaceNamesTheLayersABlockHolds) {
+  auto model = engine::testutil::LoadOrDie(engine::testutil::SyntheticModel("tiny-qwen35", "f16"));
+  ASSERT_TRUE(model);
+  auto runner = engine::testutil::MakeRunner(*model, engine::KvDtype::kF16, 16);
+  EXPECT_EQ(runner->kv_layout().n_layers, 2);  // layers 1 and 3 of 4
+  const std::string s = NamespaceString(NamespaceFor(*model, Hash128{}, runner->kv_layout(), ""));
+  EXPECT_NE(s.find(";n_layers=2;"), std::string::npos) << s;
+  EXPECT_NE(s.find(";kv_layers=1,3;"), std::string::npos) << s;
+  EXPECT_NE(s.find(";rope_sections=3,3,2,0;"), std::string::npos) << s;
+  auto dense = engine::testutil::LoadOrDie(engine::testutil::SyntheticModel("tiny-qwen3", "f16"));
+  auto dr = engine::testutil::MakeRunner(*dense, engine::KvDtype::kF16, 16);
+  const std::string d = NamespaceString(NamespaceFor(*dense, Hash128{}, dr->kv_layout(), ""));
+  EXPECT_EQ(d.find("kv_layers"), std::string::npos) << d;
+  EXPECT_EQ(d.find("rope_sections"), std::string::npos) << d;
+}
+
 TEST(PrefixCacheTest, FingerprintCoversTensorBytesAndIsRemembered) {
   TempDir dir(RealDiskTestRoot(), "cache-fp");
   const std::string a = testutil::SyntheticModel("tiny-llama", "f16", 7);

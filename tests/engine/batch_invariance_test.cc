@@ -118,8 +118,12 @@ void RunBatchedAndCompare(Runner& batched, const std::vector<std::vector<int32_t
                 std::memcmp(st[i].logits[t].data(), alone[i].logits[t].data(), V * sizeof(float)))
           << "logits of generated token " << t << " differ";
     }
-    // Both hold prompt + n_gen - 1 positions.
+    // Both hold prompt + n_gen - 1 positions (and, for hybrid models, the same state).
     ASSERT_EQ(st[i].seq.n_past(), alone[i].seq.n_past());
+    ASSERT_EQ(st[i].seq.recurrent.size(), alone[i].seq.recurrent.size());
+    EXPECT_EQ(0, std::memcmp(st[i].seq.recurrent.data(), alone[i].seq.recurrent.data(),
+                             st[i].seq.recurrent.size() * sizeof(float)))
+        << "recurrent state differs";
     const int blocks = (st[i].seq.n_past() + bt - 1) / bt;
     for (int b = 0; b < blocks; ++b) {
       // A partial last block compares its filled rows only (the rest is whatever the page held).
@@ -192,6 +196,18 @@ TEST(BatchInvarianceTest, Q4KQwen3BatchesEqualAlone) {
   auto model = testutil::LoadOrDie(testutil::SyntheticModel("tiny-qwen3", "q4_k"));
   ASSERT_TRUE(model);
   CheckBatchInvariance(*model, KvDtype::kF16, 14);
+}
+
+TEST(BatchInvarianceTest, Q4KQwen3MoeBatchesEqualAlone) {
+  auto model = testutil::LoadOrDie(testutil::SyntheticModel("tiny-qwen3moe", "q4_k"));
+  ASSERT_TRUE(model);
+  CheckBatchInvariance(*model, KvDtype::kF16, 15);
+}
+
+TEST(BatchInvarianceTest, Q8HybridQwen35MoeBatchesEqualAlone) {
+  auto model = testutil::LoadOrDie(testutil::SyntheticModel("tiny-qwen35moe", "q8_0"));
+  ASSERT_TRUE(model);
+  CheckBatchInvariance(*model, KvDtype::kF16, 16);
 }
 
 TEST(BatchInvarianceTest, ForwardRejectsBadBatchesWithoutChangingState) {

@@ -31,6 +31,7 @@ except ImportError:
     sys.exit(3)
 from gguf_reader import GGUFError, UnsupportedError  # noqa: E402
 from ref_model import Model  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def parse_ids(s):
@@ -70,6 +71,9 @@ def main(argv=None):
                     help="all | last | none | comma list of indices into --ids (default last)")
     ap.add_argument("--greedy", type=int, default=0, help="greedy continuation length")
     ap.add_argument("--out", required=True, help="output JSON file ('-' for stdout)")
+    ap.add_argument("--taps", default="",
+                    help="qwen3moe/qwen35/qwen35moe: comma list of layers whose intermediate "
+                         "tensors of the prompt pass go to 'taps' {layer: {name: rows}}")
     a = ap.parse_args(argv)
 
     try:
@@ -94,7 +98,8 @@ def main(argv=None):
     try:
         cache = model.new_cache()
         rows = sorted(set(positions) | ({len(ids) - 1} if a.greedy else set()))
-        logits = model.forward(ids, cache, logits_rows=rows) if rows else None
+        taps = {} if a.taps else None
+        logits = model.forward(ids, cache, logits_rows=rows or [0], taps=taps)
         by_pos = {p: logits[i] for i, p in enumerate(rows)} if rows else {}
         greedy = []
         if a.greedy:
@@ -116,6 +121,10 @@ def main(argv=None):
         "n_vocab": int(model.n_vocab),
         "arch": model.arch,
     }
+    if taps is not None:
+        want = [int(v) for v in a.taps.split(",")]
+        result["taps"] = {str(il): {k: np.asarray(v).tolist() for k, v in taps[il].items()}
+                          for il in want if il in taps}
     text = json.dumps(result, separators=(",", ":"))
     if a.out == "-":
         sys.stdout.write(text + "\n")

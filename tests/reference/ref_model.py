@@ -1,4 +1,5 @@
-"""Independent float64 reference forward pass for GGUF `llama`, `qwen2`, `qwen3`.
+"""Independent float64 reference forward pass for GGUF `llama`, `qwen2`, `qwen3`, and (layers in
+ref_hybrid.py) `qwen3moe`, `qwen35`, `qwen35moe`.
 
 Semantics (GGUF / llama.cpp side):
   * a weight with GGUF dims [n_in, n_out] is a row-major (n_out, n_in) matrix; y = W @ x
@@ -17,11 +18,15 @@ import math
 import numpy as np
 
 from gguf_reader import GGUFFile, UnsupportedError, GGUFError, type_name, DEQUANT
+import ref_hybrid
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
+MOE_ARCHS = ("qwen3moe", "qwen35moe")
+HYBRID_ARCHS = ("qwen35", "qwen35moe")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe")
 ROPE_NORMAL = "normal"
 ROPE_NEOX = "neox"
-ROPE_STYLE = {"llama": ROPE_NORMAL, "qwen2": ROPE_NEOX, "qwen3": ROPE_NEOX}
+ROPE_STYLE = {"llama": ROPE_NORMAL, "qwen2": ROPE_NEOX, "qwen3": ROPE_NEOX,
+              "qwen3moe": ROPE_NEOX, "qwen35": ROPE_NEOX, "qwen35moe": ROPE_NEOX}
 
 
 def rms_norm(x, w, eps):
@@ -70,6 +75,7 @@ class KVCache(object):
     def __init__(self, n_layer):
         self.k = [None] * n_layer   # each (n_kv_head, S, head_dim_k)
         self.v = [None] * n_layer   # each (n_kv_head, S, head_dim_v)
+        self.recurrent = {}         # layer -> ref_hybrid.DeltaNetState (hybrid models)
         self.n_past = 0
 
 
@@ -107,6 +113,8 @@ class Model(object):
         A = arch + "."
         self.n_embd = int(need(A + "embedding_length"))
         self.n_layer = int(need(A + "block_count"))
+        if arch in HYBRID_ARCHS:   # block_count includes the multi-token-prediction blocks
+            self.n_layer -= int(g.get(A + "nextn_predict_layers", 0))
         self.eps = float(need(A + "attention.layer_norm_rms_epsilon"))
         self.n_ff = g.get(A + "feed_forward_length")
         self.n_head = [_meta_int(g, A + "attention.head_count", layer=il)
@@ -147,6 +155,9 @@ class Model(object):
                 raise GGUFError("rope_freqs.weight has %d values, expected %d"
                                 % (ff.size, self.n_rot // 2))
         self.inv_freq = rope_inv_freq(self.n_rot, self.rope_base, ff)
+        if arch in HYBRID_ARCHS:
+            self.inv_freq = ref_hybrid.text_rope_inv_freq(
+                self.n_rot, self.rope_base, [int(v) for v in need(A + "rope.dimension_sections")])
 
         # weights
         self.tok_embd = self._w("token_embd.weight")
@@ -160,6 +171,9 @@ class Model(object):
         else:
             self.output = self.tok_embd
         self.layers = []
+        if arch in MOE_ARCHS or arch in HYBRID_ARCHS:
+            self._load_moe_hybrid(A, need)
+            return
         for il in range(self.n_layer):
             p = "blk.%d." % il
             L = {}
@@ -187,6 +201,113 @@ class Model(object):
                                     % (p, nm, L[nm].shape, shp))
             self.layers.append(L)
 
+    def _load_moe_hybrid(self, A, need):
+        g = self.gguf
+        if self.arch in MOE_ARCHS:
+            self.n_expert_used = int(need(A + "expert_used_count"))
+        self.recurrent = [False] * self.n_layer
+        if self.arch in HYBRID_ARCHS:
+            self.ssm = {"n_k": int(need(A + "ssm.group_count")),
+                        "n_v": int(need(A + "ssm.time_step_rank")),
+                        "d_k": int(need(A + "ssm.state_size")),
+                        "d_conv": int(need(A + "ssm.conv_kernel"))}
+            rl = g.get(A + "attention.recurrent_layers")
+            interval = int(g.get(A + "full_attention_interval", 4))
+            self.recurrent = [bool(rl[il]) if rl is not None else (il + 1) % interval != 0
+                              for il in range(self.n_layer)]
+        for il in range(self.n_layer):
+            p = "blk.%d." % il
+            names = ["attn_norm"]
+            names += ["post_attention_norm"] if self.arch in HYBRID_ARCHS else ["ffn_norm"]
+            if self.recurrent[il]:
+                names += ["attn_qkv", "attn_gate", "ssm_conv1d", "ssm_beta", "ssm_alpha",
+                          "ssm_norm", "ssm_out"]
+            else:
+                names += ["attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
+                          "attn_k_norm"]
+            if self.arch in MOE_ARCHS:
+                names += ["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+                if p + "ffn_up_shexp.weight" in g:
+                    names += ["ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_up_shexp",
+                              "ffn_down_shexp"]
+            else:
+                names += ["ffn_gate", "ffn_up", "ffn_down"]
+            L = {nm: self._w(p + nm + ".weight") for nm in names}
+            if self.recurrent[il]:
+                L["ssm_dt.bias"] = self._w(p + "ssm_dt.bias").reshape(-1)
+                L["ssm_a"] = self._w(p + "ssm_a").reshape(-1)
+                L["ssm_norm"] = L["ssm_norm"].reshape(-1)
+            if "ffn_gate_inp_shexp" in L:
+                L["ffn_gate_inp_shexp"] = L["ffn_gate_inp_shexp"].reshape(-1)
+            if "post_attention_norm" in L:
+                L["ffn_norm"] = L["post_attention_norm"]
+            self.layers.append(L)
+
+    def _attention(self, il, L, h, cache, rope_pos, mask, gated):
+        T = h.shape[0]
+        nh, nkv = self.n_head[il], self.n_head_kv[il]
+        dk, dv = self.head_dim_k, self.head_dim_v
+        qf = h @ L["attn_q"].T
+        gate = None
+        if gated:   # per head [q, gate]
+            qf = qf.reshape(T, nh, 2, dk)
+            q, gate = qf[:, :, 0, :], qf[:, :, 1, :].reshape(T, nh * dk)
+        else:
+            q = qf.reshape(T, nh, dk)
+        k = (h @ L["attn_k"].T).reshape(T, nkv, dk)
+        v = (h @ L["attn_v"].T).reshape(T, nkv, dv)
+        q = rms_norm(q, L["attn_q_norm"], self.eps)
+        k = rms_norm(k, L["attn_k_norm"], self.eps)
+        q = apply_rope(q, rope_pos, self.inv_freq, self.n_rot, self.rope_style)
+        k = apply_rope(k, rope_pos, self.inv_freq, self.n_rot, self.rope_style)
+        kt, vt = k.transpose(1, 0, 2), v.transpose(1, 0, 2)
+        if cache.k[il] is None:
+            cache.k[il], cache.v[il] = kt, vt
+        else:
+            cache.k[il] = np.concatenate([cache.k[il], kt], axis=1)
+            cache.v[il] = np.concatenate([cache.v[il], vt], axis=1)
+        K, V = cache.k[il], cache.v[il]
+        grp = nh // nkv
+        qh = q.transpose(1, 0, 2).reshape(nkv, grp, T, dk)
+        sc = np.einsum("gitd,gsd->gits", qh, K) / math.sqrt(dk)
+        sc = np.where(mask[None, None], -np.inf, sc)
+        sc = sc - sc.max(axis=-1, keepdims=True)
+        pr = np.exp(sc)
+        pr /= pr.sum(axis=-1, keepdims=True)
+        o = np.einsum("gits,gsd->gitd", pr, V).reshape(nh, T, dv).transpose(1, 0, 2)
+        o = o.reshape(T, nh * dv)
+        if gate is not None:
+            o = o / (1.0 + np.exp(-gate))
+        return o @ L["attn_output"].T
+
+    def _forward_moe_hybrid(self, x, cache, rope_pos, mask, taps):
+        for il, L in enumerate(self.layers):
+            lt = {} if taps is not None else None
+            h = rms_norm(x, L["attn_norm"], self.eps)
+            if self.recurrent[il]:
+                st = cache.recurrent.get(il)
+                if st is None:
+                    hp = self.ssm
+                    conv_dim = (2 * hp["n_k"] + hp["n_v"]) * hp["d_k"]
+                    st = ref_hybrid.DeltaNetState(hp["d_conv"], conv_dim, hp["n_v"], hp["d_k"],
+                                                  hp["d_k"])
+                    cache.recurrent[il] = st
+                mix = ref_hybrid.deltanet_layer(h, L, st, self.ssm, self.eps, lt)
+            else:
+                mix = self._attention(il, L, h, cache, rope_pos, mask,
+                                      gated=self.arch in HYBRID_ARCHS)
+            x = x + mix
+            h = rms_norm(x, L["ffn_norm"], self.eps)
+            if self.arch in MOE_ARCHS:
+                ffn = ref_hybrid.moe_ffn(h, L, self.n_expert_used, lt)
+            else:
+                ffn = (silu(h @ L["ffn_gate"].T) * (h @ L["ffn_up"].T)) @ L["ffn_down"].T
+            x = x + ffn
+            if lt is not None:
+                lt["mixer_out"], lt["ffn_out"], lt["l_out"] = mix, ffn, x
+                taps[il] = lt
+        return x
+
     def _w(self, name):
         if name not in self.gguf:
             raise GGUFError("missing tensor %s" % name)
@@ -205,7 +326,7 @@ class Model(object):
             y = y + b
         return y
 
-    def forward(self, ids, cache=None, logits_rows=None):
+    def forward(self, ids, cache=None, logits_rows=None, taps=None):
         """Run tokens `ids` at positions cache.n_past.. and append to the cache.
 
         Returns logits (len(rows), n_vocab) for `logits_rows` (indices into ids;
@@ -226,7 +347,10 @@ class Model(object):
         mask = np.arange(S)[None, :] > (p0 + np.arange(T))[:, None]   # (T, S) True = hidden
 
         x = self.tok_embd[ids].astype(np.float64)                       # (T, D)
-        for il, L in enumerate(self.layers):
+        if self.arch in MOE_ARCHS or self.arch in HYBRID_ARCHS:
+            x = self._forward_moe_hybrid(x, cache, rope_pos, mask, taps)
+        for il, L in (enumerate(self.layers) if self.arch not in MOE_ARCHS + HYBRID_ARCHS
+                      else []):
             nh, nkv = self.n_head[il], self.n_head_kv[il]
             dk, dv = self.head_dim_k, self.head_dim_v
             h = rms_norm(x, L["attn_norm"], self.eps)

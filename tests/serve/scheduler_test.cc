@@ -200,6 +200,44 @@ TEST(SchedulerTest, PoolExhaustionPreemptsAndResumesWithoutTruncation) {
   }
 }
 
+// Hybrid models (DeltaNet layers carry a recurrent state the cache does not store yet) must not
+// resume from cached KV blocks: every request, repeated or preempted, recomputes its context and
+// gives exactly what it gives alone on an engine without a cache.
+TEST(SchedulerTest, HybridModelNeverResumesFromCachedKvAlone) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-qwen35", "f16");
+  const int V = 2048;
+  const std::vector<int32_t> shared = MakePrompt(48, V, 77);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p = shared;
+    const std::vector<int32_t> own = MakePrompt(20 + 7 * i, V, 500 + i);
+    p.insert(p.end(), own.begin() + 1, own.end());
+    prompts.push_back(p);
+  }
+  const int n = 24;
+  auto alone = RunAlone(model, prompts, n);
+  // 12 pages of 16: each request fits alone, six at once do not (preemption).
+  auto eng = OpenEngine(model, true, 12, 6, 32);
+  ASSERT_TRUE(eng);
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    for (const auto& p : prompts) {
+      auto h = eng->Submit(Greedy(p, n));
+      ASSERT_TRUE(h.ok()) << h.status().ToString();
+      handles.push_back(*h);
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      Result_ r = CollectAll(*handles[i]);
+      ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+      EXPECT_EQ(r.tokens, alone[i]) << "request " << i;
+      EXPECT_EQ(r.usage.cached_tokens, 0) << "request " << i;
+    }
+  }
+  EXPECT_GT(eng->scheduler_stats().preemptions, 0u);
+  ExpectIdlePool(*eng);
+}
+
 TEST(SchedulerTest, RequestLargerThanThePoolIsRefusedNotTruncated) {
   const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
   auto eng = OpenEngine(model, true, 4);

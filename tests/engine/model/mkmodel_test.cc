@@ -104,6 +104,10 @@ TEST(MkModelPresets, ParameterCountsMatchTheRealModels) {
   EXPECT_EQ(ParamCount("llama-3.1-8b"), 8030261248 + 64);
   EXPECT_EQ(ParamCount("qwen2.5-7b"), 7615616512);
   EXPECT_EQ(ParamCount("stories260k"), 292800);
+  EXPECT_EQ(ParamCount("qwen3-30b-a3b"), 30532122624);  // HF: 30.53B
+  // Text trunk only (no MTP block, no vision tower), so a little under the names.
+  EXPECT_EQ(ParamCount("qwen3.6-27b"), 26895998464);
+  EXPECT_EQ(ParamCount("qwen3.6-35b-a3b"), 34660610688);
   const int64_t def = ParamCount("default");
   EXPECT_GT(def, 20000000);
   EXPECT_LT(def, 40000000);
@@ -121,6 +125,21 @@ TEST(MkModelPresets, KvShapesOfTheBigPresets) {
   EXPECT_EQ(FindPreset("llama-3.2-1b")->rope_scaling_factor, 32.0f);
   EXPECT_TRUE(FindPreset("qwen2.5-7b")->HasQkvBias());
   EXPECT_EQ(FindPreset("qwen2.5-7b")->n_vocab, 152064);
+  // Hybrid presets: 3 of 4 layers DeltaNet, partial rotary with llama.cpp's default sections.
+  const ModelConfig q27 = *FindPreset("qwen3.6-27b");
+  int deltanet = 0;
+  for (int64_t i = 0; i < q27.n_layer; ++i) deltanet += q27.IsDeltaNetLayer(i);
+  EXPECT_EQ(deltanet, 48);
+  EXPECT_EQ(q27.EffectiveNRot(), 64);
+  EXPECT_EQ(q27.rope_sections[0], 11);
+  EXPECT_EQ(q27.rope_sections[1], 11);
+  EXPECT_EQ(q27.rope_sections[2], 10);
+  EXPECT_EQ(q27.ssm_n_v_heads, 48);
+  const ModelConfig q35 = *FindPreset("qwen3.6-35b-a3b");
+  EXPECT_EQ(q35.n_expert, 256);
+  EXPECT_EQ(q35.n_expert_used, 8);
+  EXPECT_EQ(q35.n_ff_shexp, 512);
+  EXPECT_EQ(FindPreset("qwen3-30b-a3b")->n_expert, 128);
 }
 
 TEST(MkModelPlan, BigPresetQ4KMTypesFollowLlamaQuantize) {

@@ -2,7 +2,8 @@
 // written from the model definitions): every architecture x every weight type, logits at every
 // prompt position.
 //
-// Tolerances, relative to the rms of the reference logits: float weight types (f32, f16, bf16)
+// Tolerances (qwen3moe/qwen35/qwen35moe on quantized weights: see `loose` below), relative to
+// the rms of the reference logits: float weight types (f32, f16, bf16)
 // run the same math in f32 — max error 2e-3, rms 2e-4 (measured: ~5e-7). Quantized types also
 // quantize the activations to 8 bits (as llama.cpp does) where the reference keeps them exact —
 // max 15%, rms 4% (measured: rms 1.5-2.6%), and the argmax agrees wherever the reference's
@@ -49,6 +50,13 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
   ASSERT_EQ(ref.size(), prompt.size());
 
   const bool quantized = c.type != "f32" && c.type != "f16" && c.type != "bf16";
+  // MoE and hybrid models on quantized weights: 8-bit activation error flips expert choices and
+  // the DeltaNet's normalized keys amplify it, so on these random tiny models a logit-level
+  // comparison is only a smoke bound (llama.cpp differs from the reference as much: see
+  // tests/engine/model/goldens/README.md). Their math is checked on float weights here and per
+  // tensor in hybrid_reference_test; the quantized kernels in cpu_kernels_test.
+  const bool loose = quantized && (c.preset.find("moe") != std::string::npos ||
+                                   c.preset.find("qwen35") != std::string::npos);
   double max_diff = 0, scale = 0, sq_diff = 0;
   int argmax_agree = 0;
   for (size_t p = 0; p < prompt.size(); ++p) {
@@ -72,7 +80,7 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
     const bool clear = r[best] - second > 0.05 * std::sqrt(ss / V);
     const bool agree = testutil::Argmax(e, V) == best;
     argmax_agree += agree;
-    if (clear) {
+    if (clear && !loose) {
       EXPECT_TRUE(agree) << "position " << p << ": margin " << r[best] - second;
     }
   }
@@ -81,8 +89,8 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
               rms_diff, rms_diff / scale);
   // Float types: same math in f32. Quantized types: 8-bit activations add ~1-3% rms error
   // (kernel exactness itself is checked in cpu_kernels_test against dequantized dots).
-  const double max_tol = quantized ? 0.15 : 2e-3;
-  const double rms_tol = quantized ? 0.04 : 2e-4;
+  const double max_tol = loose ? 1.5 : quantized ? 0.15 : 2e-3;
+  const double rms_tol = loose ? 0.2 : quantized ? 0.04 : 2e-4;
   EXPECT_LE(max_diff, max_tol * scale)
       << "max |engine - reference| " << max_diff << ", logit rms " << scale;
   EXPECT_LE(rms_diff, rms_tol * scale) << "rms |engine - reference| " << rms_diff;
@@ -101,6 +109,9 @@ std::vector<Case> AllCases() {
     for (const char* t : {"f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q5_1", "q4_k", "q6_k"}) {
       v.push_back({p, t});
     }
+  }
+  for (const char* p : {"tiny-qwen3moe", "tiny-qwen35", "tiny-qwen35moe"}) {
+    for (const char* t : {"f32", "f16", "q8_0", "q4_k"}) v.push_back({p, t});
   }
   return v;
 }
