@@ -462,10 +462,12 @@ def script_for(block_list, compact=False):
     s = f"<think>\n{think}\n</think>\n\n"
     if text:
         s += text + ("\n" if calls else "")
+    # The wrapper as the Qwen3 template writes it; `compact`: the arguments without spaces (a
+    # model's own spelling, which a re-rendering template would not reproduce).
     sep = (",", ":") if compact else (", ", ": ")
     for i, c in enumerate(calls):
-        s += ("\n" if i else "") + "<tool_call>\n" + json.dumps(
-            {"name": c["name"], "arguments": c["input"]}, separators=sep) + "\n</tool_call>"
+        s += ("\n" if i else "") + "<tool_call>\n" + '{"name": ' + json.dumps(c["name"]) + \
+            ', "arguments": ' + json.dumps(c["input"], separators=sep) + "}\n</tool_call>"
     return s
 
 
@@ -553,11 +555,17 @@ def run_costs(args, work, out):
             "new cch every request; the header is stripped")
         # (c) a new user message after the loop (reasoning dropped by the template).
         c.turn(script_for(session.final["content"]), None, label="final answer")
-        c.user("Thanks. Now add a regression test for the restart case.")
+        ask = "Thanks. Now add a regression test for the restart case."
+        c.user(ask)
         rec = c.turn(script_for(session.steps[n][0]["content"]), "ok", label="new user message")
+        # The prompt shrank (the reasoning is gone), so "new" is the user message itself:
+        # its text + the markup `\n<|im_start|>user\n` ... `<|im_end|>\n<|im_start|>assistant\n`.
+        rec = dict(rec, new=db.Tokenizer(kv).count(ask) + 9)
+        rec["extra"] = rec["prefilled"] - rec["new"]
         add("(c) new user message after a tool loop with reasoning", "", rec,
-            f"the template drops the reasoning of the {n} earlier assistant turns: "
-            "everything from the first of them is prefilled again")
+            f"the template drops the reasoning of the {n + 1} earlier assistant turns: "
+            "everything from the first of them is prefilled again (new = the message + 9 "
+            "tokens of markup)")
         # (d) an empty think block: the next turn's render has no <think></think>.
         c2 = ScriptedClient(kv, session, "empty-think")
         loop_turns(c2, session, 2, tag="empty-think")
@@ -581,8 +589,8 @@ def run_costs(args, work, out):
         # (b) token replay, default: the client re-serializes the tool-call JSON.
         c4 = ScriptedClient(kv, session, "replay")
         recs = loop_turns(c4, session, 3, compact=True, resend=reorder, tag="replay")
-        add("(b) tool-call JSON re-serialized by the client (compact in the reply, keys "
-            "reversed when sent back), turns 2..", "",
+        add("(b) tool-call arguments re-serialized by the client (compact in the reply, "
+            "keys reversed when sent back), mean of turns 2..3", "",
             {k: round(sum(r[k] for r in recs[1:]) / 2) for k in ("new", "prefilled", "extra",
                                                                    "prompt")},
             "token replay renders the arguments' original bytes and splices the generated ids")
@@ -591,7 +599,7 @@ def run_costs(args, work, out):
     with kv2:
         c5 = ScriptedClient(kv2, session, "replay")
         recs = loop_turns(c5, session, 3, compact=True, resend=reorder, tag="replay")
-        add("(b) same, --no-token-replay, turns 2..", "--no-token-replay",
+        add("(b) same, --no-token-replay, mean of turns 2..3", "--no-token-replay",
             {k: round(sum(r[k] for r in recs[1:]) / 2) for k in ("new", "prefilled", "extra",
                                                                    "prompt")},
             "the template re-renders the arguments (its key order and spacing): the prompt "
