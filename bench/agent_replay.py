@@ -593,7 +593,7 @@ def run_costs(args, work, out):
             "keys reversed when sent back), mean of turns 2..3", "",
             {k: round(sum(r[k] for r in recs[1:]) / 2) for k in ("new", "prefilled", "extra",
                                                                    "prompt")},
-            "token replay renders the arguments' original bytes and splices the generated ids")
+            "token replay on: compare with the next row")
     kv2 = kvstashd(args, "kvstashd-costs-noreplay", work,
                    ["--allow-scripted-replies", "--no-token-replay"])
     with kv2:
