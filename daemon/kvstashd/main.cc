@@ -24,10 +24,10 @@
 #include "daemon/kvstashd/app.h"
 #include "daemon/kvstashd/config.h"
 #include "daemon/kvstashd/http/server.h"
-#include "engine/chat/jinja/template.h"
-#include "engine/chat/output_parser.h"
 #include "daemon/kvstashd/socket/socket_server.h"
 #include "daemon/kvstashd/socket/socket_service.h"
+#include "engine/chat/jinja/template.h"
+#include "engine/chat/output_parser.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "protocol/client.h"
@@ -128,6 +128,7 @@ api::ModelContext MakeModelContext(const DaemonConfig& c, const serve::Engine& e
     }
     m.tool_format = engine::DetectToolCallFormat(source);
     m.reasoning = source.find("<think>") != std::string::npos;
+    m.template_prints_string_arguments = source.find("arguments is string") != std::string::npos;
   } else {
     m.jinja_error = c.chat_template.empty() ? "the model has no chat template"
                                             : "--chat-template names a built-in template";

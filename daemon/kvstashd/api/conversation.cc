@@ -32,7 +32,10 @@ std::string CanonicalArguments(const std::string& arguments) {
   return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-OJson MessageJson(const Message& m) {
+// `raw_arguments`: give the template each tool call's arguments as the text itself (templates
+// that test `arguments is string` print it verbatim), so a replayed reply's original bytes come
+// back exactly; otherwise the parsed value, which the template re-serializes with tojson.
+OJson MessageJson(const Message& m, bool raw_arguments) {
   OJson j = {{"role", m.role}, {"content", m.content}};
   if (m.role == "assistant") {
     if (!m.reasoning.empty()) j["reasoning_content"] = m.reasoning;
@@ -42,7 +45,9 @@ OJson MessageJson(const Message& m) {
         calls.push_back(
             {{"id", c.id},
              {"type", "function"},
-             {"function", {{"name", c.name}, {"arguments", ArgumentsValue(c.arguments)}}}});
+             {"function",
+              {{"name", c.name},
+               {"arguments", raw_arguments ? OJson(c.arguments) : ArgumentsValue(c.arguments)}}}});
       }
       j["tool_calls"] = std::move(calls);
     }
@@ -231,14 +236,18 @@ Result<RenderedPrompt> RenderConversation(const Conversation& conv, const ModelC
   // Token replay: the remembered ids of assistant turns the daemon generated, and their tool
   // calls' arguments as generated.
   std::vector<ReplayEntry> splices;
+  std::vector<bool> replayed(c.messages.size(), false);
   if (model.replay != nullptr) {
-    for (Message& m : c.messages) {
+    for (size_t i = 0; i < c.messages.size(); ++i) {
+      Message& m = c.messages[i];
       if (m.role != "assistant") continue;
       auto e = model.replay->Find(TokenReplay::KeyOf(m));
       if (!e) continue;
       if (e->arguments.size() == m.tool_calls.size()) {
-        for (size_t k = 0; k < m.tool_calls.size(); ++k)
+        for (size_t k = 0; k < m.tool_calls.size(); ++k) {
           m.tool_calls[k].arguments = e->arguments[k];
+        }
+        replayed[i] = true;
       }
       splices.push_back(std::move(*e));
     }
@@ -253,7 +262,10 @@ Result<RenderedPrompt> RenderConversation(const Conversation& conv, const ModelC
                  {"add_generation_prompt", add_generation_prompt},
                  {"bos_token", bos},
                  {"eos_token", eos}};
-    for (const Message& m : c.messages) ctx["messages"].push_back(MessageJson(m));
+    for (size_t i = 0; i < c.messages.size(); ++i) {
+      ctx["messages"].push_back(
+          MessageJson(c.messages[i], replayed[i] && model.template_prints_string_arguments));
+    }
     if (!c.tools.empty()) ctx["tools"] = c.tools;
     if (c.enable_thinking.has_value()) ctx["enable_thinking"] = *c.enable_thinking;
     Result<std::string> r = model.jinja->Render(ctx);

@@ -62,6 +62,9 @@ struct ModelContext {
   // How the model writes tool calls and reasoning (from the template text).
   engine::ToolCallFormat tool_format = engine::ToolCallFormat::kNone;
   bool reasoning = false;  // the template has <think> blocks
+  // The template prints tool-call arguments given as a string verbatim (`arguments is string`,
+  // Qwen/Hermes/Granite): replayed replies then pass their original argument bytes.
+  bool template_prints_string_arguments = false;
   // Strip known per-request volatile fragments from system prompts (conversation.h).
   bool strip_volatile = true;
   // Remembered reply token ids (conversation.h); null: off.
