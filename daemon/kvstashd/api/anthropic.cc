@@ -115,22 +115,7 @@ void ParseTurn(const Json& m, const std::string& param, std::vector<Message>* ou
 }
 
 void ParseTools(const Json& j, Conversation* conv) {
-  const Json* tools = FindField(j, "tools");
-  if (tools == nullptr) return;
-  if (!tools->is_array()) Fail("tools", "'tools' must be an array");
-  for (size_t k = 0; k < tools->size(); ++k) {
-    const Json& t = (*tools)[k];
-    const std::string tp = "tools[" + std::to_string(k) + "]";
-    if (!t.is_object()) Fail(tp, "'" + tp + "' must be an object");
-    const std::string type = OptString(t, "type", tp + ".type").value_or("custom");
-    if (type != "custom") {
-      Fail(tp + ".type", "tool type '" + type + "' is not supported (only custom tools)");
-    }
-    auto name = OptString(t, "name", tp + ".name");
-    if (!name) Fail(tp + ".name", "'" + tp + ".name' is required");
-    conv->tools.push_back(internal::MakeFunctionTool(
-        *name, OptString(t, "description", tp + ".description"), FindField(t, "input_schema")));
-  }
+  internal::ParseFlatTools(j, "custom", "custom", "input_schema", &conv->tools);
   if (const Json* tc = FindField(j, "tool_choice")) {
     if (!tc->is_object()) Fail("tool_choice", "'tool_choice' must be an object");
     const std::string type = OptString(*tc, "type", "tool_choice.type").value_or("auto");

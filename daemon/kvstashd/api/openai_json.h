@@ -84,6 +84,11 @@ void SetBudget(const ModelContext& model, std::optional<int64_t> requested,
 nlohmann::ordered_json MakeFunctionTool(const std::string& name,
                                         const std::optional<std::string>& description,
                                         const Json* parameters);
+// A `tools` array of flat tool objects ({"type", "name", "description", SCHEMA_KEY}: Anthropic's
+// custom tools, Responses' function tools) appended to `out` in the chat template's shape; a
+// `type` other than `type_name` (absent: `default_type`) is refused.
+void ParseFlatTools(const Json& j, const std::string& type_name, const std::string& default_type,
+                    const std::string& schema_key, nlohmann::ordered_json* out);
 // Renders p->conversation into p->request.prompt (and forced tokens, parser options); Fail()s
 // naming `param` when the template cannot render it. Reads the body's kvstash extras
 // ({"kvstash": {"script": TEXT}}, see ModelContext::allow_scripted_replies).

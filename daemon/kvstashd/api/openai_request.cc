@@ -140,6 +140,26 @@ nlohmann::ordered_json MakeFunctionTool(const std::string& name,
   return {{"type", "function"}, {"function", std::move(fn)}};
 }
 
+void ParseFlatTools(const Json& j, const std::string& type_name, const std::string& default_type,
+                    const std::string& schema_key, nlohmann::ordered_json* out) {
+  const Json* tools = FindField(j, "tools");
+  if (tools == nullptr) return;
+  if (!tools->is_array()) Fail("tools", "'tools' must be an array");
+  for (size_t k = 0; k < tools->size(); ++k) {
+    const Json& t = (*tools)[k];
+    const std::string tp = "tools[" + std::to_string(k) + "]";
+    if (!t.is_object()) Fail(tp, "'" + tp + "' must be an object");
+    const std::string type = OptString(t, "type", tp + ".type").value_or(default_type);
+    if (type != type_name) {
+      Fail(tp + ".type", "tool type '" + type + "' is not supported (only '" + type_name + "')");
+    }
+    auto name = OptString(t, "name", tp + ".name");
+    if (!name) Fail(tp + ".name", "'" + tp + ".name' is required");
+    out->push_back(MakeFunctionTool(*name, OptString(t, "description", tp + ".description"),
+                                    FindField(t, schema_key)));
+  }
+}
+
 void RenderInto(const Json& j, const ModelContext& model, const std::string& param,
                 ParsedRequest* p) {
   Result<RenderedPrompt> r = RenderConversation(p->conversation, model);

@@ -135,22 +135,7 @@ ParsedRequest ParseBody(std::string_view body, const ModelContext& model) {
     conv.messages.push_back({"system", *ins, "", {}, "", ""});
   }
   ParseInput(j, &conv);
-  if (const Json* tools = FindField(j, "tools")) {
-    if (!tools->is_array()) Fail("tools", "'tools' must be an array");
-    for (size_t k = 0; k < tools->size(); ++k) {
-      const Json& t = (*tools)[k];
-      const std::string tp = "tools[" + std::to_string(k) + "]";
-      if (!t.is_object()) Fail(tp, "'" + tp + "' must be an object");
-      const std::string type = OptString(t, "type", tp + ".type").value_or("");
-      if (type != "function") {
-        Fail(tp + ".type", "tool type '" + type + "' is not supported (only 'function')");
-      }
-      auto name = OptString(t, "name", tp + ".name");
-      if (!name) Fail(tp + ".name", "'" + tp + ".name' is required");
-      conv.tools.push_back(internal::MakeFunctionTool(
-          *name, OptString(t, "description", tp + ".description"), FindField(t, "parameters")));
-    }
-  }
+  internal::ParseFlatTools(j, "function", "", "parameters", &conv.tools);
   if (const Json* tc = FindField(j, "tool_choice")) {
     const std::string s = tc->is_string() ? tc->get<std::string>() : "";
     if (s == "auto") {
