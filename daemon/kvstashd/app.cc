@@ -372,8 +372,8 @@ void App::SendError(const std::shared_ptr<http::Connection>& conn, const http::R
                     SteadyClock::time_point t0) {
   // Anthropic clients parse errors in their API's shape, whatever refused the request.
   const bool anthropic = PathOf(req).rfind("/v1/messages", 0) == 0;
-  Send(conn, req, route, e.http_status, anthropic ? api::AnthropicErrorBody(e) : e.ToJson(), id,
-       t0, nullptr, e.http_status == 503 ? 2 : 0);
+  Send(conn, req, route, e.http_status, anthropic ? api::AnthropicErrorBody(e) : e.ToJson(), id, t0,
+       nullptr, e.http_status == 503 ? 2 : 0);
 }
 
 void App::AccessLog(const std::string& id, const http::Request& req, int status,
