@@ -170,6 +170,7 @@ int Main(int argc, char** argv) {
   int n = 200;
   int prompt_tokens = 256;
   double tokenize_s = 2;
+  double gap_ms = 2;
   std::vector<int> conns = {1, 8, 64};
   bool json = false;
   app.add_option("-m,--model", model, "GGUF model")->capture_default_str();
@@ -178,6 +179,11 @@ int Main(int argc, char** argv) {
   app.add_option("--prompt-tokens", prompt_tokens, "Prompt length (all but its last token cached)")
       ->capture_default_str();
   app.add_option("--tokenize-seconds", tokenize_s, "Seconds per Tokenize measurement")
+      ->capture_default_str();
+  app.add_option("--gap-ms", gap_ms,
+                 "Pause before each timed request, so the previous request's spinning worker "
+                 "threads (in this process or the daemon) have gone to sleep and every path starts "
+                 "from the same idle state")
       ->capture_default_str();
   app.add_option("--connections", conns, "Connection counts for Tokenize")->delimiter(',');
   app.add_flag("--json", json, "One JSON object instead of the table");
@@ -264,9 +270,10 @@ int Main(int argc, char** argv) {
     std::function<double()> one;
     std::vector<double> ms;
     std::vector<double> overhead_ms;  // round trip minus the engine's own total_ms
-  } paths[] = {{"in-process", one_inproc, {}, {}},
-               {"socket", one_socket, {}, {}},
-               {"http", one_http, {}, {}}};
+    std::vector<double> engine_ms;    // the engine's own total_ms
+  } paths[] = {{"in-process", one_inproc, {}, {}, {}},
+               {"socket", one_socket, {}, {}, {}},
+               {"http", one_http, {}, {}, {}}};
   for (auto& p : paths) {  // warm: the prompt's blocks are cached on both sides
     for (int i = 0; i < 3; ++i) {
       if (p.one() < 0) {
@@ -275,11 +282,18 @@ int Main(int argc, char** argv) {
       }
     }
   }
-  // Interleaved, so a burst of load from elsewhere hits all three alike.
+  // Interleaved, so a burst of load from elsewhere hits all three alike, in a rotating order (each
+  // path follows each other path equally often) and after a pause: the engine's worker threads
+  // spin for a while after a request, and a request that starts while the other process's workers
+  // still spin would pay for them.
+  constexpr int kPaths = 3;
   for (int i = 0; i < n; ++i) {
-    for (auto& p : paths) {
+    for (int k = 0; k < kPaths; ++k) {
+      Path& p = paths[(i + k) % kPaths];
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(gap_ms));
       p.ms.push_back(p.one());
       p.overhead_ms.push_back(p.ms.back() - server_ms);
+      p.engine_ms.push_back(server_ms);
     }
   }
 
@@ -287,6 +301,31 @@ int Main(int argc, char** argv) {
   std::string text;
   while (text.size() < 1024) text += "The quick brown fox jumps over the lazy dog. ";
   text.resize(1024);
+  // Tokenize round trip on one connection, socket vs HTTP (POST /tokenize), interleaved: the
+  // smallest request there is (no engine work, ~50 us of tokenizing), so it shows the transport.
+  std::vector<double> tok_socket_ms, tok_http_ms;
+  {
+    const std::string tok_body = nlohmann::json{{"content", text}}.dump();
+    for (int i = 0; i < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(gap_ms));
+      auto t0 = Clock::now();
+      if (!(*client)->Tokenize({text, false, true}).ok()) {
+        std::fprintf(stderr, "socket_bench: Tokenize over the socket failed\n");
+        return 1;
+      }
+      tok_socket_ms.push_back(Ms(Clock::now() - t0));
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(gap_ms));
+      t0 = Clock::now();
+      const std::string r = http.Post("/tokenize", tok_body);
+      tok_http_ms.push_back(Ms(Clock::now() - t0));
+      if (r.find("\"tokens\"") == std::string::npos) {
+        std::fprintf(stderr, "socket_bench: POST /tokenize failed: %s\n", r.c_str());
+        return 1;
+      }
+    }
+  }
+  const Stats tok_so = Summarize(tok_socket_ms), tok_ht = Summarize(tok_http_ms);
+
   struct Rate {
     int connections;
     double frames_per_s;
@@ -330,33 +369,45 @@ int Main(int argc, char** argv) {
     nlohmann::json j;
     for (auto& p : paths) {
       const Stats s = Summarize(p.ms), o = Summarize(p.overhead_ms);
-      j["generate_1_token_ms"][p.name] = {{"p50", s.p50},
-                                          {"p90", s.p90},
-                                          {"mean", s.mean},
-                                          {"overhead_p50", o.p50},
-                                          {"overhead_p90", o.p90}};
+      j["generate_1_token_ms"][p.name] = {
+          {"p50", s.p50},          {"p90", s.p90},
+          {"mean", s.mean},        {"overhead_p50", o.p50},
+          {"overhead_p90", o.p90}, {"engine_p50", Summarize(p.engine_ms).p50}};
     }
+    j["tokenize_1k_round_trip_ms"]["socket"] = {{"p50", tok_so.p50}, {"p90", tok_so.p90}};
+    j["tokenize_1k_round_trip_ms"]["http"] = {{"p50", tok_ht.p50}, {"p90", tok_ht.p90}};
     for (const Rate& r : rates) {
       j["tokenize_1k_frames_per_s"][std::to_string(r.connections)] = r.frames_per_s;
     }
     j["requests"] = n;
+    j["gap_ms"] = gap_ms;
     j["prompt_tokens"] = prompt_tokens;
     j["model"] = model;
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("1-token Generate on a fully cached %d-token prompt (%s), %d requests each\n",
-              prompt_tokens, std::filesystem::path(model).filename().c_str(), n);
-  std::printf("%-12s %9s %9s %9s %14s %14s %16s\n", "path", "p50 ms", "p90 ms", "mean ms",
-              "overhead p50", "overhead p90", "- in-process p50");
+  std::printf(
+      "1-token Generate on a fully cached %d-token prompt (%s), %d requests each, %.1f ms apart\n",
+      prompt_tokens, std::filesystem::path(model).filename().c_str(), n, gap_ms);
+  std::printf("%-12s %9s %9s %9s %11s %14s %14s %16s\n", "path", "p50 ms", "p90 ms", "mean ms",
+              "engine p50", "overhead p50", "overhead p90", "- in-process p50");
   for (auto& p : paths) {
     const Stats s = Summarize(p.ms), o = Summarize(p.overhead_ms);
-    std::printf("%-12s %9.3f %9.3f %9.3f %14.3f %14.3f %16.3f\n", p.name, s.p50, s.p90, s.mean,
-                o.p50, o.p90, o.p50 - in.p50);
+    std::printf("%-12s %9.3f %9.3f %9.3f %11.3f %14.3f %14.3f %16.3f\n", p.name, s.p50, s.p90,
+                s.mean, Summarize(p.engine_ms).p50, o.p50, o.p90, o.p50 - in.p50);
   }
   std::printf("(overhead = round trip - the engine's usage.total_ms of the same request)\n");
-  std::printf("socket vs http overhead (p50): %.1fx smaller\n\n",
-              so.p50 > 0 ? ht.p50 / so.p50 : 0.0);
+  std::printf("socket vs http overhead (p50): %.1fx smaller; round trip (p50): %.1fx faster\n\n",
+              so.p50 > 0 ? ht.p50 / so.p50 : 0.0,
+              Summarize(paths[1].ms).p50 > 0
+                  ? Summarize(paths[2].ms).p50 / Summarize(paths[1].ms).p50
+                  : 0.0);
+  std::printf("Tokenize of a 1 KiB text, round trip on one connection (%d each)\n", n);
+  std::printf("%-12s %9s %9s\n", "path", "p50 ms", "p90 ms");
+  std::printf("%-12s %9.3f %9.3f\n", "socket", tok_so.p50, tok_so.p90);
+  std::printf("%-12s %9.3f %9.3f\n", "http", tok_ht.p50, tok_ht.p90);
+  std::printf("socket vs http (p50): %.1fx faster\n\n",
+              tok_so.p50 > 0 ? tok_ht.p50 / tok_so.p50 : 0.0);
   std::printf("Tokenize of a 1 KiB text over the socket\n%-12s %14s\n", "connections", "frames/s");
   for (const Rate& r : rates) std::printf("%-12d %14.0f\n", r.connections, r.frames_per_s);
   return 0;

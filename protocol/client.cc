@@ -1,6 +1,6 @@
-// The socket client (client.h). One reader thread per connection routes frames to calls by id;
-// writers serialize on a mutex. A connection that breaks fails every call still waiting, with the
-// reason (daemon closed the connection, or its fatal Error frame).
+// The socket client (client.h). The calls waiting on a connection take turns reading it and route
+// frames to calls by id; writers serialize on a mutex. A connection that breaks fails every call
+// still waiting, with the reason (daemon closed the connection, or its fatal Error frame).
 #include "protocol/client.h"
 
 #include <poll.h>
@@ -16,7 +16,6 @@
 #include <deque>
 #include <map>
 #include <mutex>
-#include <thread>
 
 #include "protocol/codec.h"
 #include "protocol/wire_format.h"
@@ -24,37 +23,43 @@
 namespace kvstash::protocol {
 
 struct Call::State {
-  std::mutex mu;
-  std::condition_variable cv;
+  // All guarded by ClientCore::mu.
   std::deque<Body> frames;
-  bool final_queued = false;
   bool final_taken = false;
   Status broken;  // the connection failed before the final frame
 };
 
+// No reader thread: the calls take turns reading the socket (leader/follower). A call waiting in
+// Next() with nothing queued becomes the reader if no one else is; it reads, routes every frame
+// to its call and, when one of them was its own, returns it without a thread switch. Other
+// waiters sleep on `cv` until their frame is routed to them or the reader role is free again.
+// This saves a hand-off between threads on every frame (issue 14's latency budget).
 struct ClientCore {
   int fd = -1;
   std::string path;
   ClientOptions options;
   HelloAck ack;
-  std::unique_ptr<FrameReader> reader;
+  std::unique_ptr<FrameReader> reader;  // used by the reader of the moment only
   std::mutex write_mu;
-  std::mutex mu;  // guards calls and broken
+  std::mutex mu;  // guards calls, every Call::State, broken and reading
+  std::condition_variable cv;
   std::map<uint64_t, std::shared_ptr<Call::State>> calls;
   Status broken;
+  bool reading = false;
   std::atomic<uint64_t> next_id{1};
-  std::thread thread;
-  bool closed = false;
+  std::atomic<bool> closed{false};
 
-  ~ClientCore() { Close(); }
-
-  void Close() {
-    if (closed) return;
-    closed = true;
-    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
-    if (thread.joinable()) thread.join();
+  // The fd is closed only here, once no Call can still be reading it.
+  ~ClientCore() {
     if (fd >= 0) ::close(fd);
-    fd = -1;
+  }
+
+  // Wakes a reader blocked in poll() and fails what waits; the fd stays open until the last Call
+  // lets go of the core.
+  void Close() {
+    if (closed.exchange(true)) return;
+    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    Fail(Status::Cancelled("the client closed the connection"));
   }
 
   Status Send(const Frame& f) {
@@ -75,76 +80,91 @@ struct ClientCore {
     return Status::Ok();
   }
 
-  // Routes one decoded frame. Returns false when the connection is to be considered broken.
+  // Routes one decoded frame (mu held). Returns false when the connection is to be considered
+  // broken.
   bool Dispatch(Frame f) {
     if (f.id == wire::kConnectionId) {
       if (const auto* e = std::get_if<ErrorReply>(&f.body)) {
-        Fail(StatusFromError(*e).WithContext("kvstashd closed the connection"));
+        FailLocked(StatusFromError(*e).WithContext("kvstashd closed the connection"));
         return !e->fatal;
       }
       return true;  // nothing else is addressed to the connection after HelloAck
     }
-    std::shared_ptr<Call::State> s;
-    const bool final = IsFinal(f.body);
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      auto it = calls.find(f.id);
-      if (it == calls.end()) return true;  // a call already given up on
-      s = it->second;
-      if (final) calls.erase(it);
-    }
-    {
-      std::lock_guard<std::mutex> lock(s->mu);
-      s->frames.push_back(std::move(f.body));
-      if (final) s->final_queued = true;
-    }
-    s->cv.notify_all();
+    auto it = calls.find(f.id);
+    if (it == calls.end()) return true;  // a call already given up on
+    std::shared_ptr<Call::State> s = it->second;
+    if (IsFinal(f.body)) calls.erase(it);
+    s->frames.push_back(std::move(f.body));
     return true;
   }
 
-  void Fail(const Status& why) {
-    std::map<uint64_t, std::shared_ptr<Call::State>> all;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (broken.ok()) broken = why;
-      all.swap(calls);
+  void FailLocked(const Status& why) {
+    if (broken.ok()) broken = why;
+    for (auto& [id, s] : calls) {
+      if (s->broken.ok()) s->broken = why;
     }
-    for (auto& [id, s] : all) {
-      {
-        std::lock_guard<std::mutex> lock(s->mu);
-        if (s->broken.ok()) s->broken = why;
-      }
-      s->cv.notify_all();
-    }
+    calls.clear();
   }
 
-  void ReadLoop() {
+  void Fail(const Status& why) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      FailLocked(why);
+    }
+    cv.notify_all();
+  }
+
+  // Called by the reader of the moment without mu: waits until the socket is readable (or
+  // `deadline`), reads once and routes every complete frame. False on a timeout; the connection
+  // is failed (Fail) when it broke.
+  bool ReadOnce(std::chrono::steady_clock::time_point deadline) {
+    if (DrainAndNotify() > 0) return true;  // frames that arrived with the HelloAck
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX)));
+    if (r < 0 && errno == EINTR) return true;
+    if (r < 0) {
+      Fail(Status::FromErrno("kvstashd socket " + path + ": poll", errno));
+      return true;
+    }
+    if (r == 0) return false;
     char buf[65536];
-    for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return true;
+    if (n <= 0) {
+      Fail(n == 0 ? Status::IOError("kvstashd closed the connection (socket " + path + ")")
+                  : Status::FromErrno("kvstashd socket " + path, errno));
+      return true;
+    }
+    if (Status s = reader->Append(buf, static_cast<size_t>(n)); !s.ok()) {
+      Fail(s.WithContext("bad frame from kvstashd"));
+      return true;
+    }
+    DrainAndNotify();
+    return true;
+  }
+
+  // Routes every complete frame the reader holds. Returns how many.
+  int DrainAndNotify() {
+    int routed = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
       while (auto raw = reader->Next()) {
+        ++routed;
         auto f = DecodeFrame(std::span(reinterpret_cast<const uint8_t*>(raw->data()), raw->size()));
         if (!f.ok()) {
-          Fail(f.status().WithContext("bad frame from kvstashd"));
-          return;
+          FailLocked(f.status().WithContext("bad frame from kvstashd"));
+          break;
         }
-        if (!Dispatch(std::move(*f))) return;
+        if (!Dispatch(std::move(*f))) break;
       }
-      if (!reader->status().ok()) {
-        Fail(reader->status().WithContext("bad frame from kvstashd"));
-        return;
-      }
-      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        Fail(n == 0 ? Status::IOError("kvstashd closed the connection (socket " + path + ")")
-                    : Status::FromErrno("kvstashd socket " + path, errno));
-        return;
-      }
-      if (Status s = reader->Append(buf, static_cast<size_t>(n)); !s.ok()) {
-        Fail(s.WithContext("bad frame from kvstashd"));
-        return;
-      }
+      if (!reader->status().ok())
+        FailLocked(reader->status().WithContext("bad frame from kvstashd"));
     }
+    cv.notify_all();
+    return routed;
   }
 };
 
@@ -164,19 +184,35 @@ Status StatusFromError(const ErrorReply& e) {
 }
 
 Result<Body> Call::Next(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ClientCore& c = *client_;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock<std::mutex> lock(c.mu);
   if (state_->final_taken) return Status::Cancelled("request finished");
-  if (!state_->cv.wait_for(lock, timeout,
-                           [&] { return !state_->frames.empty() || !state_->broken.ok(); })) {
-    return Status::ResourceExhausted("no answer from kvstashd within " +
-                                     std::to_string(timeout.count()) + " ms (request " +
-                                     std::to_string(id_) + ")");
+  for (;;) {
+    if (!state_->frames.empty()) {
+      Body b = std::move(state_->frames.front());
+      state_->frames.pop_front();
+      if (IsFinal(b)) state_->final_taken = true;
+      return b;
+    }
+    if (!state_->broken.ok()) return state_->broken;
+    bool timed_out = false;
+    if (!c.reading) {
+      c.reading = true;
+      lock.unlock();
+      timed_out = !c.ReadOnce(deadline);
+      lock.lock();
+      c.reading = false;
+      c.cv.notify_all();  // another waiter may take the reader role
+    } else {
+      timed_out = c.cv.wait_until(lock, deadline) == std::cv_status::timeout;
+    }
+    if (timed_out && state_->frames.empty() && state_->broken.ok()) {
+      return Status::ResourceExhausted("no answer from kvstashd within " +
+                                       std::to_string(timeout.count()) + " ms (request " +
+                                       std::to_string(id_) + ")");
+    }
   }
-  if (state_->frames.empty()) return state_->broken;
-  Body b = std::move(state_->frames.front());
-  state_->frames.pop_front();
-  if (IsFinal(b)) state_->final_taken = true;
-  return b;
 }
 
 Status Call::Cancel() { return client_->Send(Frame{client_->next_id++, CancelRequest{id_}}); }
@@ -187,7 +223,7 @@ Status Unreachable(const std::string& path, int err) {
   return Status::IOError("is kvstashd running? socket " + path + ": " + std::strerror(err));
 }
 
-// Reads frames synchronously (before the reader thread starts) until one is complete.
+// Reads frames synchronously (before any call exists) until one is complete.
 Result<Frame> ReadOne(ClientCore& c, std::chrono::steady_clock::time_point deadline) {
   char buf[65536];
   for (;;) {
@@ -250,8 +286,6 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
                                 std::to_string(wire::kMinorVersion));
   }
   core->ack = *ack;
-  ClientCore* raw = core.get();
-  core->thread = std::thread([raw] { raw->ReadLoop(); });
   return std::unique_ptr<Client>(new Client(std::move(core)));
 }
 

@@ -8,9 +8,10 @@
 //   stdout); });
 //
 // Several requests may be in flight on one connection: Start() sends a request and returns a
-// Call whose frames arrive in order; a reader thread owned by the client routes every frame to
-// its call by request id. The blocking helpers (Generate, Prefill, Tokenize, ...) are Start plus
-// reading the call to its final frame.
+// Call whose frames arrive in order. There is no reader thread: a call waiting in Next() reads
+// the socket itself (one at a time) and routes every frame to its call by request id, so a
+// frame reaches its caller without a thread switch. The blocking helpers (Generate, Prefill,
+// Tokenize, ...) are Start plus reading the call to its final frame.
 //
 // Errors: Unavailable-style IOError "is kvstashd running? socket PATH: ..." when nothing listens;
 // Incompatible when the daemon refuses the protocol version; the daemon's Error frames come back
@@ -55,7 +56,7 @@ std::string DefaultSocketPath();
 Status StatusFromError(const ErrorReply& e);
 
 class Client;
-struct ClientCore;  // the connection and its reader thread (client.cc)
+struct ClientCore;  // the connection (client.cc)
 
 // One request in flight.
 class Call {
@@ -68,7 +69,7 @@ class Call {
   // Asks the daemon to stop this request (it still answers with a final frame).
   Status Cancel();
 
-  struct State;  // shared with the client's reader thread
+  struct State;  // frames routed to this call (client.cc)
 
  private:
   friend class Client;

@@ -136,7 +136,8 @@ class RequestHandle {
   // The next event if one is queued; never waits.
   std::optional<Event> TryNext() { return Next(std::chrono::milliseconds(0)); }
   // Called (on the engine thread, without locks held) after every event pushed, for callers that
-  // cannot block on Next (an io_context): it must be cheap, e.g. post a drain to an executor.
+  // cannot block on Next (an io_context): it must be cheap and never block (post a drain to an
+  // executor, or write to a non-blocking socket).
   // Set it before the first event can arrive, or drain once after setting it.
   void SetOnEvent(std::function<void()> fn) {
     std::lock_guard<std::mutex> lock(mu_);

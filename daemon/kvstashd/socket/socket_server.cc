@@ -26,6 +26,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <mutex>
 
 #include "base/logging.h"
 #include "daemon/kvstashd/socket/socket_service.h"
@@ -53,21 +54,48 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
 
   void Start() { Read(); }
 
+  // Any thread (the engine thread sends a request's frames as its events happen). When nothing
+  // is queued the frame is written at once with a non-blocking send(), so an answer does not wait
+  // for the io thread to wake up; what the socket does not take goes to the write queue, which the
+  // strand drains.
   void Send(const protocol::Frame& frame) override {
-    if (closed_ || closing_) return;
+    if (closed_.load() || closing_.load()) return;
     std::string bytes = protocol::EncodeFrame(frame);
+    std::unique_lock<std::mutex> lock(out_mu_);
+    if (closed_.load() || closing_.load()) return;
+    if (!writing_ && out_.empty()) {
+      size_t off = 0;
+      while (off < bytes.size()) {
+        const ssize_t n = ::send(sock_.native_handle(), bytes.data() + off, bytes.size() - off,
+                                 MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+          off += static_cast<size_t>(n);
+        } else if (n < 0 && errno == EINTR) {
+          continue;
+        } else {
+          break;  // full (EAGAIN), or an error the queued write will report and close on
+        }
+      }
+      if (off == bytes.size()) return;
+      bytes.erase(0, off);
+    }
     queued_bytes_ += bytes.size();
     if (queued_bytes_ > options_.max_queued_bytes) {
       DefaultLogger()->warn("socket: uid {} does not read its answers ({} bytes queued): closing",
                             peer_uid_, queued_bytes_);
-      Close();
+      closing_.store(true);
+      lock.unlock();
+      net::post(sock_.get_executor(), [self = shared_from_this()] { self->Close(); });
       return;
     }
     out_.push_back(std::move(bytes));
-    if (!writing_) WriteNext();
+    if (!writing_) {
+      writing_ = true;
+      net::post(sock_.get_executor(), [self = shared_from_this()] { self->WriteNext(); });
+    }
   }
   net::any_io_executor executor() override { return sock_.get_executor(); }
-  bool closed() const override { return closed_; }
+  bool closed() const override { return closed_.load(); }
 
  private:
   void Read() {
@@ -141,22 +169,37 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
     if (closed_ || closing_) return;
     DefaultLogger()->debug("socket: closing a connection of uid {}: {}", peer_uid_, s.ToString());
     Send(protocol::Frame{protocol::wire::kConnectionId, ErrorFrom(s, /*fatal=*/true)});
-    closing_ = true;
-    if (!writing_) Close();
+    bool writing = false;
+    {
+      std::lock_guard<std::mutex> lock(out_mu_);
+      closing_.store(true);
+      writing = writing_;
+    }
+    if (!writing) Close();
   }
 
+  // On the strand, with writing_ set: writes the queue's front, then the next, until it is empty.
   void WriteNext() {
+    std::unique_lock<std::mutex> lock(out_mu_);
+    if (closed_.load()) return;
     if (out_.empty()) {
       writing_ = false;
-      if (closing_) Close();
+      const bool close = closing_.load();
+      lock.unlock();
+      if (close) Close();
       return;
     }
-    writing_ = true;
-    net::async_write(sock_, net::buffer(out_.front()),
+    // A deque's elements stay where they are while others are pushed, so the buffer stays valid.
+    const std::string& front = out_.front();
+    lock.unlock();
+    net::async_write(sock_, net::buffer(front),
                      [self = shared_from_this()](boost::system::error_code ec, size_t) {
-                       if (self->closed_) return;
-                       self->queued_bytes_ -= self->out_.front().size();
-                       self->out_.pop_front();
+                       {
+                         std::lock_guard<std::mutex> lock(self->out_mu_);
+                         if (self->closed_.load()) return;
+                         self->queued_bytes_ -= self->out_.front().size();
+                         self->out_.pop_front();
+                       }
                        if (ec) {
                          self->Close();
                          return;
@@ -168,12 +211,17 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
   // The client is gone (or misbehaved): its running requests are cancelled; their final events
   // still drain on this strand and are dropped by Send.
   void Close() {
-    if (closed_) return;
-    closed_ = true;
+    {
+      // Under the lock, so no other thread is inside send() on this socket while it closes.
+      std::lock_guard<std::mutex> lock(out_mu_);
+      if (closed_.load()) return;
+      closed_.store(true);
+    }
     for (auto& [id, handle] : in_flight) handle->Cancel();
     boost::system::error_code ignored;
     sock_.shutdown(local::socket::shutdown_both, ignored);
     sock_.close(ignored);
+    std::lock_guard<std::mutex> lock(out_mu_);
     out_.clear();
   }
 
@@ -185,12 +233,13 @@ class Connection final : public Peer, public std::enable_shared_from_this<Connec
   protocol::FrameReader reader_;
   const uint32_t peer_uid_;
   std::array<char, 64 * 1024> buf_;
-  std::deque<std::string> out_;
+  std::mutex out_mu_;            // guards out_, queued_bytes_, writing_; held around send()
+  std::deque<std::string> out_;  // frames the socket has not taken yet
   size_t queued_bytes_ = 0;
-  bool writing_ = false;
+  bool writing_ = false;  // the strand is draining out_
   bool hello_done_ = false;
-  bool closing_ = false;
-  bool closed_ = false;
+  std::atomic<bool> closing_{false};
+  std::atomic<bool> closed_{false};
 };
 
 // Whether something is accepting connections at `path`.

@@ -190,6 +190,7 @@ struct Service::Stream {
   std::string text;  // not streamed: everything; streamed: nothing
   std::vector<int32_t> tokens;
   bool done = false;
+  std::mutex mu;  // Drain runs on the engine thread and once on the strand
 };
 
 Service::Service(Metrics& metrics) : metrics_(metrics) {}
@@ -394,14 +395,17 @@ void Service::Submit(const std::shared_ptr<Peer>& peer, uint64_t id, serve::Engi
   s->shape = shape;
   peer->in_flight[id] = s->handle;
   in_flight_.fetch_add(1);
-  auto executor = peer->executor();
-  s->handle->SetOnEvent([this, s, executor] { net::post(executor, [this, s] { Drain(s); }); });
-  net::post(executor, [this, s] { Drain(s); });
+  // Events are drained on the engine thread as they happen (Peer::Send is thread-safe and writes
+  // at once when nothing is queued), so an answer does not wait for the io thread to wake up;
+  // one drain on the strand catches what came before the callback was set.
+  s->handle->SetOnEvent([this, s] { Drain(s); });
+  net::post(peer->executor(), [this, s] { Drain(s); });
 }
 
 // Token events that are already queued go out as one TokenChunk: under load a client gets fewer,
 // larger frames instead of one per token.
 void Service::Drain(const std::shared_ptr<Stream>& s) {
+  std::lock_guard<std::mutex> lock(s->mu);
   protocol::TokenChunk chunk;
   auto flush = [&] {
     if (chunk.tokens.empty() && chunk.text.empty()) return;
@@ -435,7 +439,12 @@ void Service::Drain(const std::shared_ptr<Stream>& s) {
     flush();
     s->done = true;
     s->handle->SetOnEvent(nullptr);  // breaks the handle -> callback -> stream cycle
-    s->peer->in_flight.erase(s->id);
+    // in_flight belongs to the connection's strand. The erase is posted before the final frame
+    // is sent, so it runs before the strand can read a next request that reuses the id.
+    net::post(s->peer->executor(), [peer = s->peer, id = s->id, handle = s->handle] {
+      auto it = peer->in_flight.find(id);
+      if (it != peer->in_flight.end() && it->second == handle) peer->in_flight.erase(it);
+    });
     in_flight_.fetch_sub(1);
     if (s->shape.generate) metrics_.CountGeneration(e->usage);
     if (e->kind == serve::Event::Kind::kError) {

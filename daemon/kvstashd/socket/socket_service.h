@@ -40,7 +40,8 @@ namespace net = boost::asio;
 class Peer {
  public:
   virtual ~Peer() = default;
-  // Queues a frame (dropped when the connection is closed).
+  // Sends or queues a frame (dropped when the connection is closed). Thread-safe: the engine
+  // thread calls it as events happen.
   virtual void Send(const protocol::Frame& frame) = 0;
   virtual net::any_io_executor executor() = 0;
   virtual bool closed() const = 0;
