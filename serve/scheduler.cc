@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <exception>
 
 #include "base/clock.h"
@@ -45,6 +46,10 @@ struct Scheduler::Active {
   Usage usage;
   int published_blocks = 0;
   size_t forced_pos = 0;  // next entry of req.forced_tokens
+  // Session-as-prefix mode, first admission: the named session when it is not a prefix of the
+  // prompt, held until the cache lookup so its KV can still serve the common part.
+  engine::Sequence diverged;
+  cache::AcquireResult diverged_from;  // the tiers its restore read
 };
 
 // Where a request's prompt came from, as the cache reported it at admission.
@@ -295,7 +300,10 @@ bool Scheduler::Admit(Active& a) {
   }
   if (!running_.empty()) {
     const int reclaimable = cache_ != nullptr ? cache_->ReclaimablePages() : 0;
-    if (need > pool.n_free() + reclaimable) return false;
+    if (need > pool.n_free() + reclaimable) {
+      if (!a.diverged.block_table.empty()) cache_->Release(a.diverged);
+      return false;
+    }
   }
   // Match against the prefix cache (a restored session already holds its prefix).
   if (cache_ != nullptr && a.seq.n_past() == 0) {
@@ -311,8 +319,10 @@ bool Scheduler::Admit(Active& a) {
     }
     if (!a.started) {
       SetCacheUsage(a.usage, *got);
+      if (!a.diverged.block_table.empty()) ExtendFromDiverged(a, max_positions);
     }
   }
+  if (cache_ != nullptr && !a.diverged.block_table.empty()) cache_->Release(a.diverged);
   a.published_blocks = a.seq.n_past() / bt;
   a.admitted = true;
   a.admit_order = ++admit_counter_;
@@ -354,10 +364,64 @@ void Scheduler::RestoreSessionPrefix(Active& a) {
   const bool prefix = r->tokens.size() <= a.req.prompt.size() &&
                       std::equal(r->tokens.begin(), r->tokens.end(), a.req.prompt.begin());
   if (!prefix || a.seq.n_past() >= static_cast<int>(a.req.prompt.size()) || !KvReuseAllowed()) {
-    Release(a);
+    if (KvReuseAllowed() && a.seq.n_past() > 0) {
+      std::swap(a.seq, a.diverged);  // kept for ExtendFromDiverged after the cache lookup
+      a.diverged_from = r->acquired;
+    } else {
+      Release(a);
+    }
     return;
   }
   SetCacheUsage(a.usage, r->acquired);
+}
+
+// The cache gives whole blocks, so where a conversation's new prompt leaves the session it
+// continues (an agent that re-sends its own answer in other words, a generated tail the client
+// dropped) everything after the last common full block would be recomputed. The session's KV
+// still holds the positions up to the first differing token: take them (full blocks shared,
+// the partial block copied into a page of its own), the way a server that keeps its slot's KV
+// reuses the longest common prefix.
+void Scheduler::ExtendFromDiverged(Active& a, int max_positions) {
+  engine::Sequence& d = a.diverged;
+  const int bt = runner_.options().block_tokens;
+  const int have = a.seq.n_past();
+  if (have % bt != 0) return;
+  int common = 0;
+  const int limit = std::min({d.n_past(), max_positions, static_cast<int>(a.context.size())});
+  while (common < limit && d.tokens[common] == a.context[common]) ++common;
+  if (common <= have) return;
+  engine::KvPool& pool = runner_.pool();
+  for (int b = have / bt; b * bt < common; ++b) {
+    const int src = d.block_table[b];
+    if ((b + 1) * bt <= common) {  // a whole block: shared like a cached one
+      pool.Ref(src);
+      a.seq.block_table.push_back(src);
+      continue;
+    }
+    // The block the two diverge in: rows past `common` will be overwritten by the new prompt.
+    int dst = src;
+    if (pool.refcount(src) == 1) {
+      d.block_table[b] = -1;  // the diverged session's own page: handed over, not copied
+    } else {
+      dst = pool.Allocate();
+      if (dst < 0) {
+        common = b * bt;  // no page to copy into: settle for the whole blocks
+        break;
+      }
+      std::memcpy(pool.page(dst), pool.page(src), pool.layout().block_bytes());
+    }
+    a.seq.block_table.push_back(dst);
+  }
+  std::erase(d.block_table, -1);
+  if (common <= have) return;
+  a.seq.tokens.assign(a.context.begin(), a.context.begin() + common);
+  const int extra = common - have;
+  const cache::AcquireResult& from = a.diverged_from;
+  a.usage.cached_tokens += extra;
+  (from.disk_tokens > 0   ? a.usage.disk_tokens
+   : from.host_tokens > 0 ? a.usage.host_tokens
+                          : a.usage.device_tokens) += extra;
+  a.usage.load_ms += from.load_ms;
 }
 
 // Gives up the sequence's pages (its full blocks are published and stay cached) and puts it

@@ -97,6 +97,7 @@ class Scheduler {
   void Step();
   bool Admit(Active& a);
   void RestoreSessionPrefix(Active& a);
+  void ExtendFromDiverged(Active& a, int max_positions);
   // False for hybrid models (qwen35, qwen35moe): cached KV blocks alone cannot resume them, since
   // their DeltaNet layers also need the recurrent state after the prefix, which the cache does
   // not store yet. Every prompt and restored session is then recomputed from position 0 (the

@@ -2,8 +2,10 @@
 // gives alone, the prefix cache serves shared prefixes per request, a pool too small for the
 // load preempts and resumes without truncating or leaking pages, and cancellation frees pages.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "serve/engine.h"
@@ -362,6 +364,66 @@ TEST(SchedulerTest, BadRequestsAreRefusedAtSubmit) {
   Request forced = Greedy({1, 2, 3}, 4);
   forced.forced_tokens = {5, -1};
   EXPECT_EQ(eng->Submit(forced).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Session-as-prefix mode when the conversation leaves the session mid-block (an agent re-sends
+// its answer in other words): the session's KV serves every position up to the first differing
+// token, not just the whole blocks, and the output is what a cold engine gives.
+TEST(SchedulerTest, DivergedSessionStillServesTheCommonPrefixToTheToken) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-llama", "q8_0");
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvstash-diverged-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  EngineOptions o;
+  o.model_path = model;
+  o.weights = engine::WeightMemory::kMmap;
+  o.runner.n_threads = 2;
+  o.runner.n_ctx = 512;
+  o.runner.block_tokens = 16;
+  o.runner.n_pages = 64;
+  o.use_cache = true;
+  o.cache_dir = dir.string();
+  auto opened = Engine::Open(o);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  std::unique_ptr<Engine> eng = std::move(*opened);
+
+  const int V = 1024;
+  const std::vector<int32_t> turn1 = MakePrompt(53, V, 41);  // 3 blocks + 5 tokens
+  auto submit = [&](const std::vector<int32_t>& prompt, int n) {
+    Request r = Greedy(prompt, n);
+    r.save_session = "agent";
+    r.restore_session = "agent";
+    r.session_is_prefix = true;
+    auto h = eng->Submit(r);
+    EXPECT_TRUE(h.ok()) << h.status().ToString();
+    return CollectAll(**h);
+  };
+  Result_ first = submit(turn1, 6);
+  ASSERT_TRUE(first.error.ok()) << first.error.ToString();
+  // The session now holds turn1 + its 6 generated tokens. The next prompt keeps turn1 and 3 of
+  // the generated tokens, then goes on differently: it leaves the session at position 56, in the
+  // middle of block 3.
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), first.tokens.begin(), first.tokens.begin() + 3);
+  const int common = static_cast<int>(turn2.size());
+  turn2.push_back((first.tokens[3] + 1) % V);
+  const std::vector<int32_t> more = MakePrompt(30, V, 42);
+  turn2.insert(turn2.end(), more.begin() + 1, more.end());
+  Result_ second = submit(turn2, 8);
+  ASSERT_TRUE(second.error.ok()) << second.error.ToString();
+  EXPECT_EQ(second.usage.cached_tokens, common) << "whole blocks only would give 48";
+  EXPECT_EQ(second.usage.prefilled_tokens, static_cast<int>(turn2.size()) - common);
+  EXPECT_EQ(second.tokens, RunAlone(model, {turn2}, 8)[0]);
+
+  // A prompt shorter than the session (a retry of an earlier turn): everything but its last
+  // token comes from the session, in the middle of a block again.
+  std::vector<int32_t> retry(turn2.begin(), turn2.begin() + 45);
+  Result_ third = submit(retry, 4);
+  ASSERT_TRUE(third.error.ok()) << third.error.ToString();
+  EXPECT_EQ(third.usage.cached_tokens, 44);
+  EXPECT_EQ(third.tokens, RunAlone(model, {retry}, 4)[0]);
+  eng.reset();
+  std::filesystem::remove_all(dir);
 }
 
 // Forced tokens replace sampling and go through the model: the tokens after a forced prefix are
