@@ -2,9 +2,18 @@
 // stats): what they print, their exit status, and a session saved through the CLI that continues
 // after a daemon restart exactly as if the daemon had never stopped.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <thread>
 
 #include "tests/daemon/kvstashd/daemon_test_util.h"
 #include "tests/daemon/kvstashd/socket_test_util.h"
@@ -151,6 +160,144 @@ TEST(SocketCliTest, GenerateChatPrefillAndStats) {
   EXPECT_NE(table.out.find("HIT RATE"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find("device"), std::string::npos);
   EXPECT_EQ(d.Stop(), 0);
+}
+
+// `kvstash chat` as a person uses it: in a terminal (a pseudo-terminal here), typing with
+// corrections and recalling the previous line. Each keystroke is sent only once the prompt is
+// shown, as a person types.
+class Terminal {
+ public:
+  // Runs `kvstash ARGS` on a new pseudo-terminal.
+  bool Start(const std::vector<std::string>& args) {
+    struct winsize ws {};
+    ws.ws_row = 24;
+    ws.ws_col = 120;
+    pid_ = ::forkpty(&fd_, nullptr, nullptr, &ws);
+    if (pid_ < 0) return false;
+    if (pid_ == 0) {
+      ::setenv("TERM", "xterm", 1);
+      std::vector<char*> argv;
+      const std::string bin = std::string(KVSTASH_BIN_DIR) + "/kvstash";
+      argv.push_back(const_cast<char*>(bin.c_str()));
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(bin.c_str(), argv.data());
+      ::_exit(127);
+    }
+    return true;
+  }
+  ~Terminal() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (fd_ >= 0) ::close(fd_);
+  }
+  // Reads until `what` appears after position `from` of everything shown so far (false after
+  // 60 s or when the program ended).
+  // Then waits a moment more, so the line editor has the terminal in its mode before the next
+  // keys arrive (a person does not type within microseconds of the prompt either).
+  bool WaitFor(const std::string& what, size_t from) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (screen_.find(what, from) == std::string::npos) {
+      if (std::chrono::steady_clock::now() > deadline || !ReadSome(200)) return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    return true;
+  }
+  void Type(const std::string& keys) {
+    ASSERT_EQ(::write(fd_, keys.data(), keys.size()), static_cast<ssize_t>(keys.size()));
+  }
+  // Waits for the program to end; its exit status.
+  // `nudge` is typed again every second while it runs (a key typed while the line editor
+  // switches the terminal's mode can be flushed, as in a real terminal).
+  int Wait(const std::string& nudge) {
+    const auto start = std::chrono::steady_clock::now();
+    auto last = start;
+    while (ReadSome(200)) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - start > std::chrono::seconds(60)) return -2;  // the destructor kills it
+      if (now - last > std::chrono::seconds(1)) {
+        Type(nudge);
+        last = now;
+      }
+    }
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  const std::string& screen() const { return screen_; }
+
+ private:
+  // False at end of output (EIO once the program closed the terminal).
+  bool ReadSome(int ms) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, ms) <= 0) return true;
+    char buf[4096];
+    const ssize_t n = ::read(fd_, buf, sizeof(buf));
+    if (n <= 0) return false;
+    screen_.append(buf, static_cast<size_t>(n));
+    return true;
+  }
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  std::string screen_;
+};
+
+TEST(SocketCliTest, ChatInATerminalEditsLinesAndRecallsHistory) {
+  KV_REQUIRE_FIXTURE("stories260K.gguf");
+  const std::string dir = TestDir("cli-chat-tty");
+  Daemon d(dir);
+  ASSERT_TRUE(d.Start({"-m", Stories(), "--cache-dir", dir + "/cache"})) << d.Log();
+  // The reference: the same two turns from piped stdin, typed without mistakes.
+  auto piped = RunKvstash("chat --temperature 0 -n 6 -q --session piped" + Sock(d),
+                          "Hello world\nHello world\n");
+  ASSERT_EQ(piped.rc, 0) << piped.err;
+
+  Terminal t;
+  ASSERT_TRUE(t.Start({"chat", "--temperature", "0", "-n", "6", "--session", "typed", "--socket",
+                       d.socket_path()}));
+  ASSERT_TRUE(t.WaitFor("> ", 0)) << t.screen();
+  // A typo fixed with backspace (DEL, what the key sends), then Ctrl-A and Ctrl-E around the
+  // line, and a stray word removed with Ctrl-W.
+  t.Type("Hello wrold");
+  t.Type("\x7f\x7f\x7f\x7f");
+  t.Type("orld oops");
+  t.Type("\x17");  // Ctrl-W: deletes "oops"
+  t.Type("\x7f");  // the space before it
+  t.Type("\r");
+  size_t shown = t.screen().size();
+  ASSERT_TRUE(t.WaitFor("generated", shown)) << t.screen();  // the usage line of turn 1
+  ASSERT_TRUE(t.WaitFor("> ", shown)) << t.screen();
+  shown = t.screen().size();
+  t.Type("\x1b[A");  // Up: the previous line again
+  t.Type("\r");
+  ASSERT_TRUE(t.WaitFor("generated", shown)) << t.screen();
+  ASSERT_TRUE(t.WaitFor("> ", shown)) << t.screen();
+  t.Type("\x04");  // Ctrl-D ends the chat
+  EXPECT_EQ(t.Wait("\x04"), 0) << t.screen();
+
+  // Both sessions hold the same conversation, token for token: the edited lines and the
+  // recalled one reached the daemon exactly as "Hello world".
+  auto list = RunKvstash("session list --json" + Sock(d));
+  ASSERT_EQ(list.rc, 0) << list.err;
+  std::map<std::string, int> tokens;
+  const json sessions = json::parse(list.out)["sessions"];
+  for (const auto& s : sessions) {
+    tokens[s["name"].get<std::string>()] = s["tokens"].get<int>();
+  }
+  ASSERT_EQ(tokens.count("typed"), 1u) << list.out;
+  EXPECT_EQ(tokens["typed"], tokens["piped"]) << list.out << "\n" << t.screen();
+  // And the replies the terminal showed are the piped run's.
+  std::string replies = piped.out;
+  for (size_t nl = replies.find('\n'); nl != std::string::npos; nl = replies.find('\n')) {
+    const std::string reply = replies.substr(0, nl);
+    if (!reply.empty()) {
+      EXPECT_NE(t.screen().find(reply), std::string::npos) << reply;
+    }
+    replies.erase(0, nl + 1);
+  }
 }
 
 TEST(SocketCliTest, NoDaemonSaysIsKvstashdRunning) {
