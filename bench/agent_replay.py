@@ -333,12 +333,18 @@ def llama(args, work):
 # ----------------------------------------------------------------------------------------------
 # Replay
 
-def replay_on(server, session, n_turns, max_tokens):
+def replay_on(server, session, n_turns, max_tokens, restart_at=()):
     rng = random.Random(session.cch_seed)  # the same cch sequence for every server
     recs = []
     t0 = time.perf_counter()
     for k in range(n_turns):
         body = session.request(k, rng, max_tokens)
+        if k + 1 in restart_at:
+            # The user restarts the server between two turns (an upgrade, a reboot, a crash):
+            # SIGTERM, then the same command line again; kvstashd keeps its --cache-dir.
+            log(f"{server.label}: restarting before turn {k + 1}")
+            server.stop()
+            server.start()
         r = post_messages(server.host, server.port, body)
         prompt, pre = usage_numbers(r["usage"])
         recs.append({"turn": k + 1, "prompt": prompt, "prefilled": pre,
@@ -371,19 +377,22 @@ def run_replay(args, work, out):
     with kv:
         session = Session(db.Tokenizer(kv), args.turns, args.context_tokens, args.result_tokens)
         log(f"replay: kvstashd ({model_name})")
-        kv_recs, kv_wall = replay_on(kv, session, args.turns, args.max_tokens)
+        kv_recs, kv_wall = replay_on(kv, session, args.turns, args.max_tokens, args.restart_at)
     ll_recs, ll_wall = None, None
     if args.llama_server:
         ll = llama(args, work)
         with ll:
             log("replay: llama-server")
-            ll_recs, ll_wall = replay_on(ll, session, args.turns, args.max_tokens)
+            ll_recs, ll_wall = replay_on(ll, session, args.turns, args.max_tokens,
+                                         args.restart_at)
     rows, per_turn, more = [], [], []
     for k, r in enumerate(kv_recs):
         new_kv = r["prompt"] - (kv_recs[k - 1]["prompt"] if k else 0)
         l = ll_recs[k] if ll_recs else None
         new_ll = l and (l["prompt"] - (ll_recs[k - 1]["prompt"] if k else 0))
         note = explain(k, r, l, new_kv, new_ll) if l else ""
+        if k + 1 in args.restart_at:
+            note = "both servers restarted before this turn" + (f"; {note}" if note else "")
         if l and r["prefilled"] > l["prefilled"]:
             more.append(k + 1)
         per_turn.append({"turn": k + 1, "kvstashd": r, "llama-server": l, "new_kvstashd": new_kv,
@@ -420,7 +429,9 @@ def run_replay(args, work, out):
     lines = [
         f"### replay: {args.turns} turns, /v1/messages streamed, max_tokens {args.max_tokens}, "
         f"temperature 0; {session.repo_tokens}-token repository context; model {model_name} "
-        f"({args.preset}, {args.n_layer} layers, {args.type}, real Qwen3 tokenizer + template)",
+        f"({args.preset}, {args.n_layer} layers, {args.type}, real Qwen3 tokenizer + template)"
+        + (f"; both servers restarted before turn{'s' if len(args.restart_at) > 1 else ''} "
+           f"{', '.join(map(str, args.restart_at))}" if args.restart_at else ""),
         "",
         db.table(["turn", "kv prompt", "kv new", "kv prefilled", "kv TTFT ms", "kv wall ms",
                   "llama prompt", "llama new", "llama prefilled", "llama TTFT ms",
@@ -649,6 +660,9 @@ def parse_args(argv):
     ap.add_argument("--context-tokens", type=int, default=8192)
     ap.add_argument("--result-tokens", type=int, default=250)
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--restart-at", default="",
+                    help="comma-separated turns before which both servers are restarted "
+                         "(SIGTERM, same command line; kvstashd keeps its cache directory)")
     ap.add_argument("--cost-turns", type=int, default=4,
                     help="tool-loop turns before the costs' scenarios")
     a = ap.parse_args(argv)
@@ -662,6 +676,12 @@ def parse_args(argv):
         ap.error(f"--llama-server {a.llama_server}: not an executable")
     if a.cost_turns < 2:
         ap.error("--cost-turns must be at least 2")
+    try:
+        a.restart_at = sorted({int(t) for t in a.restart_at.split(",") if t.strip()})
+    except ValueError:
+        ap.error(f"--restart-at {a.restart_at!r}: expected turn numbers like 21 or 11,21,31")
+    if any(t < 2 or t > a.turns for t in a.restart_at):
+        ap.error(f"--restart-at: turns must be between 2 and --turns ({a.turns})")
     return a
 
 
@@ -680,7 +700,7 @@ def main(argv):
     out = {"config": {k: getattr(args, k) for k in ("model", "preset", "n_layer", "type",
                                                      "kvstashd", "llama_server", "threads", "ctx",
                                                      "turns", "context_tokens", "result_tokens",
-                                                     "max_tokens", "costs")}}
+                                                     "max_tokens", "costs", "restart_at")}}
     log(f"work dir {work}; model {args.model}")
     t0 = time.monotonic()
     failed = False
