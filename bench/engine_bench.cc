@@ -122,7 +122,11 @@ int Main(int argc, char** argv) {
   app.add_option("--presets", presets, "kvstash-mkmodel presets")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--types", types, "Weight types")->delimiter(',')->capture_default_str();
+  app.add_option("--types", types,
+                 "Weight types: any kvstash-mkmodel --type (f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q3_k "
+                 "q4_k q5_k q6_k iq4_nl iq4_xs q3_k_m q4_k_m q5_k_m)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--threads", threads, "Thread counts")->delimiter(',')->capture_default_str();
   app.add_option("--prompts", prompts, "Prompt lengths (pp tests)")
       ->delimiter(',')

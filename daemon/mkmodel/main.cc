@@ -102,9 +102,10 @@ int main(int argc, char** argv) {
   app.add_flag("--list-presets", list_presets, "List the presets (with --json: as JSON) and exit");
   app.add_option("-o,--output", output, "Output GGUF path (written to PATH.tmp, then renamed)");
   app.add_option("--type", type,
-                 "Weight type of the 2-D tensors: f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q4_k q6_k, or "
-                 "q4_k_m (llama.cpp's Q4_K_M mix). Norms and biases stay f32; rows that do not "
-                 "fit a K-quant fall back as llama-quantize does (q4_k->q5_0, q6_k->q8_0)")
+                 "Weight type of the 2-D tensors: f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q3_k q4_k q5_k "
+                 "q6_k iq4_nl iq4_xs, or a llama.cpp mix: q3_k_m q4_k_m q5_k_m. Norms and biases "
+                 "stay f32; rows that do not fit a 256-block type fall back as llama-quantize "
+                 "does (q3_k->q4_0, q4_k->q5_0, q5_k->q5_1, q6_k->q8_0, iq4_xs->iq4_nl)")
       ->capture_default_str();
   app.add_option("--seed", seed, "Weight seed; same seed and options give identical bytes")
       ->capture_default_str();

@@ -96,7 +96,7 @@ float DotRowScalar(GgmlType type, const uint8_t* w, const uint8_t* x, int64_t n)
       return s;
     }
     default:
-      return NAN;
+      return DotRowScalarExtra(type, w, x, n);
   }
 }
 
@@ -279,9 +279,13 @@ ActFormat ActFormatFor(GgmlType t) {
     case GgmlType::kQ4_0:
     case GgmlType::kQ5_0:
     case GgmlType::kQ5_1:
+    case GgmlType::kIQ4_NL:
       return ActFormat::kQ8A;
     case GgmlType::kQ4_K:
     case GgmlType::kQ6_K:
+    case GgmlType::kQ3_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kIQ4_XS:
       return ActFormat::kQ8K;
     default:
       return ActFormat::kF32;

@@ -30,15 +30,19 @@ std::optional<GgmlTypeTraits> TraitsOf(uint32_t type_id) {
     case GgmlType::kQ2_K:
       return GgmlTypeTraits{"q2_K", 256, 84, false};
     case GgmlType::kQ3_K:
-      return GgmlTypeTraits{"q3_K", 256, 110, false};
+      return GgmlTypeTraits{"q3_K", 256, sizeof(BlockQ3_K), true};
     case GgmlType::kQ4_K:
       return GgmlTypeTraits{"q4_K", 256, sizeof(BlockQ4_K), true};
     case GgmlType::kQ5_K:
-      return GgmlTypeTraits{"q5_K", 256, 176, false};
+      return GgmlTypeTraits{"q5_K", 256, sizeof(BlockQ5_K), true};
     case GgmlType::kQ6_K:
       return GgmlTypeTraits{"q6_K", 256, sizeof(BlockQ6_K), true};
     case GgmlType::kQ8_K:
       return GgmlTypeTraits{"q8_K", 256, sizeof(BlockQ8_K), false};
+    case GgmlType::kIQ4_NL:
+      return GgmlTypeTraits{"iq4_nl", 32, sizeof(BlockIQ4_NL), true};
+    case GgmlType::kIQ4_XS:
+      return GgmlTypeTraits{"iq4_xs", 256, sizeof(BlockIQ4_XS), true};
   }
   return std::nullopt;
 }
@@ -47,7 +51,7 @@ std::optional<GgmlType> ParseGgmlType(std::string_view name) {
   std::string lower(name);
   std::transform(lower.begin(), lower.end(), lower.begin(),
                  [](unsigned char c) { return std::tolower(c); });
-  static constexpr std::array<std::pair<std::string_view, GgmlType>, 9> kNames = {{
+  static constexpr std::array<std::pair<std::string_view, GgmlType>, 13> kNames = {{
       {"f32", GgmlType::kF32},
       {"f16", GgmlType::kF16},
       {"bf16", GgmlType::kBF16},
@@ -57,6 +61,10 @@ std::optional<GgmlType> ParseGgmlType(std::string_view name) {
       {"q4_0", GgmlType::kQ4_0},
       {"q5_0", GgmlType::kQ5_0},
       {"q5_1", GgmlType::kQ5_1},
+      {"q3_k", GgmlType::kQ3_K},
+      {"q5_k", GgmlType::kQ5_K},
+      {"iq4_nl", GgmlType::kIQ4_NL},
+      {"iq4_xs", GgmlType::kIQ4_XS},
   }};
   for (const auto& [n, t] : kNames) {
     if (lower == n) return t;

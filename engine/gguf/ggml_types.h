@@ -25,6 +25,8 @@ enum class GgmlType : uint32_t {
   kQ5_K = 13,
   kQ6_K = 14,
   kQ8_K = 15,
+  kIQ4_NL = 20,
+  kIQ4_XS = 23,
   kBF16 = 30,
 };
 
@@ -39,7 +41,8 @@ struct GgmlTypeTraits {
 // kvstash does not know the geometry of).
 std::optional<GgmlTypeTraits> TraitsOf(uint32_t type_id);
 inline GgmlTypeTraits Traits(GgmlType t) { return *TraitsOf(static_cast<uint32_t>(t)); }
-// Parses "f32", "f16", "bf16", "q8_0", "q4_k", "q6_k", "q4_0", "q5_0", "q5_1" (case-insensitive).
+// Parses "f32", "f16", "bf16", "q8_0", "q4_k", "q6_k", "q4_0", "q5_0", "q5_1", "q3_k", "q5_k",
+// "iq4_nl", "iq4_xs" (case-insensitive).
 std::optional<GgmlType> ParseGgmlType(std::string_view name);
 // Bytes of a row of `n_elems` elements (n_elems must be a multiple of the block size).
 inline size_t RowBytes(GgmlType t, int64_t n_elems) {
@@ -57,6 +60,7 @@ constexpr int kQK5_1 = 32;
 constexpr int kQK8_0 = 32;
 constexpr int kQK_K = 256;
 constexpr int kKScaleSize = 12;
+constexpr int kQK4_NL = 32;
 
 #pragma pack(push, 1)
 // x[i] = (q[i] - 8) * d; q[i] for i < 16 is the low nibble of qs[i], for i >= 16 the high
@@ -104,6 +108,38 @@ struct BlockQ6_K {
   int8_t scales[kQK_K / 16];
   ggml_half d;
 };
+// 16 sub-blocks of 16 with 6-bit signed scales (stored +32) packed in `scales`; x = d * (sc - 32)
+// * q, q 3 bits in [-4, 3] = 2 low bits (qs) + a high bit (hmask; clear means subtract 4).
+// Element 128h + 32j + 16k + l: low bits (qs[32h + 16k + l] >> 2j) & 3, high bit j + 4h of
+// hmask[16k + l], scale 8h + 2j + k.
+struct BlockQ3_K {
+  uint8_t hmask[kQK_K / 8];
+  uint8_t qs[kQK_K / 4];
+  uint8_t scales[kKScaleSize];
+  ggml_half d;
+};
+// As Q4_K plus a fifth bit per element: element 64g + l (l < 32) has bit 2g of qh[l], element
+// 64g + 32 + l bit 2g + 1; x = d * sc * q - dmin * m with q in [0, 31].
+struct BlockQ5_K {
+  ggml_half d;
+  ggml_half dmin;
+  uint8_t scales[kKScaleSize];
+  uint8_t qh[kQK_K / 8];
+  uint8_t qs[kQK_K / 2];
+};
+// Non-linear 4-bit: x[i] = d * kIq4nlValues[q[i]], nibbles ordered as Q4_0.
+struct BlockIQ4_NL {
+  ggml_half d;
+  uint8_t qs[kQK4_NL / 2];
+};
+// IQ4_NL codes in 8 sub-blocks of 32 with 6-bit scales (4 low bits in scales_l, 2 high in
+// scales_h): x = d * (ls - 32) * kIq4nlValues[q]; each sub-block's nibbles ordered as Q4_0.
+struct BlockIQ4_XS {
+  ggml_half d;
+  uint16_t scales_h;
+  uint8_t scales_l[kQK_K / 64];
+  uint8_t qs[kQK_K / 2];
+};
 // Activation format for dot products with K-quants (not stored in files by kvstash).
 struct BlockQ8_K {
   float d;
@@ -120,5 +156,13 @@ static_assert(sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ6_K) == 210);
 static_assert(sizeof(BlockQ8_K) == 292);
+static_assert(sizeof(BlockQ3_K) == 110);
+static_assert(sizeof(BlockQ5_K) == 176);
+static_assert(sizeof(BlockIQ4_NL) == 18);
+static_assert(sizeof(BlockIQ4_XS) == 136);
+
+// The 16 levels of the IQ4_NL / IQ4_XS codes (ggml's kvalues_iq4nl).
+inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
 
 }  // namespace kvstash::engine

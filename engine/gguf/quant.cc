@@ -15,16 +15,11 @@
 #include <cstring>
 #include <string>
 
-namespace kvstash::engine {
-namespace {
+#include "engine/gguf/quant_internal.h"
 
-// Round to nearest (ties to even) by the float magic-number trick ggml uses: adding 1.5 * 2^23
-// pushes the integer part into the low mantissa bits. Valid for |v| < 2^22, which holds for
-// every code and scale ratio computed here; much cheaper than a libm call per element.
-inline int NearestInt(float v) {
-  const float shifted = v + 12582912.0f;
-  return static_cast<int>(std::bit_cast<uint32_t>(shifted) & 0x007FFFFF) - 0x00400000;
-}
+namespace kvstash::engine {
+using namespace quant_internal;  // NOLINT: the helpers shared with quant_extra.cc
+namespace {
 
 inline float Half(ggml_half h) { return Fp16ToFp32(h); }
 
@@ -79,19 +74,6 @@ void DequantQ8_0(const BlockQ8_0* b, float* y, int64_t nb) {
   }
 }
 
-// Q4_K packs 8 six-bit scales and 8 six-bit mins into 12 bytes: sub-blocks 0..3 keep theirs in
-// the low 6 bits of bytes 0..3 (scales) and 4..7 (mins); sub-blocks 4..7 keep the low 4 bits in
-// the nibbles of bytes 8..11 and the high 2 bits in the top bits of bytes 0..7.
-inline void ScaleMinK4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
 void DequantQ4_K(const BlockQ4_K* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
     const float d = Half(b[i].d);
@@ -139,8 +121,11 @@ void DequantQ6_K(const BlockQ6_K* b, float* y, int64_t nb) {
 // Scale conventions follow ggml's reference quantizers: the element of largest magnitude maps to
 // the most negative code (-8 / -16), which uses the asymmetric code range fully.
 
+}  // namespace
+namespace quant_internal {
+
 // Signed value of largest magnitude in x[0..n).
-inline float SignedAbsMax(const float* x, int n) {
+float SignedAbsMax(const float* x, int n) {
   float amax = 0.0f, max = 0.0f;
   for (int j = 0; j < n; ++j) {
     if (std::fabs(x[j]) > amax) {
@@ -150,6 +135,9 @@ inline float SignedAbsMax(const float* x, int n) {
   }
   return max;
 }
+
+}  // namespace quant_internal
+namespace {
 
 void QuantQ4_0(const float* x, BlockQ4_0* b, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK4_0) {
@@ -223,6 +211,9 @@ void QuantQ8_0(const float* x, BlockQ8_0* b, int64_t nb) {
 }
 
 // ---- Quantization: K-quants -----------------------------------------------------------------
+
+}  // namespace
+namespace quant_internal {
 
 // Fits x[i] ≈ scale * L[i] - min_out with L in [0, nmax] and min_out >= 0 (the affine form of
 // Q4_K sub-blocks). Tries a few grid points for the initial scale, assigns codes, refits (scale,
@@ -320,6 +311,9 @@ float FitSymmetric(const float* x, int n, int nmax) {
   }
   return best_scale;
 }
+
+}  // namespace quant_internal
+namespace {
 
 void QuantQ4_K(const float* x, BlockQ4_K* b, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
@@ -527,6 +521,7 @@ Status DequantizeRow(GgmlType t, const void* src, float* dst, int64_t n) {
       DequantQ6_K(static_cast<const BlockQ6_K*>(src), dst, n / kQK_K);
       return Status::Ok();
     default:
+      if (DequantizeRowExtra(t, src, dst, n)) return Status::Ok();
       break;
   }
   return Status::InvalidArgument("DequantizeRow: no dequantizer for type " +
@@ -574,6 +569,7 @@ Status QuantizeRow(GgmlType t, const float* src, void* dst, int64_t n) {
       QuantQ6_K(src, static_cast<BlockQ6_K*>(dst), n / kQK_K);
       return Status::Ok();
     default:
+      if (QuantizeRowExtra(t, src, dst, n)) return Status::Ok();
       break;
   }
   return Status::InvalidArgument("QuantizeRow: no quantizer for type " +

@@ -137,8 +137,25 @@ bool UseMoreBits(int64_t i_layer, int64_t n_layer) {
 
 GgmlType FitRowLength(GgmlType t, int64_t row_len) {
   if (row_len % Traits(t).block_elems == 0) return t;
-  if (t == GgmlType::kQ4_K) t = GgmlType::kQ5_0;
-  if (t == GgmlType::kQ6_K) t = GgmlType::kQ8_0;
+  switch (t) {
+    case GgmlType::kQ4_K:
+      t = GgmlType::kQ5_0;
+      break;
+    case GgmlType::kQ5_K:
+      t = GgmlType::kQ5_1;
+      break;
+    case GgmlType::kQ6_K:
+      t = GgmlType::kQ8_0;
+      break;
+    case GgmlType::kQ3_K:
+      t = GgmlType::kQ4_0;
+      break;
+    case GgmlType::kIQ4_XS:
+      t = GgmlType::kIQ4_NL;
+      break;
+    default:
+      break;
+  }
   if (row_len % Traits(t).block_elems == 0) return t;
   return GgmlType::kF16;
 }
@@ -281,19 +298,75 @@ Status ValidateConfig(const ModelConfig& c) {
   return Status::Ok();
 }
 
+namespace {
+
+constexpr std::pair<std::string_view, WeightType> kMixes[] = {
+    {"q3_k_m", {GgmlType::kQ3_K, WeightType::Mix::kQ3_K_M}},
+    {"q4_k_m", {GgmlType::kQ4_K, WeightType::Mix::kQ4_K_M}},
+    {"q5_k_m", {GgmlType::kQ5_K, WeightType::Mix::kQ5_K_M}},
+};
+
+// Tensor roles the *_M mixes treat differently.
+enum class Role { kOther, kAttnV, kAttnOutput, kFfnDown, kOutput };
+
+// llama-quantize's choice for a tensor of `role` in layer `i_layer` (for attn_v, `i_layer` is
+// the ordinal among attention layers, as llama.cpp counts attn_v tensors).
+GgmlType MixType(WeightType wt, Role role, int64_t i_layer, int64_t n_layer) {
+  using M = WeightType::Mix;
+  if (wt.mix == M::kNone) return wt.type;
+  if (role == Role::kOutput) return GgmlType::kQ6_K;
+  if (wt.mix == M::kQ3_K_M) {
+    switch (role) {
+      case Role::kAttnV:
+        return i_layer < 2 ? GgmlType::kQ5_K : GgmlType::kQ4_K;
+      case Role::kAttnOutput:
+        return GgmlType::kQ4_K;
+      case Role::kFfnDown:
+        return i_layer < n_layer / 16          ? GgmlType::kQ5_K
+               : UseMoreBits(i_layer, n_layer) ? GgmlType::kQ4_K
+                                               : GgmlType::kQ3_K;
+      default:
+        return wt.type;
+    }
+  }
+  // Q4_K_M, Q5_K_M.
+  if ((role == Role::kAttnV || role == Role::kFfnDown) && UseMoreBits(i_layer, n_layer)) {
+    return GgmlType::kQ6_K;
+  }
+  return wt.type;
+}
+
+}  // namespace
+
 Result<WeightType> ParseWeightType(std::string_view name) {
-  if (Lower(name) == "q4_k_m") return WeightType{GgmlType::kQ4_K, true};
-  if (const std::optional<GgmlType> t = ParseGgmlType(name)) return WeightType{*t, false};
-  return Status::InvalidArgument("unknown weight type '" + std::string(name) +
-                                 "' (f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q4_k q6_k q4_k_m)");
+  for (const auto& [n, wt] : kMixes) {
+    if (Lower(name) == n) return wt;
+  }
+  if (const std::optional<GgmlType> t = ParseGgmlType(name)) return WeightType{*t};
+  return Status::InvalidArgument(
+      "unknown weight type '" + std::string(name) +
+      "' (f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q3_k q4_k q5_k q6_k iq4_nl iq4_xs q3_k_m q4_k_m "
+      "q5_k_m)");
 }
 
 std::string WeightTypeName(WeightType t) {
-  return t.q4_k_m ? "q4_k_m" : Lower(Traits(t.type).name);
+  for (const auto& [n, wt] : kMixes) {
+    if (t.mix == wt.mix && t.mix != WeightType::Mix::kNone) return std::string(n);
+  }
+  return Lower(Traits(t.type).name);
 }
 
 uint32_t LlamaFileType(WeightType t) {
-  if (t.q4_k_m) return 15;  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+  switch (t.mix) {  // llama_ftype numbering
+    case WeightType::Mix::kQ3_K_M:
+      return 12;
+    case WeightType::Mix::kQ4_K_M:
+      return 15;
+    case WeightType::Mix::kQ5_K_M:
+      return 17;
+    case WeightType::Mix::kNone:
+      break;
+  }
   switch (t.type) {
     case GgmlType::kF32:
       return 0;
@@ -307,10 +380,18 @@ uint32_t LlamaFileType(WeightType t) {
       return 8;
     case GgmlType::kQ5_1:
       return 9;
+    case GgmlType::kQ3_K:
+      return 11;  // Q3_K_S: the closest named ftype to "all Q3_K"
     case GgmlType::kQ4_K:
       return 14;  // Q4_K_S: the closest named ftype to "all Q4_K"
+    case GgmlType::kQ5_K:
+      return 16;  // Q5_K_S
     case GgmlType::kQ6_K:
       return 18;
+    case GgmlType::kIQ4_NL:
+      return 25;
+    case GgmlType::kIQ4_XS:
+      return 30;
     case GgmlType::kBF16:
       return 32;
     default:
@@ -344,7 +425,10 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& c, WeightType wt)
   const auto mat = [&](std::string name, int64_t n_in, int64_t n_out, GgmlType base) {
     plan.push_back({std::move(name), {n_in, n_out}, FitRowLength(base, n_in)});
   };
-  const GgmlType more_bits = wt.q4_k_m ? GgmlType::kQ6_K : wt.type;
+  const GgmlType out_type = MixType(wt, Role::kOutput, 0, c.n_layer);
+  // llama.cpp counts attn_v tensors (i_attention_wv of n_attention_wv): attention layers only.
+  int64_t i_attn_v = 0, n_attn = 0;
+  for (int64_t i = 0; i < c.n_layer; ++i) n_attn += c.IsDeltaNetLayer(i) ? 0 : 1;
 
   // Like llama-quantize: MoE routers and the DeltaNet conv stay f32.
   const auto f32_mat = [&](std::string name, std::vector<int64_t> dims) {
@@ -353,14 +437,14 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& c, WeightType wt)
   const auto experts = [&](std::string name, int64_t n_in, int64_t n_out, GgmlType base) {
     plan.push_back({std::move(name), {n_in, n_out, c.n_expert}, FitRowLength(base, n_in)});
   };
-  mat("token_embd.weight", c.n_embd, c.n_vocab, c.tied_embeddings ? more_bits : wt.type);
+  mat("token_embd.weight", c.n_embd, c.n_vocab, c.tied_embeddings ? out_type : wt.type);
   if (c.IsMoe() || c.IsHybrid()) {
     // qwen3moe, qwen35, qwen35moe, in llama.cpp's tensor names.
     const int64_t conv_dim = (2 * c.ssm_n_k_heads + c.ssm_n_v_heads) * c.ssm_head_dim;
     const int64_t value_dim = c.ssm_n_v_heads * c.ssm_head_dim;
     for (int64_t i = 0; i < c.n_layer; ++i) {
       const std::string p = "blk." + std::to_string(i) + ".";
-      const GgmlType layer_more = UseMoreBits(i, c.n_layer) ? more_bits : wt.type;
+      const GgmlType down = MixType(wt, Role::kFfnDown, i, c.n_layer);
       vec(p + "attn_norm.weight", c.n_embd);
       if (c.IsDeltaNetLayer(i)) {
         mat(p + "attn_qkv.weight", c.n_embd, conv_dim, wt.type);
@@ -371,13 +455,14 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& c, WeightType wt)
         mat(p + "ssm_beta.weight", c.n_embd, c.ssm_n_v_heads, wt.type);
         mat(p + "ssm_alpha.weight", c.n_embd, c.ssm_n_v_heads, wt.type);
         vec(p + "ssm_norm.weight", c.ssm_head_dim);
-        mat(p + "ssm_out.weight", value_dim, c.n_embd, layer_more);
+        mat(p + "ssm_out.weight", value_dim, c.n_embd, down);
       } else {
         // qwen35*: attn_q yields per head [q, gate].
         mat(p + "attn_q.weight", c.n_embd, c.IsHybrid() ? 2 * q_dim : q_dim, wt.type);
         mat(p + "attn_k.weight", c.n_embd, kv_dim, wt.type);
-        mat(p + "attn_v.weight", c.n_embd, kv_dim, layer_more);
-        mat(p + "attn_output.weight", q_dim, c.n_embd, wt.type);
+        mat(p + "attn_v.weight", c.n_embd, kv_dim, MixType(wt, Role::kAttnV, i_attn_v++, n_attn));
+        mat(p + "attn_output.weight", q_dim, c.n_embd,
+            MixType(wt, Role::kAttnOutput, i, c.n_layer));
         vec(p + "attn_q_norm.weight", hd);
         vec(p + "attn_k_norm.weight", hd);
       }
@@ -386,35 +471,35 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& c, WeightType wt)
         f32_mat(p + "ffn_gate_inp.weight", {c.n_embd, c.n_expert});
         experts(p + "ffn_gate_exps.weight", c.n_embd, c.n_ff_exp, wt.type);
         experts(p + "ffn_up_exps.weight", c.n_embd, c.n_ff_exp, wt.type);
-        experts(p + "ffn_down_exps.weight", c.n_ff_exp, c.n_embd, layer_more);
+        experts(p + "ffn_down_exps.weight", c.n_ff_exp, c.n_embd, down);
         if (c.n_ff_shexp > 0) {
           vec(p + "ffn_gate_inp_shexp.weight", c.n_embd);
           mat(p + "ffn_gate_shexp.weight", c.n_embd, c.n_ff_shexp, wt.type);
           mat(p + "ffn_up_shexp.weight", c.n_embd, c.n_ff_shexp, wt.type);
-          mat(p + "ffn_down_shexp.weight", c.n_ff_shexp, c.n_embd, layer_more);
+          mat(p + "ffn_down_shexp.weight", c.n_ff_shexp, c.n_embd, down);
         }
       } else {
         mat(p + "ffn_gate.weight", c.n_embd, c.n_ff, wt.type);
         mat(p + "ffn_up.weight", c.n_embd, c.n_ff, wt.type);
-        mat(p + "ffn_down.weight", c.n_ff, c.n_embd, layer_more);
+        mat(p + "ffn_down.weight", c.n_ff, c.n_embd, down);
       }
     }
     vec("output_norm.weight", c.n_embd);
-    if (!c.tied_embeddings) mat("output.weight", c.n_embd, c.n_vocab, more_bits);
+    if (!c.tied_embeddings) mat("output.weight", c.n_embd, c.n_vocab, out_type);
     return plan;
   }
   if (c.rope_scaling_factor != 0.0f) vec("rope_freqs.weight", hd / 2);
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
-    const GgmlType layer_more = UseMoreBits(i, c.n_layer) ? more_bits : wt.type;
+    const GgmlType down = MixType(wt, Role::kFfnDown, i, c.n_layer);
     vec(p + "attn_norm.weight", c.n_embd);
     mat(p + "attn_q.weight", c.n_embd, q_dim, wt.type);
     if (c.HasQkvBias()) vec(p + "attn_q.bias", q_dim);
     mat(p + "attn_k.weight", c.n_embd, kv_dim, wt.type);
     if (c.HasQkvBias()) vec(p + "attn_k.bias", kv_dim);
-    mat(p + "attn_v.weight", c.n_embd, kv_dim, layer_more);
+    mat(p + "attn_v.weight", c.n_embd, kv_dim, MixType(wt, Role::kAttnV, i, c.n_layer));
     if (c.HasQkvBias()) vec(p + "attn_v.bias", kv_dim);
-    mat(p + "attn_output.weight", q_dim, c.n_embd, wt.type);
+    mat(p + "attn_output.weight", q_dim, c.n_embd, MixType(wt, Role::kAttnOutput, i, c.n_layer));
     if (c.HasQkNorm()) {
       vec(p + "attn_q_norm.weight", hd);
       vec(p + "attn_k_norm.weight", hd);
@@ -422,10 +507,10 @@ Result<std::vector<TensorSpec>> PlanTensors(const ModelConfig& c, WeightType wt)
     vec(p + "ffn_norm.weight", c.n_embd);
     mat(p + "ffn_gate.weight", c.n_embd, c.n_ff, wt.type);
     mat(p + "ffn_up.weight", c.n_embd, c.n_ff, wt.type);
-    mat(p + "ffn_down.weight", c.n_ff, c.n_embd, layer_more);
+    mat(p + "ffn_down.weight", c.n_ff, c.n_embd, down);
   }
   vec("output_norm.weight", c.n_embd);
-  if (!c.tied_embeddings) mat("output.weight", c.n_embd, c.n_vocab, more_bits);
+  if (!c.tied_embeddings) mat("output.weight", c.n_embd, c.n_vocab, out_type);
   return plan;
 }
 

@@ -89,18 +89,25 @@ Result<ModelConfig> FindPreset(std::string_view name);
 // InvalidArgument naming the first bad field.
 Status ValidateConfig(const ModelConfig& config);
 
-// The weight type of the 2-D tensors: one ggml type for all, or llama.cpp's Q4_K_M mix
-// (Q4_K; Q6_K for the LM head and for attn_v/ffn_down of llama.cpp's "more bits" layers).
+// The weight type of the 2-D tensors: one ggml type for all, or one of llama.cpp's *_M mixes as
+// llama-quantize chooses them per tensor (src/llama-quant.cpp, dense and non-8-expert case):
+// - Q4_K_M: Q4_K; Q6_K for the LM head and for attn_v/ffn_down (and ssm_out) of the "more bits"
+//   layers. Q5_K_M: the same with Q5_K as the base.
+// - Q3_K_M: Q3_K; Q6_K for the LM head; attn_v Q5_K in the first two attention layers, else
+//   Q4_K; attn_output Q4_K; ffn_down (and ssm_out) Q5_K in the first n_layer/16 layers, Q4_K in
+//   the "more bits" layers, else Q3_K.
 // 1-D tensors (norms, biases, rope_freqs) are always F32. Where a row length does not fit the
-// type's block, the type falls back as llama-quantize does: Q4_K -> Q5_0, Q6_K -> Q8_0, and
-// anything still misfitting -> F16.
+// type's block, the type falls back as llama-quantize does: Q4_K -> Q5_0, Q5_K -> Q5_1,
+// Q6_K -> Q8_0, Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, and anything still misfitting -> F16.
 struct WeightType {
+  enum class Mix { kNone, kQ3_K_M, kQ4_K_M, kQ5_K_M };
   GgmlType type = GgmlType::kF16;
-  bool q4_k_m = false;
+  Mix mix = Mix::kNone;
 };
-// "f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q4_k q6_k q4_k_m" (case-insensitive).
+// "f32 f16 bf16 q8_0 q4_0 q5_0 q5_1 q3_k q4_k q5_k q6_k iq4_nl iq4_xs q3_k_m q4_k_m q5_k_m"
+// (case-insensitive).
 Result<WeightType> ParseWeightType(std::string_view name);
-std::string WeightTypeName(WeightType t);  // "q4_k_m", "q8_0", ...
+std::string WeightTypeName(WeightType t);  // "q4_k_m", "q8_0", "iq4_xs", ...
 uint32_t LlamaFileType(WeightType t);      // general.file_type (llama_ftype numbering)
 
 struct TensorSpec {

@@ -48,6 +48,7 @@ GGML_Q5_0, GGML_Q5_1, GGML_Q8_0, GGML_Q8_1 = 6, 7, 8, 9
 GGML_Q2_K, GGML_Q3_K, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K, GGML_Q8_K = 10, 11, 12, 13, 14, 15
 GGML_I8, GGML_I16, GGML_I32, GGML_I64, GGML_F64 = 24, 25, 26, 27, 28
 GGML_BF16 = 30
+GGML_IQ4_NL, GGML_IQ4_XS = 20, 23
 
 TYPE_NAMES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0",
@@ -74,6 +75,9 @@ BLOCK_INFO = {
     GGML_Q4_K: (QK_K, 2 + 2 + 12 + QK_K // 2),
     GGML_Q5_K: (QK_K, 2 + 2 + 12 + QK_K // 8 + QK_K // 2),
     GGML_Q6_K: (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),
+    GGML_Q3_K: (QK_K, QK_K // 8 + QK_K // 4 + 12 + 2),
+    GGML_IQ4_NL: (32, 2 + 16),
+    GGML_IQ4_XS: (QK_K, 2 + 2 + QK_K // 64 + QK_K // 2),
 }
 
 
@@ -238,6 +242,56 @@ def dequant_q6_k(raw):
     return y.reshape(-1)
 
 
+def dequant_q3_k(raw):
+    # hmask[32] qs[64] scales[12] d: 16 sub-blocks of 16, x = d * (sc - 32) * q, q in -4..3
+    b = _blocks(raw, GGML_Q3_K)
+    nb = b.shape[0]
+    hmask = b[:, 0:32].astype(np.int64)
+    qs = b[:, 32:96].reshape(nb, 2, 32).astype(np.int64)
+    s = b[:, 96:108].astype(np.int64)
+    d = _f16(b[:, 108:110])
+    # scale j: low 4 bits = nibble (j < 8: low, else high) of byte j % 8,
+    #          high 2 bits = bits 2*(j // 4) of byte 8 + j % 4
+    j = np.arange(16)
+    lo = np.where(j < 8, s[:, j % 8] & 0x0F, s[:, j % 8] >> 4)
+    hi = (s[:, 8 + j % 4] >> (2 * (j // 4))) & 3
+    sc = (lo | (hi << 4)) - 32                                            # (nb, 16)
+    # element e = 128h + 32p + l (l < 32): plane p of qs[h][l], high bit e // 32 of hmask[l]
+    e = np.arange(256)
+    h, p, l = e // 128, (e % 128) // 32, e % 32
+    low2 = (qs[:, h, l] >> (2 * p)) & 3
+    high = (hmask[:, l] >> (e // 32)) & 1
+    q = low2 - 4 * (1 - high)
+    y = (d[:, None] * sc)[:, e // 16] * q
+    return y.reshape(-1)
+
+
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
+                          1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int64)
+
+
+def dequant_iq4_nl(raw):
+    # d, qs[16]: x[i] = d * KVALUES[nibble], nibbles ordered as Q4_0
+    b = _blocks(raw, GGML_IQ4_NL)
+    d = _f16(b[:, 0:2])
+    return (d[:, None] * KVALUES_IQ4NL[_nibbles_32(b[:, 2:18])]).reshape(-1)
+
+
+def dequant_iq4_xs(raw):
+    # d, scales_h (u16), scales_l[4], qs[128]: 8 sub-blocks of 32,
+    # x = d * (ls - 32) * KVALUES[nibble], ls = 4 bits of scales_l + 2 bits of scales_h
+    b = _blocks(raw, GGML_IQ4_XS)
+    nb = b.shape[0]
+    d = _f16(b[:, 0:2])
+    sh = np.ascontiguousarray(b[:, 2:4]).view("<u2").reshape(-1).astype(np.int64)
+    sl = b[:, 4:8].astype(np.int64)
+    ib = np.arange(8)
+    ls = ((sl[:, ib // 2] >> (4 * (ib % 2))) & 0x0F) | (((sh[:, None] >> (2 * ib)) & 3) << 4)
+    q = _nibbles_32(b[:, 8:136].reshape(nb * 8, 16)).reshape(nb, 8, 32)
+    y = (d[:, None] * (ls - 32))[:, :, None] * KVALUES_IQ4NL[q]
+    return y.reshape(-1)
+
+
 DEQUANT = {
     GGML_F32: dequant_f32,
     GGML_F16: dequant_f16,
@@ -251,6 +305,9 @@ DEQUANT = {
     GGML_Q4_K: dequant_q4_k,
     GGML_Q5_K: dequant_q5_k,
     GGML_Q6_K: dequant_q6_k,
+    GGML_Q3_K: dequant_q3_k,
+    GGML_IQ4_NL: dequant_iq4_nl,
+    GGML_IQ4_XS: dequant_iq4_xs,
 }
 
 

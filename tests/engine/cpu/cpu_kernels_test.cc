@@ -97,7 +97,9 @@ TEST_P(KernelTest, GemmEqualsDequantizedDotForEveryTileShape) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
                                            GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0,
-                                           GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K),
+                                           GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K,
+                                           GgmlType::kQ3_K, GgmlType::kQ5_K, GgmlType::kIQ4_NL,
+                                           GgmlType::kIQ4_XS),
                          [](const auto& info) { return std::string(Traits(info.param).name); });
 
 TEST(KernelTableTest, SimdTablesQuantizeActivationsExactlyAsScalar) {

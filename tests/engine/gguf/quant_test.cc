@@ -273,12 +273,15 @@ TEST_P(QuantRoundTrip, PerElementErrorIsBoundedByBlockRange) {
   std::vector<float> x(1024);
   for (float& v : x) v = uni(rng);
   const std::vector<float> y = RoundTrip(t, x);
-  const double step = t == GgmlType::kQ8_0                           ? 1.0 / 127
-                      : t == GgmlType::kQ6_K                         ? 1.0 / 31
-                      : t == GgmlType::kQ5_0 || t == GgmlType::kQ5_1 ? 1.0 / 15
-                      : t == GgmlType::kQ4_0 || t == GgmlType::kQ4_K ? 1.0 / 7
-                      : t == GgmlType::kBF16                         ? 1.0 / 256
-                                                                     : 1.0 / 2048;
+  const double step = t == GgmlType::kQ8_0                               ? 1.0 / 127
+                      : t == GgmlType::kQ6_K                             ? 1.0 / 31
+                      : t == GgmlType::kQ5_0 || t == GgmlType::kQ5_1     ? 1.0 / 15
+                      : t == GgmlType::kQ4_0 || t == GgmlType::kQ4_K     ? 1.0 / 7
+                      : t == GgmlType::kQ5_K                             ? 1.0 / 15
+                      : t == GgmlType::kQ3_K                             ? 1.0 / 3
+                      : t == GgmlType::kIQ4_NL || t == GgmlType::kIQ4_XS ? 1.0 / 7
+                      : t == GgmlType::kBF16                             ? 1.0 / 256
+                                                                         : 1.0 / 2048;
   for (size_t i = 0; i < x.size(); ++i) {
     ASSERT_LE(std::fabs(x[i] - y[i]), step * 1.01) << Traits(t).name << " element " << i;
   }
@@ -290,7 +293,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ErrorBound{GgmlType::kBF16, 5e-3}, ErrorBound{GgmlType::kQ8_0, 0.01},
                       ErrorBound{GgmlType::kQ6_K, 0.04}, ErrorBound{GgmlType::kQ5_1, 0.06},
                       ErrorBound{GgmlType::kQ5_0, 0.07}, ErrorBound{GgmlType::kQ4_K, 0.11},
-                      ErrorBound{GgmlType::kQ4_0, 0.15}),
+                      ErrorBound{GgmlType::kQ4_0, 0.15}, ErrorBound{GgmlType::kQ5_K, 0.06},
+                      ErrorBound{GgmlType::kQ3_K, 0.22}, ErrorBound{GgmlType::kIQ4_NL, 0.11},
+                      ErrorBound{GgmlType::kIQ4_XS, 0.11}),
     [](const ::testing::TestParamInfo<ErrorBound>& info) {
       return std::string(Traits(info.param.type).name);
     });
@@ -344,12 +349,16 @@ TEST(QuantQuantize, KQuantsKeepLargeDynamicRangeAcrossSubBlocks) {
     const float mag = (i / 32) % 2 == 0 ? 1.0f : 0.1f;
     x[i] = mag * std::sin(static_cast<float>(i));
   }
-  for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+  for (GgmlType t :
+       {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ5_K, GgmlType::kQ3_K, GgmlType::kIQ4_XS}) {
     const std::vector<float> y = RoundTrip(t, x);
+    const float tol = t == GgmlType::kQ6_K   ? 0.04f
+                      : t == GgmlType::kQ5_K ? 0.08f
+                      : t == GgmlType::kQ3_K ? 0.4f
+                                             : 0.15f;
     for (int i = 0; i < 256; ++i) {
       const float mag = (i / 32) % 2 == 0 ? 1.0f : 0.1f;
-      ASSERT_NEAR(y[i], x[i], mag * (t == GgmlType::kQ4_K ? 0.15f : 0.04f))
-          << Traits(t).name << " " << i;
+      ASSERT_NEAR(y[i], x[i], mag * tol) << Traits(t).name << " " << i;
     }
   }
 }

@@ -7,7 +7,8 @@
 // weights), and the 8-token greedy continuation is identical. Quantized weights: max 0.3, rms
 // 5e-2, first 4 greedy ids identical — both engines quantize activations to 8 bits but round
 // differently (llama.cpp stores the block scale in f16); the dense tiny-qwen3 control case
-// shows the same spread, so it is not the new architectures.
+// shows the same spread, so it is not the new architectures. The same tolerances hold for
+// Q3_K, Q5_K, IQ4_NL, IQ4_XS and the Q3_K_M / Q5_K_M mixes on tiny-qwen3 and tiny-qwen35moe.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -83,6 +84,12 @@ std::vector<Case> AllCases() {
   std::vector<Case> v;
   for (const char* p : {"tiny-qwen3", "tiny-qwen3moe", "tiny-qwen35", "tiny-qwen35moe"}) {
     for (const char* t : {"f32", "f16", "q8_0", "q4_k"}) v.push_back({p, t});
+  }
+  // The types the common K_M and "dynamic" downloads add, and llama-quantize's mixes of them.
+  for (const char* p : {"tiny-qwen3", "tiny-qwen35moe"}) {
+    for (const char* t : {"q3_k", "q5_k", "iq4_nl", "iq4_xs", "q3_k_m", "q5_k_m"}) {
+      v.push_back({p, t});
+    }
   }
   return v;
 }

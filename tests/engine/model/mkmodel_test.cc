@@ -167,6 +167,62 @@ TEST(MkModelPlan, BigPresetQ4KMTypesFollowLlamaQuantize) {
   EXPECT_LT(bytes, 5'100'000'000ull);
 }
 
+TEST(MkModelPlan, BigPresetQ3KMAndQ5KMTypesFollowLlamaQuantize) {
+  // llama-quant.cpp for a dense llama (not falcon, not 8 experts), n_layer 32.
+  auto q3 = PlanTensors(*FindPreset("llama-3.1-8b"), *ParseWeightType("q3_k_m"));
+  auto q5 = PlanTensors(*FindPreset("llama-3.1-8b"), *ParseWeightType("Q5_K_M"));
+  ASSERT_TRUE(q3.ok());
+  ASSERT_TRUE(q5.ok());
+  std::map<std::string, TensorSpec> a, b;
+  for (const TensorSpec& s : *q3) a[s.name] = s;
+  for (const TensorSpec& s : *q5) b[s.name] = s;
+  EXPECT_EQ(a["output.weight"].type, GgmlType::kQ6_K);
+  EXPECT_EQ(b["output.weight"].type, GgmlType::kQ6_K);
+  EXPECT_EQ(a["token_embd.weight"].type, GgmlType::kQ3_K);
+  EXPECT_EQ(b["token_embd.weight"].type, GgmlType::kQ5_K);
+  for (int i = 0; i < 32; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    const bool more = i < 4 || i >= 28 || (i - 4) % 3 == 2;
+    // Q3_K_M: attn_v Q5_K in the first two layers, else Q4_K; attn_output Q4_K; ffn_down Q5_K
+    // below n_layer / 16, Q4_K where use_more_bits, else Q3_K; the rest Q3_K.
+    EXPECT_EQ(a[p + "attn_v.weight"].type, i < 2 ? GgmlType::kQ5_K : GgmlType::kQ4_K) << i;
+    EXPECT_EQ(a[p + "attn_output.weight"].type, GgmlType::kQ4_K) << i;
+    EXPECT_EQ(a[p + "ffn_down.weight"].type,
+              i < 2 ? GgmlType::kQ5_K : (more ? GgmlType::kQ4_K : GgmlType::kQ3_K))
+        << i;
+    EXPECT_EQ(a[p + "ffn_up.weight"].type, GgmlType::kQ3_K) << i;
+    // Q5_K_M: Q5_K, Q6_K for attn_v and ffn_down where use_more_bits.
+    const GgmlType want5 = more ? GgmlType::kQ6_K : GgmlType::kQ5_K;
+    EXPECT_EQ(b[p + "attn_v.weight"].type, want5) << i;
+    EXPECT_EQ(b[p + "ffn_down.weight"].type, want5) << i;
+    EXPECT_EQ(b[p + "attn_output.weight"].type, GgmlType::kQ5_K) << i;
+  }
+  uint64_t bytes3 = 0, bytes5 = 0;
+  for (const TensorSpec& s : *q3) bytes3 += s.n_bytes();
+  for (const TensorSpec& s : *q5) bytes5 += s.n_bytes();
+  EXPECT_GT(bytes3, 3'700'000'000ull);  // the real Q3_K_M file is 4.02 GB
+  EXPECT_LT(bytes3, 4'200'000'000ull);
+  EXPECT_GT(bytes5, 5'400'000'000ull);  // the real Q5_K_M file is 5.73 GB
+  EXPECT_LT(bytes5, 5'900'000'000ull);
+  EXPECT_EQ(LlamaFileType(*ParseWeightType("q3_k_m")), 12u);
+  EXPECT_EQ(LlamaFileType(*ParseWeightType("q5_k_m")), 17u);
+  EXPECT_EQ(LlamaFileType(*ParseWeightType("iq4_xs")), 30u);
+}
+
+TEST(MkModelPlan, NewTypesFallBackLikeLlamaQuantize) {
+  // qwen2.5-0.5b rows of 896 elements: Q5_K -> Q5_1, Q3_K -> Q4_0, IQ4_XS -> IQ4_NL.
+  for (const auto& [name, want] : std::vector<std::pair<std::string, GgmlType>>{
+           {"q5_k", GgmlType::kQ5_1}, {"q3_k", GgmlType::kQ4_0}, {"iq4_xs", GgmlType::kIQ4_NL}}) {
+    auto plan = PlanTensors(*FindPreset("qwen2.5-0.5b"), *ParseWeightType(name));
+    ASSERT_TRUE(plan.ok());
+    for (const TensorSpec& s : *plan) {
+      if (s.name == "blk.0.attn_q.weight") {
+        EXPECT_EQ(s.type, want) << name;
+      }
+    }
+  }
+}
+
 TEST(MkModelPlan, RowsThatDoNotFitFallBackLikeLlamaQuantize) {
   // qwen2.5-0.5b: n_embd 896 is not a multiple of 256. Tied, so token_embd is the LM head.
   auto plan = PlanTensors(*FindPreset("qwen2.5-0.5b"), *ParseWeightType("q4_k_m"));
@@ -208,7 +264,7 @@ TEST(MkModelPlan, InvalidConfigsAreRejected) {
   c = *FindPreset("tiny-qwen2");
   c.rope_scaling_factor = 8;  // llama only
   EXPECT_EQ(ValidateConfig(c).code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseWeightType("q3_k").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseWeightType("q2_k").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(WeightTypeName(*ParseWeightType("Q4_K_M")), "q4_k_m");
   EXPECT_EQ(WeightTypeName(*ParseWeightType("q6_K")), "q6_k");
   MkModelOptions o = Options("tiny-llama");
@@ -360,8 +416,8 @@ INSTANTIATE_TEST_SUITE_P(MkModel, MkModelSmallPreset,
                          });
 
 TEST(MkModelFile, EveryWeightTypeIsWrittenAndDecodes) {
-  for (const char* type :
-       {"f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q5_1", "q4_k", "q6_k", "q4_k_m"}) {
+  for (const char* type : {"f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q5_1", "q4_k", "q6_k",
+                           "q4_k_m", "q3_k", "q5_k", "iq4_nl", "iq4_xs", "q3_k_m", "q5_k_m"}) {
     const MkModelOptions o = Options("tiny-qwen3", type);
     const Built b = Build(o);
     ASSERT_NE(b.file, nullptr) << type;
@@ -689,7 +745,7 @@ TEST(MkModelCli, WritesJsonSummaryAndUsesExitCodes) {
   EXPECT_EQ(Build(o).bytes, std::vector<uint8_t>((*f)->bytes().begin(), (*f)->bytes().end()));
   std::string ignored;
   EXPECT_EQ(RunCli("--preset nope -o " + path, &ignored), 2);
-  EXPECT_EQ(RunCli("--preset tiny-llama --type q3_k -o " + path, &ignored), 2);
+  EXPECT_EQ(RunCli("--preset tiny-llama --type q2_k -o " + path, &ignored), 2);
   EXPECT_EQ(RunCli("--preset tiny-llama --n-head-kv 3 -o " + path, &ignored), 2);
   EXPECT_EQ(RunCli("--bogus-flag", &ignored), 2);
   EXPECT_EQ(RunCli("--preset tiny-llama", &ignored), 2);  // no --output
