@@ -102,8 +102,10 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     rep.fingerprint_ms = w.ElapsedMs();
     const cache::NamespaceParams ns =
         cache::NamespaceFor(*e->model_, fingerprint, e->runner_->kv_layout(), o.cache.cache_salt);
+    cache::CacheOptions co = o.cache;
+    co.recurrent_state_elems = e->runner_->RecurrentStateElems();
     KV_ASSIGN_OR_RETURN(e->cache_,
-                        cache::PrefixCache::Create(e->runner_->pool(), e->store_.get(), ns, o.cache,
+                        cache::PrefixCache::Create(e->runner_->pool(), e->store_.get(), ns, co,
                                                    o.model_path, e->model_->Describe()));
     rep.model_fingerprint = fingerprint.ToHex();
     rep.namespace_hash = e->cache_->namespace_hash().ToHex();

@@ -1,6 +1,7 @@
 #include "serve/scheduler.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <exception>
 
@@ -45,6 +46,12 @@ struct Scheduler::Active {
   Usage usage;
   int published_blocks = 0;
   size_t forced_pos = 0;  // next entry of req.forced_tokens
+  // Hybrid models: the last position with a snapshot taken, and the state decoding left at the
+  // last block boundary it crossed (saved as a snapshot when the request ends: where the next
+  // agent turn resumes). [RecurrentStateElems] f32.
+  int snapshot_pos = 0;
+  int stash_pos = 0;
+  std::vector<float> stash;
 };
 
 // Where a request's prompt came from, as the cache reported it at admission.
@@ -107,7 +114,15 @@ void RequestHandle::Push(Event e) {
 
 Scheduler::Scheduler(engine::Runner& runner, cache::PrefixCache* cache,
                      const engine::Tokenizer* tokenizer, const SchedulerOptions& options)
-    : runner_(runner), cache_(cache), tokenizer_(tokenizer), options_(options) {
+    : runner_(runner),
+      cache_(cache),
+      tokenizer_(tokenizer),
+      options_(options),
+      snapshots_(cache != nullptr && runner.model().config().is_hybrid() && cache->resumes()),
+      state_interval_(options.state_interval <= 0
+                          ? 0
+                          : (options.state_interval + runner.options().block_tokens - 1) /
+                                runner.options().block_tokens * runner.options().block_tokens) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -303,7 +318,7 @@ bool Scheduler::Admit(Active& a) {
     // last position is computed for its logits.
     int max_positions = a.pending >= 0 ? static_cast<int>(a.context.size())
                                        : static_cast<int>(a.context.size()) - 1;
-    if (!KvReuseAllowed()) max_positions = 0;
+    if (!cache_->resumes()) max_positions = 0;
     auto got = cache_->Acquire(a.seq, a.context, max_positions, a.req.cache_salt);
     if (!got.ok()) {
       Fail(a, got.status());
@@ -342,6 +357,49 @@ bool Scheduler::Admit(Active& a) {
 // the prompt goes through the plain cache lookup.
 bool Scheduler::KvReuseAllowed() const { return !runner_.model().config().is_hybrid(); }
 
+// The policy (docs/cache.md "Hybrid models"): the last block boundary before the end of the
+// context (a repeated prompt resumes there), the end of the context when it is a boundary (a
+// prompt that grows resumes there), and every state_interval_ positions.
+int Scheduler::NextSnapshotAt(const Active& a) const {
+  const int bt = runner_.options().block_tokens;
+  const int n = a.seq.n_past();
+  const int end = static_cast<int>(a.context.size());
+  int next = INT_MAX;
+  const int last_before_end = (end - 1) / bt * bt;
+  if (last_before_end > n) next = last_before_end;
+  if (state_interval_ > 0) {
+    const int iv = (n / state_interval_ + 1) * state_interval_;
+    if (iv < end) next = std::min(next, iv);
+  }
+  return next;
+}
+
+bool Scheduler::WantsSnapshotNow(const Active& a) const {
+  const int bt = runner_.options().block_tokens;
+  const int n = a.seq.n_past();
+  const int end = static_cast<int>(a.context.size());
+  if (n == 0 || n % bt != 0 || n <= a.snapshot_pos) return false;
+  return n == (end - 1) / bt * bt || n == end || (state_interval_ > 0 && n % state_interval_ == 0);
+}
+
+void Scheduler::SaveLastSnapshot(Active& a) {
+  if (!snapshots_) return;
+  const int bt = runner_.options().block_tokens;
+  const int n = a.seq.n_past();
+  if (n > 0 && n % bt == 0 && n > a.snapshot_pos &&
+      a.seq.recurrent.size() == runner_.RecurrentStateElems()) {
+    if (cache_->SaveSnapshot(std::span<const int32_t>(a.seq.tokens), a.seq.recurrent,
+                             a.req.cache_salt)) {
+      a.snapshot_pos = n;
+    }
+  } else if (a.stash_pos > a.snapshot_pos && a.stash_pos <= n) {
+    if (cache_->SaveSnapshot(std::span<const int32_t>(a.seq.tokens).first(a.stash_pos), a.stash,
+                             a.req.cache_salt)) {
+      a.snapshot_pos = a.stash_pos;
+    }
+  }
+}
+
 void Scheduler::RestoreSessionPrefix(Active& a) {
   auto r = cache_->RestoreSession(a.req.restore_session, a.seq, 1, a.req.cache_salt);
   if (!r.ok()) {
@@ -364,11 +422,14 @@ void Scheduler::RestoreSessionPrefix(Active& a) {
 // at the front of the queue; it resumes by re-acquiring them.
 void Scheduler::Preempt(Active& a) {
   PublishFull(a);
+  SaveLastSnapshot(a);
   // Decoding: everything in the KV is the context to resume (the pending token follows it).
   // Still prefilling: the context stays the prompt, of which the sequence held a prefix.
   if (a.prefill_done) a.context.assign(a.seq.tokens.begin(), a.seq.tokens.end());
   Release(a);
   a.admitted = false;
+  a.snapshot_pos = 0;  // the next admission starts a new sequence
+  a.stash_pos = 0;
   ++a.usage.preemptions;
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
@@ -420,7 +481,9 @@ bool Scheduler::BuildAndRunBatch() {
     Active& a = *up;
     const int left = static_cast<int>(a.context.size()) - a.seq.n_past();
     if (left > 0 && budget > 0) {
-      const int m = std::min(left, budget);
+      int m = std::min(left, budget);
+      // A hybrid prompt chunk ends where a snapshot is due: the state exists only there.
+      if (snapshots_) m = std::min(m, NextSnapshotAt(a) - a.seq.n_past());
       plan.push_back({&a, m});
       budget -= m;
     }
@@ -520,6 +583,14 @@ bool Scheduler::BuildAndRunBatch() {
       }
     }
     PublishFull(a);
+    if (snapshots_) {
+      if (!is_decode[k] && WantsSnapshotNow(a)) {
+        SaveLastSnapshot(a);
+      } else if (is_decode[k] && a.seq.n_past() % bt == 0) {
+        a.stash = a.seq.recurrent;  // reuses the stash's capacity after the first block
+        a.stash_pos = a.seq.n_past();
+      }
+    }
     if (segs[k].logits == engine::LogitsMode::kNone) continue;
     if (!a.prefill_done) {
       a.prefill_done = true;
@@ -656,6 +727,7 @@ void Scheduler::Finish(Active& a, FinishReason reason, const std::string& tail_t
   }
   if (a.admitted) {
     PublishFull(a);
+    SaveLastSnapshot(a);
     Release(a);
   } else if (a.seq.n_past() > 0 || !a.seq.block_table.empty()) {
     Release(a);

@@ -56,8 +56,9 @@ class Stack {
     auto fp = FingerprintFile(model_path, store.get());
     EXPECT_TRUE(fp.ok()) << fp.status().ToString();
     ns = NamespaceFor(model, *fp, runner->kv_layout(), s.cache.cache_salt);
-    auto c =
-        PrefixCache::Create(runner->pool(), store.get(), ns, s.cache, model_path, model.Describe());
+    CacheOptions co = s.cache;
+    co.recurrent_state_elems = runner->RecurrentStateElems();  // as serve::Engine does
+    auto c = PrefixCache::Create(runner->pool(), store.get(), ns, co, model_path, model.Describe());
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     cache = std::move(*c);
   }

@@ -1,0 +1,155 @@
+// Hybrid models (qwen35, qwen35moe) resume from recurrent-state snapshots (docs/cache.md "Hybrid
+// models"): a prompt restarts at the end of the last cached block that has a snapshot, with the
+// KV blocks up to there loaded and the state restored, and everything it computes after that is
+// bit-identical to the cold run: logits of every position, the recurrent state and the KV bytes.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "tests/cache/cache_test_util.h"
+
+namespace kvstash::cache {
+namespace {
+
+using engine::LogitsMode;
+using engine::Sequence;
+using testutil::MakePrompt;
+using testutil::Stack;
+using testutil::StackSetup;
+
+struct Cold {
+  std::vector<float> logits;  // [n][n_vocab]
+  std::vector<float> state;
+};
+
+Cold RunCold(const engine::Model& model, const std::string& path, const std::vector<int32_t>& p) {
+  StackSetup s;
+  s.cache.snapshot_bytes = 0;
+  Stack st(model, path, s);
+  Sequence seq;
+  Cold c;
+  Status ok = st.runner->Prefill(seq, p, LogitsMode::kAll, &c.logits);
+  EXPECT_TRUE(ok.ok()) << ok.ToString();
+  c.state = seq.recurrent;
+  st.runner->Release(seq);
+  return c;
+}
+
+class HybridResumeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HybridResumeTest, ResumedFromASnapshotEqualsColdBitForBit) {
+  const std::string path = testutil::SyntheticModel(GetParam(), "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  ASSERT_TRUE(model && model->config().is_hybrid());
+  const int V = model->config().n_vocab;
+  const std::vector<int32_t> prompt = MakePrompt(100, V, 31);
+  const Cold cold = RunCold(*model, path, prompt);
+
+  Stack st(*model, path, StackSetup{});
+  ASSERT_TRUE(st.cache->resumes());
+  {
+    // The first 64 positions, with snapshots at 32 and 64.
+    Sequence seq;
+    std::vector<float> unused;
+    for (int end : {32, 64}) {
+      const std::span<const int32_t> chunk(prompt.data() + seq.n_past(), end - seq.n_past());
+      ASSERT_TRUE(st.runner->Prefill(seq, chunk, LogitsMode::kNone, &unused).ok());
+      st.cache->Publish(seq);
+      ASSERT_TRUE(st.cache->SaveSnapshot(seq.tokens, seq.recurrent));
+    }
+    st.cache->Release(seq);
+  }
+  EXPECT_EQ(st.cache->Stats().snapshots, 2u);
+  // Resume at 64: the state and the KV of 4 blocks come from the cache.
+  Sequence seq;
+  auto got = st.cache->Acquire(seq, prompt);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->cached_tokens, 64);
+  EXPECT_TRUE(got->from_snapshot);
+  std::vector<float> logits;
+  const std::span<const int32_t> rest(prompt.data() + 64, prompt.size() - 64);
+  ASSERT_TRUE(st.runner->Prefill(seq, rest, LogitsMode::kAll, &logits).ok());
+  ASSERT_EQ(logits.size(), rest.size() * V);
+  EXPECT_EQ(0,
+            std::memcmp(logits.data(), cold.logits.data() + 64 * V, logits.size() * sizeof(float)))
+      << "logits after a resume differ from the cold run";
+  ASSERT_EQ(seq.recurrent.size(), cold.state.size());
+  EXPECT_EQ(
+      0, std::memcmp(seq.recurrent.data(), cold.state.data(), cold.state.size() * sizeof(float)));
+  st.cache->Release(seq);
+  EXPECT_EQ(st.cache->Stats().snapshot_hits, 1u);
+
+  // A prompt that differs inside block 3 (positions 48..63) resumes at the snapshot at 32 (the
+  // blocks up to 48 are cached, but no state is known there).
+  std::vector<int32_t> other = prompt;
+  other[50] = other[50] == 5 ? 6 : 5;
+  got = st.cache->Acquire(seq, other);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->cached_tokens, 32);
+  st.cache->Release(seq);
+  // A prompt shorter than 65 positions cannot use the snapshot at 64 (its last token is
+  // computed for logits): it resumes at 32.
+  got = st.cache->Acquire(seq, std::span<const int32_t>(prompt).first(64));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->cached_tokens, 32);
+  st.cache->Release(seq);
+}
+
+TEST_P(HybridResumeTest, NoSnapshotMeansNoResumeEvenWithEveryBlockCached) {
+  const std::string path = testutil::SyntheticModel(GetParam(), "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  ASSERT_TRUE(model);
+  const std::vector<int32_t> prompt = MakePrompt(80, model->config().n_vocab, 32);
+  Stack st(*model, path, StackSetup{});
+  Sequence seq;
+  std::vector<float> unused;
+  ASSERT_TRUE(st.runner->Prefill(seq, prompt, LogitsMode::kNone, &unused).ok());
+  st.cache->Publish(seq);
+  st.cache->Release(seq);
+  auto got = st.cache->Acquire(seq, prompt);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->cached_tokens, 0);
+  EXPECT_FALSE(got->from_snapshot);
+  EXPECT_TRUE(seq.recurrent.empty());
+  // A snapshot of the wrong size is refused.
+  std::vector<float> wrong(7, 0.0f);
+  EXPECT_FALSE(st.cache->SaveSnapshot(std::span<const int32_t>(prompt).first(16), wrong));
+  // Not on a block boundary: refused.
+  ASSERT_TRUE(
+      st.runner
+          ->Prefill(seq, std::span<const int32_t>(prompt).first(20), LogitsMode::kNone, &unused)
+          .ok());
+  EXPECT_FALSE(st.cache->SaveSnapshot(seq.tokens, seq.recurrent));
+  st.cache->Release(seq);
+}
+
+// Through the scheduler (the path of kvstashd and `kvstash run`): the policy takes the snapshots,
+// and repeated prompts give the cold greedy ids.
+TEST_P(HybridResumeTest, RepeatedPromptsResumeAndGiveTheColdGreedyIds) {
+  const std::string path = testutil::SyntheticModel(GetParam(), "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  ASSERT_TRUE(model);
+  const int V = model->config().n_vocab;
+  StackSetup off;
+  off.cache.snapshot_bytes = 0;
+  Stack cold(*model, path, off);
+  EXPECT_FALSE(cold.cache->resumes());
+  Stack warm(*model, path, StackSetup{});
+  for (int n : {40, 64, 77}) {
+    SCOPED_TRACE("prompt of " + std::to_string(n));
+    const std::vector<int32_t> prompt = MakePrompt(n, V, 40 + n);
+    const auto ref = testutil::Generate(*cold.runner, cold.cache.get(), prompt, 12);
+    const auto first = testutil::Generate(*warm.runner, warm.cache.get(), prompt, 12);
+    const auto second = testutil::Generate(*warm.runner, warm.cache.get(), prompt, 12);
+    EXPECT_EQ(ref.acquired.cached_tokens, 0);
+    EXPECT_EQ(first.tokens, ref.tokens);
+    EXPECT_EQ(second.tokens, ref.tokens);
+    EXPECT_EQ(second.acquired.cached_tokens, (n - 1) / 16 * 16);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, HybridResumeTest,
+                         ::testing::Values("tiny-qwen35", "tiny-qwen35moe"));
+
+}  // namespace
+}  // namespace kvstash::cache
