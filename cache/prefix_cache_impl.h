@@ -33,6 +33,7 @@ inline constexpr double kHostCopyBytesPerS = 8e9;  // memcpy estimate for host-t
 inline constexpr double kDiskBatchOverheadMs = 0.2;
 inline constexpr double kEwmaWeight = 0.3;
 inline constexpr std::string_view kRateMetaPrefix = "planner/v1/";
+inline constexpr size_t kSnapshotQueueItems = 16;
 
 struct Freer {
   void operator()(std::byte* p) const { std::free(p); }
@@ -75,6 +76,12 @@ class PrefixCache::Impl {
                                                 options.write_queue_bytes);
       }
     }
+    if (snap_store_ != nullptr && snapshots_enabled() &&
+        options.write_policy != WritePolicy::kNever) {
+      // Snapshots are few and large: a short queue, bounded by bytes.
+      snap_writer_ = std::make_unique<WriteBehind>(*snap_store_, kSnapshotQueueItems,
+                                                   options.write_queue_bytes);
+    }
     if (disk_bps_ <= 0) disk_bps_ = kDefaultDiskBytesPerS;
     pool_.SetReclaimer([this] { return EvictOneDevicePage(); });
   }
@@ -87,6 +94,7 @@ class PrefixCache::Impl {
       DropHost();
     }
     writer_.reset();  // drains the queue
+    snap_writer_.reset();
     if (store_ != nullptr) {
       WriteRateMeta("disk_read_bytes_per_s", disk_bps_);
       if (prefill_tps_ > 0) WriteRateMeta("prefill_tokens_per_s/" + HashHex(ns_), prefill_tps_);
@@ -145,8 +153,12 @@ class PrefixCache::Impl {
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq, int leave_tokens,
                                   const std::string& salt);
   Status Flush() {
-    if (writer_ == nullptr) return Status::Ok();
-    return writer_->Flush();
+    Status s = writer_ == nullptr ? Status::Ok() : writer_->Flush();
+    if (snap_writer_ != nullptr) {
+      Status t = snap_writer_->Flush();
+      if (s.ok()) s = t;
+    }
+    return s;
   }
   void EvictDevice() {
     std::vector<Hash128> victims;
@@ -182,6 +194,7 @@ class PrefixCache::Impl {
     }
     s.disk_read_bytes_per_s = disk_bps_;
     s.prefill_tokens_per_s = prefill_tps_;
+    if (snap_writer_ != nullptr) s.snapshot_written = snap_writer_->counters().written;
     s.snapshots = snap_stats_.entries;
     s.snapshot_bytes = snap_stats_.bytes;
     s.snapshot_evictions = snap_stats_.evictions;
@@ -379,7 +392,18 @@ class PrefixCache::Impl {
   // ---- Recurrent-state snapshots (hybrid models; prefix_cache_snapshots.cc) ----
   bool snapshots_enabled() const { return snapshots_.budget_bytes() > 0; }
   // Whether a snapshot may exist after block `key` (by key; LoadSnapshot verifies).
-  bool HasSnapshot(const Hash128& key) const { return snapshots_.Contains(key); }
+  bool HasSnapshot(const Hash128& key) const {
+    return snapshots_.Contains(key) || (snap_store_ != nullptr && snap_store_->Contains(key));
+  }
+  // Snapshot records carry a tag of their own (the blocks' layout tag mixed with the state
+  // size), so a snapshot can never verify as a block of the same key or as another model's state.
+  uint64_t SnapshotTag() const {
+    return layout_tag_ ^ 0x736e617073686f74ull ^
+           (options_.recurrent_state_elems * 0x9e3779b97f4a7c15ull);
+  }
+  // The disk-tier half of LoadSnapshot.
+  bool LoadDiskSnapshot(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
+                        std::vector<float>& state);
   // The verified snapshot after block `key` (parent, tokens, size) into `state`; false on a miss.
   bool LoadSnapshot(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
                     std::vector<float>& state);
@@ -417,6 +441,8 @@ class PrefixCache::Impl {
   std::atomic<uint64_t> device_count_{0}, host_count_{0};
   // Hybrid models: the in-memory snapshot tier (budget 0 when the model is not hybrid).
   StateSnapshots snapshots_;
+  std::unique_ptr<WriteBehind> snap_writer_;  // to snap_store_
+  AlignedBytes snap_buf_;                     // disk-read staging, ReadBufferBytes(state)
 
   mutable std::mutex stats_mu_;  // guards stats_, logged_ and the estimates for Stats() readers
   CacheStats stats_;

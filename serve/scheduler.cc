@@ -717,6 +717,7 @@ void Scheduler::Finish(Active& a, FinishReason reason, const std::string& tail_t
       (void)runner_.Forward(std::span<const engine::BatchSegment>(&seg, 1)).ok();
     }
     PublishFull(a);
+    SaveLastSnapshot(a);  // hybrid: made durable with the session
     Status s = cache_->SaveSession(a.req.save_session, a.seq, a.req.cache_salt);
     if (!s.ok()) {
       Fail(a, s);

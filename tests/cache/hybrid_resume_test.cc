@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "tests/cache/cache_test_util.h"
 
@@ -13,6 +16,8 @@ namespace {
 
 using engine::LogitsMode;
 using engine::Sequence;
+using storage::testing::RealDiskTestRoot;
+using storage::testing::TempDir;
 using testutil::MakePrompt;
 using testutil::Stack;
 using testutil::StackSetup;
@@ -146,6 +151,101 @@ TEST_P(HybridResumeTest, RepeatedPromptsResumeAndGiveTheColdGreedyIds) {
     EXPECT_EQ(second.tokens, ref.tokens);
     EXPECT_EQ(second.acquired.cached_tokens, (n - 1) / 16 * 16);
   }
+}
+
+// Writes prompt[0..64) with snapshots at 32 and 64 through a stack on `dir` and closes it (the
+// write-behind drains); returns the state at 64.
+std::vector<float> WarmAndClose(const engine::Model& model, const std::string& path,
+                                const StackSetup& setup, const std::vector<int32_t>& prompt) {
+  Stack st(model, path, setup);
+  Sequence seq;
+  std::vector<float> unused;
+  for (int end : {32, 64}) {
+    const std::span<const int32_t> chunk(prompt.data() + seq.n_past(), end - seq.n_past());
+    EXPECT_TRUE(st.runner->Prefill(seq, chunk, LogitsMode::kNone, &unused).ok());
+    st.cache->Publish(seq);
+    EXPECT_TRUE(st.cache->SaveSnapshot(seq.tokens, seq.recurrent));
+  }
+  std::vector<float> state = seq.recurrent;
+  st.cache->Release(seq);
+  EXPECT_TRUE(st.cache->Flush().ok());
+  EXPECT_EQ(st.cache->Stats().snapshot_written, 2u);
+  return state;
+}
+
+// Resumes `prompt` on a fresh stack over the same directory and checks it against the cold run.
+void ResumeAndCompare(const engine::Model& model, const std::string& path, const StackSetup& setup,
+                      const std::vector<int32_t>& prompt, const Cold& cold, int want_cached,
+                      uint64_t want_corrupt) {
+  const int V = model.config().n_vocab;
+  Stack st(model, path, setup);
+  EXPECT_EQ(st.cache->Stats().snapshots, 0u);  // nothing in memory after the "restart"
+  Sequence seq;
+  auto got = st.cache->Acquire(seq, prompt);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->cached_tokens, want_cached);
+  EXPECT_EQ(got->disk_tokens, want_cached);
+  EXPECT_TRUE(got->from_snapshot);
+  const CacheStats cs = st.cache->Stats();
+  EXPECT_EQ(cs.snapshot_disk_hits, 1u);
+  EXPECT_EQ(cs.snapshot_corrupt, want_corrupt);
+  std::vector<float> logits;
+  const std::span<const int32_t> rest(prompt.data() + want_cached, prompt.size() - want_cached);
+  ASSERT_TRUE(st.runner->Prefill(seq, rest, LogitsMode::kAll, &logits).ok());
+  ASSERT_EQ(logits.size(), rest.size() * V);
+  EXPECT_EQ(0, std::memcmp(logits.data(), cold.logits.data() + want_cached * V,
+                           logits.size() * sizeof(float)))
+      << "logits after a disk resume differ from the cold run";
+  EXPECT_EQ(
+      0, std::memcmp(seq.recurrent.data(), cold.state.data(), cold.state.size() * sizeof(float)));
+  st.cache->Release(seq);
+}
+
+TEST_P(HybridResumeTest, ResumedFromADiskSnapshotAfterARestartEqualsCold) {
+  const std::string path = testutil::SyntheticModel(GetParam(), "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  ASSERT_TRUE(model);
+  const std::vector<int32_t> prompt = MakePrompt(100, model->config().n_vocab, 33);
+  const Cold cold = RunCold(*model, path, prompt);
+  TempDir dir(RealDiskTestRoot(), "hybrid-disk");
+  StackSetup setup;
+  setup.store_dir = dir.Sub("store");
+  setup.snapshot_store = true;
+  WarmAndClose(*model, path, setup, prompt);
+  ResumeAndCompare(*model, path, setup, prompt, cold, 64, 0);
+}
+
+// A flipped byte in a snapshot's payload on disk fails its checksum: that snapshot is a miss,
+// the prompt resumes at the previous one (32) and the output is still the cold one.
+TEST_P(HybridResumeTest, CorruptedDiskSnapshotIsDetectedAndRecomputed) {
+  const std::string path = testutil::SyntheticModel(GetParam(), "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  ASSERT_TRUE(model);
+  const std::vector<int32_t> prompt = MakePrompt(100, model->config().n_vocab, 34);
+  const Cold cold = RunCold(*model, path, prompt);
+  TempDir dir(RealDiskTestRoot(), "hybrid-corrupt");
+  StackSetup setup;
+  setup.store_dir = dir.Sub("store");
+  setup.snapshot_store = true;
+  const std::vector<float> state64 = WarmAndClose(*model, path, setup, prompt);
+  // Find the state at 64 in the snapshot store's segment files and flip one byte of it.
+  const auto* needle = reinterpret_cast<const char*>(state64.data());
+  const size_t needle_bytes = state64.size() * sizeof(float);
+  bool flipped = false;
+  for (const auto& f :
+       std::filesystem::recursive_directory_iterator(setup.store_dir + "/snapshots")) {
+    if (!f.is_regular_file() || f.path().string().find("seg") == std::string::npos) continue;
+    std::fstream io(f.path(), std::ios::in | std::ios::out | std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(io)), std::istreambuf_iterator<char>());
+    const size_t at = bytes.find(std::string_view(needle, needle_bytes));
+    if (at == std::string::npos) continue;
+    io.clear();
+    io.seekp(static_cast<std::streamoff>(at + needle_bytes / 2));
+    io.put(static_cast<char>(bytes[at + needle_bytes / 2] ^ 0x40));
+    flipped = true;
+  }
+  ASSERT_TRUE(flipped) << "the snapshot's payload was not found on disk";
+  ResumeAndCompare(*model, path, setup, prompt, cold, 32, 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, HybridResumeTest,

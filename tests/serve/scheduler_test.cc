@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "serve/engine.h"
+#include "storage/testing/test_blocks.h"
 #include "tests/cache/cache_test_util.h"
 #include "tests/engine/engine_test_util.h"
 #include "tests/fixtures.h"
@@ -62,8 +63,11 @@ Request Greedy(std::vector<int32_t> prompt, int n) {
 
 std::unique_ptr<Engine> OpenEngine(const std::string& model, bool use_cache, int n_pages,
                                    int max_running = 16, int batch_tokens = 64,
-                                   int block_tokens = 16) {
+                                   int block_tokens = 16, const std::string& cache_dir = "") {
   EngineOptions o;
+  o.cache_dir = cache_dir;
+  o.cache_bytes = 64ull << 20;
+  o.snapshot_disk_bytes = 64ull << 20;
   o.model_path = model;
   o.weights = engine::WeightMemory::kMmap;
   o.runner.n_threads = 2;
@@ -311,6 +315,64 @@ TEST(SchedulerTest, HybridAgentLoopPrefillsOnlyEachTurnsNewTokens) {
     }
     ExpectIdlePool(*eng);
   }
+}
+
+// After a restart (engine closed and reopened on the same cache directory) a hybrid prompt
+// resumes from a disk snapshot, and a saved session resumes at its last full block: only its
+// tail and the new tokens are computed. Output equals the cold run.
+TEST(SchedulerTest, HybridModelResumesFromDiskSnapshotsAfterARestart) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-qwen35", "q8_0");
+  const int V = 2048;
+  storage::testing::TempDir dir(storage::testing::RealDiskTestRoot(), "hybrid-restart");
+  const std::string cache_dir = dir.Sub("kv");
+  const std::vector<int32_t> prompt = MakePrompt(75, V, 4242);
+  auto cold = OpenEngine(model, false, 0, 1);
+  ASSERT_TRUE(cold);
+  auto run = [](Engine& e, Request req) {
+    req.top_logits = 8;
+    auto h = e.Submit(std::move(req));
+    EXPECT_TRUE(h.ok());
+    return h.ok() ? CollectAll(**h) : Result_{};
+  };
+  const Result_ ref = run(*cold, Greedy(prompt, 6));
+  std::vector<int32_t> session_tokens;
+  {
+    auto eng = OpenEngine(model, true, 64, 4, 64, 16, cache_dir);
+    ASSERT_TRUE(eng);
+    Request req = Greedy(prompt, 6);
+    req.save_session = "agent";
+    const Result_ r = run(*eng, req);
+    ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+    EXPECT_EQ(r.tokens, ref.tokens);
+    session_tokens = prompt;
+    session_tokens.insert(session_tokens.end(), r.tokens.begin(), r.tokens.end());
+    ASSERT_TRUE(eng->Close().ok());
+  }
+  auto eng = OpenEngine(model, true, 64, 4, 64, 16, cache_dir);
+  ASSERT_TRUE(eng);
+  // The same prompt: from the disk snapshot at its last boundary before the end.
+  const Result_ again = run(*eng, Greedy(prompt, 6));
+  ASSERT_TRUE(again.error.ok()) << again.error.ToString();
+  EXPECT_EQ(again.tokens, ref.tokens);
+  EXPECT_EQ(again.top_logits, ref.top_logits);
+  EXPECT_EQ(again.usage.cached_tokens, 64);
+  EXPECT_EQ(again.usage.disk_tokens, 64);
+  EXPECT_GE(eng->cache_stats().snapshot_disk_hits, 1u);
+  // The session + new tokens: resumes at the session's last full block.
+  const std::vector<int32_t> user = MakePrompt(20, V, 4343);
+  Request next = Greedy(user, 6);
+  next.restore_session = "agent";
+  const Result_ resumed = run(*eng, next);
+  ASSERT_TRUE(resumed.error.ok()) << resumed.error.ToString();
+  std::vector<int32_t> whole = session_tokens;
+  whole.insert(whole.end(), user.begin(), user.end());
+  const Result_ whole_ref = run(*cold, Greedy(whole, 6));
+  EXPECT_EQ(resumed.tokens, whole_ref.tokens);
+  EXPECT_EQ(resumed.top_logits, whole_ref.top_logits);
+  const int session_full = static_cast<int>(session_tokens.size()) / 16 * 16;
+  EXPECT_EQ(resumed.usage.cached_tokens, session_full);
+  EXPECT_EQ(resumed.usage.prefilled_tokens, static_cast<int>(whole.size()) - session_full);
+  ExpectIdlePool(*eng);
 }
 
 TEST(SchedulerTest, RequestLargerThanThePoolIsRefusedNotTruncated) {
