@@ -286,7 +286,7 @@ bool Scheduler::Admit(Active& a) {
       if (KvReuseAllowed()) {
         SetCacheUsage(a.usage, r->acquired);
       } else {
-        Release(a);  // hybrid: the session's tokens are recomputed (no recurrent state stored)
+        Release(a);  // hybrid: Acquire below resumes the session at its snapshot
       }
     }
     a.context.insert(a.context.end(), a.req.prompt.begin(), a.req.prompt.end());
