@@ -71,6 +71,7 @@ class StateSnapshots {
   std::list<Entry> lru_;  // most recently used first
   std::unordered_map<Key, std::list<Entry>::iterator, storage::BlockKeyHash> index_;
   SnapshotStats stats_;
+  std::vector<float> spare_;  // the last evicted entry's buffer, reused by the next Put
 };
 
 }  // namespace kvstash::cache
