@@ -286,7 +286,7 @@ bool Scheduler::Admit(Active& a) {
       if (KvReuseAllowed()) {
         SetCacheUsage(a.usage, r->acquired);
       } else {
-        Release(a);  // hybrid: Acquire below resumes the session at its snapshot
+        Release(a);  // hybrid without snapshots: the session's tokens are recomputed
       }
     }
     a.context.insert(a.context.end(), a.req.prompt.begin(), a.req.prompt.end());
@@ -355,7 +355,9 @@ bool Scheduler::Admit(Active& a) {
 // Session-as-prefix mode: the prompt holds the whole conversation. The session supplies the KV
 // only when its tokens are a prefix of the prompt; otherwise (missing, diverged, incompatible)
 // the prompt goes through the plain cache lookup.
-bool Scheduler::KvReuseAllowed() const { return !runner_.model().config().is_hybrid(); }
+bool Scheduler::KvReuseAllowed() const {
+  return !runner_.model().config().is_hybrid() || snapshots_;
+}
 
 // The policy (docs/cache.md "Hybrid models"): the last block boundary before the end of the
 // context (a repeated prompt resumes there), the end of the context when it is a boundary (a

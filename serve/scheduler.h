@@ -104,10 +104,10 @@ class Scheduler {
   void Step();
   bool Admit(Active& a);
   void RestoreSessionPrefix(Active& a);
-  // False for hybrid models (qwen35, qwen35moe): the KV a restored session loads (its tail
-  // included) cannot resume them without the recurrent state after it, which is not stored. The
-  // session's tokens then go through Acquire like a prompt, which resumes at the last block with
-  // a state snapshot (the one saved with the session) and recomputes the tail.
+  // Whether a restored session's sequence can be used as RestoreSession left it. False only for
+  // hybrid models without a snapshot tier (every position is then recomputed); with one, the
+  // cache's RestoreSession resumes a hybrid session at the last block with a snapshot (the one
+  // saved with it) and its tail is recomputed.
   bool KvReuseAllowed() const;
   // Hybrid models: the next position > n_past where `a` wants a state snapshot (a prefill chunk
   // ends there), or INT_MAX; and whether the position it just reached is one.
