@@ -117,8 +117,11 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     KV_ASSIGN_OR_RETURN(fingerprint, cache::FingerprintFile(o.model_path, e->store_.get(),
                                                             &rep.fingerprint_remembered));
     rep.fingerprint_ms = w.ElapsedMs();
-    const cache::NamespaceParams ns =
+    cache::NamespaceParams ns =
         cache::NamespaceFor(*e->model_, fingerprint, e->runner_->kv_layout(), o.cache.cache_salt);
+    if (e->model_->config().is_hybrid()) {
+      ns.deltanet_chunk_tokens = e->runner_->options().deltanet_chunk_tokens;
+    }
     cache::CacheOptions co = o.cache;
     co.recurrent_state_elems = e->runner_->RecurrentStateElems();
     KV_ASSIGN_OR_RETURN(e->cache_, cache::PrefixCache::Create(

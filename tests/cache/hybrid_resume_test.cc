@@ -248,6 +248,23 @@ TEST_P(HybridResumeTest, CorruptedDiskSnapshotIsDetectedAndRecomputed) {
   ResumeAndCompare(*model, path, setup, prompt, cold, 32, 1);
 }
 
+// The chunked DeltaNet prefill rounds differently: its blocks and snapshots live in a namespace
+// of their own; the default (token by token) keeps the namespace it always had.
+TEST(HybridNamespaceTest, ChunkedDeltaNetPrefillHasItsOwnNamespace) {
+  const std::string path = testutil::SyntheticModel("tiny-qwen35", "q8_0");
+  auto model = testutil::LoadOrDie(path);
+  ASSERT_TRUE(model);
+  engine::KvLayout layout{engine::KvDtype::kF16, model->config().n_kv_layers,
+                          model->config().n_head_kv, model->config().head_dim, 16};
+  NamespaceParams p = NamespaceFor(*model, Hash128{1, 2}, layout, "");
+  const std::string plain = NamespaceString(p);
+  EXPECT_EQ(plain.find("deltanet_chunk"), std::string::npos);
+  const Hash128 h0 = NamespaceHash(p);
+  p.deltanet_chunk_tokens = 64;
+  EXPECT_NE(NamespaceString(p).find(";deltanet_chunk=64"), std::string::npos);
+  EXPECT_NE(NamespaceHash(p), h0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, HybridResumeTest,
                          ::testing::Values("tiny-qwen35", "tiny-qwen35moe"));
 
