@@ -58,6 +58,9 @@ std::string NamespaceString(const NamespaceParams& p) {
          ";block_tokens=" + std::to_string(l.block_tokens) + ";" + rope +
          (p.kv_layers.empty() ? "" : ";kv_layers=" + p.kv_layers) +
          (p.rope_sections.empty() ? "" : ";rope_sections=" + p.rope_sections) +
+         (p.deltanet_chunk_tokens <= 0
+              ? ""
+              : ";deltanet_chunk=" + std::to_string(p.deltanet_chunk_tokens)) +
          ";salt_bytes=" + std::to_string(p.cache_salt.size()) + ";salt=" + p.cache_salt;
 }
 

@@ -47,6 +47,10 @@ struct NamespaceParams {
   // of those models ride along as "rope_sections=a,b,c,d".
   std::string kv_layers;
   std::string rope_sections;
+  // Hybrid models: RunnerOptions::deltanet_chunk_tokens when > 0 (the chunked DeltaNet prefill
+  // rounds differently, so its KV and state snapshots differ in the last bits from the
+  // token-by-token default). 0 = the default, absent from the text ("deltanet_chunk=N").
+  int deltanet_chunk_tokens = 0;
   std::string cache_salt;  // optional per-tenant salt; "" = none
 };
 

@@ -152,6 +152,22 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
     plan.push_back(PlanBlock{*tail_key, parent, Tier::kDisk});
     n_tokens_of.push_back(tail_tokens);
   }
+  // Hybrid models resume only where the recurrent state is known: at the end of the last full
+  // block (within max_positions) that has a snapshot. The KV blocks past it are recomputed with
+  // the tokens that rebuild the state (docs/cache.md "Hybrid models").
+  const bool hybrid = options_.recurrent_state_elems > 0;
+  if (hybrid) {
+    size_t keep = 0;
+    for (size_t j = 0; j < plan.size(); ++j) {
+      if (n_tokens_of[j] == bt_ && static_cast<int>(j + 1) * bt_ <= max_positions &&
+          HasSnapshot(plan[j].key)) {
+        keep = j + 1;
+      }
+    }
+    if (keep < plan.size()) out.recomputed_blocks += static_cast<int>(plan.size() - keep);
+    plan.resize(keep);
+    n_tokens_of.resize(keep);
+  }
 
   // 2. Load or recompute: from the first disk block on, is reading cheaper than prefilling?
   if (options_.cost_model && prefill_tps_ > 0) {
@@ -236,6 +252,20 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
   }
   const size_t bad = LoadDisk(plan, disk_idx, tokens, n_tokens_of);
   if (bad < disk_idx.size()) usable = std::min(usable, disk_idx[bad]);
+  // Hybrid: the state at the end of the usable prefix, or at the last earlier block whose
+  // snapshot verifies; none = start from position 0.
+  std::vector<float> state;
+  if (hybrid) {
+    size_t keep = 0;
+    for (size_t j = usable; j-- > 0;) {
+      const auto toks = tokens.subspan(j * static_cast<size_t>(bt_), bt_);
+      if (HasSnapshot(plan[j].key) && LoadSnapshot(plan[j].key, plan[j].parent, toks, state)) {
+        keep = j + 1;
+        break;
+      }
+    }
+    usable = keep;
+  }
   // Blocks past the usable prefix go back.
   for (size_t j = usable; j < plan.size(); ++j) {
     if (plan[j].page >= 0) pool_.Unref(plan[j].page);
@@ -266,6 +296,10 @@ Result<AcquireResult> PrefixCache::Impl::Acquire(engine::Sequence& seq,
     }
   }
   seq.tokens.assign(tokens.begin(), tokens.begin() + positions);
+  if (hybrid && positions > 0) {
+    seq.recurrent = std::move(state);
+    out.from_snapshot = true;
+  }
   for (size_t j = 0; j < plan.size(); ++j) {
     if (plan[j].tier != Tier::kDevice && !is_private(j) && !device_.count(plan[j].key)) {
       const auto toks = tokens.subspan(j * static_cast<size_t>(bt_), bt_);
@@ -310,7 +344,8 @@ PrefixCache::~PrefixCache() = default;
 
 Result<std::unique_ptr<PrefixCache>> PrefixCache::Create(
     engine::KvPool& pool, storage::BlockStore* store, const NamespaceParams& ns,
-    const CacheOptions& options, std::string model_path, std::string model_description) {
+    const CacheOptions& options, std::string model_path, std::string model_description,
+    storage::BlockStore* snapshot_store) {
   if (!(ns.layout == pool.layout())) {
     return Status::InvalidArgument("cache namespace layout differs from the KV pool's");
   }
@@ -318,8 +353,9 @@ Result<std::unique_ptr<PrefixCache>> PrefixCache::Create(
     return Status::InvalidArgument("write-behind queue bounds must be > 0");
   }
   if (options.max_device_pages < 0) return Status::InvalidArgument("max_device_pages must be >= 0");
-  return std::unique_ptr<PrefixCache>(new PrefixCache(std::make_unique<Impl>(
-      pool, store, ns, options, std::move(model_path), std::move(model_description))));
+  return std::unique_ptr<PrefixCache>(
+      new PrefixCache(std::make_unique<Impl>(pool, store, ns, options, std::move(model_path),
+                                             std::move(model_description), snapshot_store)));
 }
 
 const Hash128& PrefixCache::namespace_hash() const { return impl_->ns(); }
@@ -331,6 +367,11 @@ void PrefixCache::Publish(const engine::Sequence& seq, const std::string& salt) 
   impl_->Publish(seq, salt);
 }
 void PrefixCache::Release(engine::Sequence& seq) { impl_->Release(seq); }
+bool PrefixCache::SaveSnapshot(std::span<const int32_t> tokens, std::span<const float> state,
+                               const std::string& salt) {
+  return impl_->SaveSnapshot(tokens, state, salt);
+}
+bool PrefixCache::resumes() const { return impl_->resumes(); }
 void PrefixCache::ObservePrefill(int tokens, double ms) { impl_->ObservePrefill(tokens, ms); }
 Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence& seq,
                                 const std::string& salt) {

@@ -63,6 +63,13 @@ struct CacheOptions {
   bool cost_model = true;
   double disk_read_bytes_per_s = 0;
   double prefill_tokens_per_s = 0;
+  // Hybrid models (qwen35, qwen35moe): f32 elements of one sequence's recurrent state
+  // (engine::Runner::RecurrentStateElems). 0 = not hybrid (default). When > 0, Acquire resumes a
+  // prompt only at the end of a block that has a state snapshot (docs/cache.md "Hybrid models").
+  size_t recurrent_state_elems = 0;
+  // Byte budget of the in-memory snapshot tier (host RAM), LRU. Default 2 GiB (32 snapshots of
+  // Qwen3.6-35B-A3B, 13 of Qwen3.6-27B). 0 disables it.
+  uint64_t snapshot_bytes = 2ull << 30;
 };
 
 struct TierStats {
@@ -97,6 +104,15 @@ struct CacheStats {
   uint64_t write_dropped = 0;   // blocks not persisted because the queue was full
   uint64_t written_blocks = 0;  // made durable (or already stored)
   uint64_t write_failed = 0;    // the store refused or failed them (e.g. disk full)
+  // Recurrent-state snapshots (hybrid models).
+  uint64_t snapshots = 0;  // in memory
+  uint64_t snapshot_bytes = 0;
+  uint64_t snapshot_puts = 0;       // taken
+  uint64_t snapshot_hits = 0;       // resumes from a snapshot (memory or disk)
+  uint64_t snapshot_disk_hits = 0;  // of which read from the disk tier
+  uint64_t snapshot_evictions = 0;  // memory tier
+  uint64_t snapshot_corrupt = 0;    // failed verification (checksum, parent, tokens, size)
+  uint64_t snapshot_written = 0;    // made durable on the disk tier
   // Planner estimates.
   double disk_read_bytes_per_s = 0;
   double prefill_tokens_per_s = 0;
@@ -108,8 +124,10 @@ struct AcquireResult {
   int device_tokens = 0;
   int host_tokens = 0;
   int disk_tokens = 0;
-  int recomputed_blocks = 0;  // cached blocks not used (planner, failed verification, no pages)
-  double load_ms = 0;         // lookup + copies + disk reads
+  int recomputed_blocks = 0;   // cached blocks not used (planner, failed verification, no pages,
+                               // hybrid: past the last snapshot)
+  bool from_snapshot = false;  // hybrid: the recurrent state came from a snapshot
+  double load_ms = 0;          // lookup + copies + disk reads
 };
 
 struct SessionInfo {
@@ -147,9 +165,12 @@ class PrefixCache {
   // `pool` is the runner's KV pool (its layout must match `ns.layout`); `store` may be null (no
   // disk tier; sessions then fail with InvalidArgument). Both must outlive the cache.
   // `model_path` and `model_description` are recorded in session manifests.
+  // `snapshot_store` (may be null) is the disk tier of recurrent-state snapshots (hybrid models),
+  // a BlockStore of its own so snapshots have their own budget and eviction.
   static Result<std::unique_ptr<PrefixCache>> Create(
       engine::KvPool& pool, storage::BlockStore* store, const NamespaceParams& ns,
-      const CacheOptions& options, std::string model_path = "", std::string model_description = "");
+      const CacheOptions& options, std::string model_path = "", std::string model_description = "",
+      storage::BlockStore* snapshot_store = nullptr);
   // Drains the write-behind queue (everything queued becomes durable), remembers the planner's
   // estimates in the store, and returns cached pages to the pool.
   ~PrefixCache();
@@ -171,6 +192,15 @@ class PrefixCache {
   // Registers every full block of `seq` that is not cached yet (device tier, and the disk tier
   // per the write policy). Call after prefill and as generation fills blocks. Never blocks.
   void Publish(const engine::Sequence& seq, const std::string& salt = "");
+  // Hybrid models: keeps `state` (Sequence::recurrent after the last of `tokens`) as the snapshot
+  // after the block that ends at tokens.size(), which must be a positive multiple of
+  // block_tokens, in memory and (per the write policy) on the disk snapshot tier. False when
+  // snapshots are off, the size is wrong, or the budget is too small for it.
+  bool SaveSnapshot(std::span<const int32_t> tokens, std::span<const float> state,
+                    const std::string& salt = "");
+  // Whether Acquire can resume this model's sequences (non-hybrid, or hybrid with a snapshot
+  // tier).
+  bool resumes() const;
   // Returns the sequence's pages; cached ones stay in the device tier.
   void Release(engine::Sequence& seq);
   // Tells the planner how fast prefill ran (tokens computed in `ms`).

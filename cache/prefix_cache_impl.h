@@ -22,6 +22,7 @@
 
 #include "base/logging.h"
 #include "cache/prefix_cache.h"
+#include "cache/state_snapshots.h"
 #include "cache/write_behind.h"
 #include "storage/block_store.h"
 
@@ -32,6 +33,7 @@ inline constexpr double kHostCopyBytesPerS = 8e9;  // memcpy estimate for host-t
 inline constexpr double kDiskBatchOverheadMs = 0.2;
 inline constexpr double kEwmaWeight = 0.3;
 inline constexpr std::string_view kRateMetaPrefix = "planner/v1/";
+inline constexpr size_t kSnapshotQueueItems = 16;
 
 struct Freer {
   void operator()(std::byte* p) const { std::free(p); }
@@ -48,9 +50,11 @@ inline std::string HashHex(const Hash128& h) { return h.ToHex(); }
 class PrefixCache::Impl {
  public:
   Impl(engine::KvPool& pool, storage::BlockStore* store, const NamespaceParams& ns,
-       const CacheOptions& options, std::string model_path, std::string model_description)
+       const CacheOptions& options, std::string model_path, std::string model_description,
+       storage::BlockStore* snapshot_store)
       : pool_(pool),
         store_(store),
+        snap_store_(snapshot_store),
         ns_params_(ns),
         ns_(NamespaceHash(ns)),
         options_(options),
@@ -59,7 +63,8 @@ class PrefixCache::Impl {
         bt_(layout_.block_tokens),
         layout_tag_(ns_.lo ^ ns_.hi),
         model_path_(std::move(model_path)),
-        model_description_(std::move(model_description)) {
+        model_description_(std::move(model_description)),
+        snapshots_(options.recurrent_state_elems > 0 ? options.snapshot_bytes : 0) {
     page_cached_.assign(pool.n_pages(), false);
     disk_bps_ = options.disk_read_bytes_per_s;
     prefill_tps_ = options.prefill_tokens_per_s;
@@ -70,6 +75,12 @@ class PrefixCache::Impl {
         writer_ = std::make_unique<WriteBehind>(*store_, options.write_queue_blocks,
                                                 options.write_queue_bytes);
       }
+    }
+    if (snap_store_ != nullptr && snapshots_enabled() &&
+        options.write_policy != WritePolicy::kNever) {
+      // Snapshots are few and large: a short queue, bounded by bytes.
+      snap_writer_ = std::make_unique<WriteBehind>(*snap_store_, kSnapshotQueueItems,
+                                                   options.write_queue_bytes);
     }
     if (disk_bps_ <= 0) disk_bps_ = kDefaultDiskBytesPerS;
     pool_.SetReclaimer([this] { return EvictOneDevicePage(); });
@@ -83,6 +94,7 @@ class PrefixCache::Impl {
       DropHost();
     }
     writer_.reset();  // drains the queue
+    snap_writer_.reset();
     if (store_ != nullptr) {
       WriteRateMeta("disk_read_bytes_per_s", disk_bps_);
       if (prefill_tps_ > 0) WriteRateMeta("prefill_tokens_per_s/" + HashHex(ns_), prefill_tps_);
@@ -120,6 +132,9 @@ class PrefixCache::Impl {
   Result<AcquireResult> Acquire(engine::Sequence& seq, std::span<const int32_t> tokens,
                                 int max_positions, const Hash128* tail_key,
                                 const std::string& salt);
+  bool SaveSnapshot(std::span<const int32_t> tokens, std::span<const float> state,
+                    const std::string& salt);
+  bool resumes() const { return options_.recurrent_state_elems == 0 || snapshots_enabled(); }
   void Publish(const engine::Sequence& seq, const std::string& salt);
   void Release(engine::Sequence& seq) {
     for (int32_t p : seq.block_table) pool_.Unref(p);
@@ -138,8 +153,12 @@ class PrefixCache::Impl {
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq, int leave_tokens,
                                   const std::string& salt);
   Status Flush() {
-    if (writer_ == nullptr) return Status::Ok();
-    return writer_->Flush();
+    Status s = writer_ == nullptr ? Status::Ok() : writer_->Flush();
+    if (snap_writer_ != nullptr) {
+      Status t = snap_writer_->Flush();
+      if (s.ok()) s = t;
+    }
+    return s;
   }
   void EvictDevice() {
     std::vector<Hash128> victims;
@@ -175,6 +194,10 @@ class PrefixCache::Impl {
     }
     s.disk_read_bytes_per_s = disk_bps_;
     s.prefill_tokens_per_s = prefill_tps_;
+    if (snap_writer_ != nullptr) s.snapshot_written = snap_writer_->counters().written;
+    s.snapshots = snap_stats_.entries;
+    s.snapshot_bytes = snap_stats_.bytes;
+    s.snapshot_evictions = snap_stats_.evictions;
     return s;
   }
 
@@ -366,6 +389,30 @@ class PrefixCache::Impl {
     }
   }
 
+  // ---- Recurrent-state snapshots (hybrid models; prefix_cache_snapshots.cc) ----
+  bool snapshots_enabled() const { return snapshots_.budget_bytes() > 0; }
+  // Whether a snapshot may exist after block `key` (by key; LoadSnapshot verifies).
+  bool HasSnapshot(const Hash128& key) const {
+    return snapshots_.Contains(key) || (snap_store_ != nullptr && snap_store_->Contains(key));
+  }
+  // Snapshot records carry a tag of their own (the blocks' layout tag mixed with the state
+  // size), so a snapshot can never verify as a block of the same key or as another model's state.
+  uint64_t SnapshotTag() const {
+    return layout_tag_ ^ 0x736e617073686f74ull ^
+           (options_.recurrent_state_elems * 0x9e3779b97f4a7c15ull);
+  }
+  // The disk-tier half of LoadSnapshot.
+  bool LoadDiskSnapshot(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
+                        std::vector<float>& state);
+  // The verified snapshot after block `key` (parent, tokens, size) into `state`; false on a miss.
+  bool LoadSnapshot(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
+                    std::vector<float>& state);
+  // Mirrors the snapshot tier's counters for Stats() readers.
+  void SyncSnapshotStats() {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    snap_stats_ = snapshots_.stats();
+  }
+
   // Reads the disk blocks of `plan` (indices `idx`) into their pages in one batch. Returns the
   // index into `idx` of the first block that failed (idx.size() when all verified).
   size_t LoadDisk(const std::vector<PlanBlock>& plan, const std::vector<size_t>& idx,
@@ -373,6 +420,7 @@ class PrefixCache::Impl {
 
   engine::KvPool& pool_;
   storage::BlockStore* store_;
+  storage::BlockStore* snap_store_;  // disk tier of snapshots; may be null
   NamespaceParams ns_params_;
   Hash128 ns_;
   std::map<std::string, Root> roots_;
@@ -391,9 +439,14 @@ class PrefixCache::Impl {
   std::unique_ptr<WriteBehind> writer_;
   // Sizes of device_ and host_, readable by Stats() from other threads.
   std::atomic<uint64_t> device_count_{0}, host_count_{0};
+  // Hybrid models: the in-memory snapshot tier (budget 0 when the model is not hybrid).
+  StateSnapshots snapshots_;
+  std::unique_ptr<WriteBehind> snap_writer_;  // to snap_store_
+  AlignedBytes snap_buf_;                     // disk-read staging, ReadBufferBytes(state)
 
   mutable std::mutex stats_mu_;  // guards stats_, logged_ and the estimates for Stats() readers
   CacheStats stats_;
+  SnapshotStats snap_stats_;               // copy of snapshots_.stats() for Stats()
   std::array<bool, kNumCauses> logged_{};  // causes Absorb has logged
   double disk_bps_ = 0;
   double prefill_tps_ = 0;

@@ -333,6 +333,10 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
     if (!s.ok()) return Status(s.code(), "saving session '" + name + "': " + s.message());
   }
   KV_RETURN_IF_ERROR(store_->Flush());
+  // Hybrid models: the snapshot the caller took at the session's last full block (the scheduler
+  // does before saving) is durable too, so a restore after a restart resumes there and computes
+  // only the tail (docs/cache.md "Hybrid models").
+  if (snap_writer_ != nullptr) KV_RETURN_IF_ERROR(snap_writer_->Flush());
   const int64_t now = WallNowUs();
   int64_t created = now;
   if (Result<Manifest> old = LoadManifest(*store_, name); old.ok()) {

@@ -14,8 +14,14 @@ bool StateSnapshots::Put(const Key& block_hash, const Key& parent, std::span<con
     return false;
   }
   EvictToFit(bytes);
+  // Reuse an evicted entry's buffer when it is big enough: a large fresh allocation is fresh
+  // pages, and faulting them in costs ~10x the copy (bench/snapshot_bench, docs/cache.md).
+  std::vector<float> copy;
+  if (spare_.capacity() >= state.size()) copy = std::move(spare_);
+  spare_ = {};
+  copy.assign(state.begin(), state.end());
   lru_.push_front(Entry{block_hash, parent, std::vector<int32_t>(tokens.begin(), tokens.end()),
-                        std::vector<float>(state.begin(), state.end())});
+                        std::move(copy)});
   index_[block_hash] = lru_.begin();
   stats_.bytes += bytes;
   stats_.entries = index_.size();
@@ -54,6 +60,7 @@ void StateSnapshots::Erase(const Key& block_hash) {
 
 void StateSnapshots::Clear() {
   lru_.clear();
+  spare_ = {};
   index_.clear();
   stats_.bytes = 0;
   stats_.entries = 0;
@@ -61,8 +68,9 @@ void StateSnapshots::Clear() {
 
 void StateSnapshots::EvictToFit(uint64_t incoming_bytes) {
   while (!lru_.empty() && stats_.bytes + incoming_bytes > budget_bytes_) {
-    const Entry& victim = lru_.back();
+    Entry& victim = lru_.back();
     stats_.bytes -= Bytes(victim);
+    if (victim.state.capacity() > spare_.capacity()) spare_ = std::move(victim.state);
     index_.erase(victim.key);
     lru_.pop_back();
     ++stats_.evictions;

@@ -4,9 +4,9 @@
 // parent hash and the block's token ids, and a lookup whose parent or tokens differ is a miss, so a
 // hash collision or a stale entry can never resume a sequence from the wrong state.
 //
-// This is the in-memory tier with its own byte budget and LRU eviction; the prefix cache will
-// consult it in Acquire (resume at the longest cached prefix that ends at a snapshot) and fill it
-// at the block boundaries its policy picks.
+// This is the in-memory tier with its own byte budget and LRU eviction; the prefix cache consults
+// it in Acquire (resume at the longest cached prefix that ends at a snapshot) and the scheduler
+// fills it at the block boundaries its policy picks (PrefixCache::SaveSnapshot).
 //
 // Not thread-safe: owned by one PrefixCache and used on the engine thread.
 #pragma once
@@ -49,6 +49,8 @@ class StateSnapshots {
   // Index of the last block among hashes[0..n) that has a snapshot (by key only; Find verifies),
   // or -1. Does not touch the LRU order.
   int LastWithSnapshot(std::span<const Key> hashes) const;
+  // Whether a snapshot is stored under `block_hash` (by key only; Find verifies).
+  bool Contains(const Key& block_hash) const { return index_.contains(block_hash); }
   void Erase(const Key& block_hash);
   void Clear();
 
@@ -69,6 +71,7 @@ class StateSnapshots {
   std::list<Entry> lru_;  // most recently used first
   std::unordered_map<Key, std::list<Entry>::iterator, storage::BlockKeyHash> index_;
   SnapshotStats stats_;
+  std::vector<float> spare_;  // the last evicted entry's buffer, reused by the next Put
 };
 
 }  // namespace kvstash::cache

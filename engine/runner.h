@@ -62,6 +62,8 @@ class Runner {
   const RunnerOptions& options() const { return options_; }
   const KvLayout& kv_layout() const { return pool_->layout(); }
   KvPool& pool() { return *pool_; }
+  // f32 elements of a sequence's recurrent state (Sequence::recurrent; 0 for non-hybrid models).
+  size_t RecurrentStateElems() const;
   Backend& backend() { return *backend_; }
 
   // Appends `tokens` to `seq`. With kLast, `logits` receives n_vocab floats for the last token;
@@ -109,9 +111,6 @@ class Runner {
   // FFNs: read xn_, write tmp_.
   void DenseFfn(const LayerWeights& L, int n);
   void MoeFfn(const LayerWeights& L, int n);  // runner_moe.cc
-  // f32 elements of a sequence's recurrent state (0 for non-hybrid models).
-  size_t RecurrentStateElems() const;
-
   void Tap(std::string_view name, int layer, const float* data, int n_rows, int row_elems) {
     if (tap_) tap_(name, layer, data, n_rows, row_elems);
   }

@@ -93,6 +93,23 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
                              " free or already used by the cache): writes will fail once it is "
                              "full; lower --cache-bytes");
     }
+    // Hybrid models: recurrent-state snapshots get a store of their own under the cache
+    // directory, with their own budget and segment eviction (docs/cache.md "Hybrid models").
+    if (e->runner_->RecurrentStateElems() > 0 && o.snapshot_disk_bytes > 0 &&
+        o.cache.snapshot_bytes > 0) {
+      storage::Options ss;
+      ss.path = o.cache_dir + "/snapshots";
+      ss.capacity_bytes = o.snapshot_disk_bytes;
+      // A segment holds at least one snapshot (62.8 MiB on Qwen3.6-35B-A3B, 149.6 MiB on 27B).
+      const uint64_t state_bytes = e->runner_->RecurrentStateElems() * sizeof(float);
+      ss.segment_bytes = std::max<uint64_t>(
+          (state_bytes + (1 << 20)) & ~uint64_t{4095},
+          std::min<uint64_t>(ss.segment_bytes, (o.snapshot_disk_bytes / 4) & ~uint64_t{4095}));
+      if (ss.capacity_bytes < 4 * ss.segment_bytes) ss.capacity_bytes = 4 * ss.segment_bytes;
+      auto snap = storage::BlockStore::Open(ss);
+      if (!snap.ok()) return snap.status().WithContext("snapshot directory " + ss.path);
+      e->snapshot_store_ = std::move(*snap);
+    }
   }
   // 4. The prefix cache over the runner's pool.
   if (o.use_cache) {
@@ -100,11 +117,16 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
     KV_ASSIGN_OR_RETURN(fingerprint, cache::FingerprintFile(o.model_path, e->store_.get(),
                                                             &rep.fingerprint_remembered));
     rep.fingerprint_ms = w.ElapsedMs();
-    const cache::NamespaceParams ns =
+    cache::NamespaceParams ns =
         cache::NamespaceFor(*e->model_, fingerprint, e->runner_->kv_layout(), o.cache.cache_salt);
-    KV_ASSIGN_OR_RETURN(e->cache_,
-                        cache::PrefixCache::Create(e->runner_->pool(), e->store_.get(), ns, o.cache,
-                                                   o.model_path, e->model_->Describe()));
+    if (e->model_->config().is_hybrid()) {
+      ns.deltanet_chunk_tokens = e->runner_->options().deltanet_chunk_tokens;
+    }
+    cache::CacheOptions co = o.cache;
+    co.recurrent_state_elems = e->runner_->RecurrentStateElems();
+    KV_ASSIGN_OR_RETURN(e->cache_, cache::PrefixCache::Create(
+                                       e->runner_->pool(), e->store_.get(), ns, co, o.model_path,
+                                       e->model_->Describe(), e->snapshot_store_.get()));
     rep.model_fingerprint = fingerprint.ToHex();
     rep.namespace_hash = e->cache_->namespace_hash().ToHex();
   }
@@ -132,6 +154,11 @@ Status Engine::Close() {
     Status s = store_->Close();
     if (first.ok()) first = s;
     store_.reset();
+  }
+  if (snapshot_store_) {
+    Status s = snapshot_store_->Close();
+    if (first.ok()) first = s;
+    snapshot_store_.reset();
   }
   scheduler_.reset();
   runner_.reset();

@@ -49,6 +49,10 @@ struct EngineOptions {
   // Disk tier budget in bytes. Default 64 GiB. A budget larger than the filesystem can hold is
   // accepted with a warning.
   uint64_t cache_bytes = 64ull << 30;
+  // Hybrid models: disk budget of recurrent-state snapshots, a store of their own in
+  // cache_dir/snapshots (at least 4 segments of one snapshot each). Default 16 GiB; 0 = no disk
+  // tier for snapshots.
+  uint64_t snapshot_disk_bytes = 16ull << 30;
   cache::CacheOptions cache;
   SchedulerOptions scheduler;
 };
@@ -113,6 +117,7 @@ class Engine {
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<engine::Runner> runner_;
   std::unique_ptr<storage::BlockStore> store_;
+  std::unique_ptr<storage::BlockStore> snapshot_store_;  // hybrid models with a cache_dir
   std::unique_ptr<cache::PrefixCache> cache_;
   std::unique_ptr<Scheduler> scheduler_;
   bool closed_ = false;

@@ -1,6 +1,7 @@
 #include "serve/scheduler.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -50,6 +51,12 @@ struct Scheduler::Active {
   // prompt, held until the cache lookup so its KV can still serve the common part.
   engine::Sequence diverged;
   cache::AcquireResult diverged_from;  // the tiers its restore read
+  // Hybrid models: the last position with a snapshot taken, and the state decoding left at the
+  // last block boundary it crossed (saved as a snapshot when the request ends: where the next
+  // agent turn resumes). [RecurrentStateElems] f32.
+  int snapshot_pos = 0;
+  int stash_pos = 0;
+  std::vector<float> stash;
 };
 
 // Where a request's prompt came from, as the cache reported it at admission.
@@ -112,7 +119,15 @@ void RequestHandle::Push(Event e) {
 
 Scheduler::Scheduler(engine::Runner& runner, cache::PrefixCache* cache,
                      const engine::Tokenizer* tokenizer, const SchedulerOptions& options)
-    : runner_(runner), cache_(cache), tokenizer_(tokenizer), options_(options) {
+    : runner_(runner),
+      cache_(cache),
+      tokenizer_(tokenizer),
+      options_(options),
+      snapshots_(cache != nullptr && runner.model().config().is_hybrid() && cache->resumes()),
+      state_interval_(options.state_interval <= 0
+                          ? 0
+                          : (options.state_interval + runner.options().block_tokens - 1) /
+                                runner.options().block_tokens * runner.options().block_tokens) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -276,7 +291,7 @@ bool Scheduler::Admit(Active& a) {
       if (KvReuseAllowed()) {
         SetCacheUsage(a.usage, r->acquired);
       } else {
-        Release(a);  // hybrid: the session's tokens are recomputed (no recurrent state stored)
+        Release(a);  // hybrid without snapshots: the session's tokens are recomputed
       }
     }
     a.context.insert(a.context.end(), a.req.prompt.begin(), a.req.prompt.end());
@@ -311,7 +326,7 @@ bool Scheduler::Admit(Active& a) {
     // last position is computed for its logits.
     int max_positions = a.pending >= 0 ? static_cast<int>(a.context.size())
                                        : static_cast<int>(a.context.size()) - 1;
-    if (!KvReuseAllowed()) max_positions = 0;
+    if (!cache_->resumes()) max_positions = 0;
     auto got = cache_->Acquire(a.seq, a.context, max_positions, a.req.cache_salt);
     if (!got.ok()) {
       Fail(a, got.status());
@@ -350,7 +365,52 @@ bool Scheduler::Admit(Active& a) {
 // Session-as-prefix mode: the prompt holds the whole conversation. The session supplies the KV
 // only when its tokens are a prefix of the prompt; otherwise (missing, diverged, incompatible)
 // the prompt goes through the plain cache lookup.
-bool Scheduler::KvReuseAllowed() const { return !runner_.model().config().is_hybrid(); }
+bool Scheduler::KvReuseAllowed() const {
+  return !runner_.model().config().is_hybrid() || snapshots_;
+}
+
+// The policy (docs/cache.md "Hybrid models"): the last block boundary before the end of the
+// context (a repeated prompt resumes there), the end of the context when it is a boundary (a
+// prompt that grows resumes there), and every state_interval_ positions.
+int Scheduler::NextSnapshotAt(const Active& a) const {
+  const int bt = runner_.options().block_tokens;
+  const int n = a.seq.n_past();
+  const int end = static_cast<int>(a.context.size());
+  int next = INT_MAX;
+  const int last_before_end = (end - 1) / bt * bt;
+  if (last_before_end > n) next = last_before_end;
+  if (state_interval_ > 0) {
+    const int iv = (n / state_interval_ + 1) * state_interval_;
+    if (iv < end) next = std::min(next, iv);
+  }
+  return next;
+}
+
+bool Scheduler::WantsSnapshotNow(const Active& a) const {
+  const int bt = runner_.options().block_tokens;
+  const int n = a.seq.n_past();
+  const int end = static_cast<int>(a.context.size());
+  if (n == 0 || n % bt != 0 || n <= a.snapshot_pos) return false;
+  return n == (end - 1) / bt * bt || n == end || (state_interval_ > 0 && n % state_interval_ == 0);
+}
+
+void Scheduler::SaveLastSnapshot(Active& a) {
+  if (!snapshots_) return;
+  const int bt = runner_.options().block_tokens;
+  const int n = a.seq.n_past();
+  if (n > 0 && n % bt == 0 && n > a.snapshot_pos &&
+      a.seq.recurrent.size() == runner_.RecurrentStateElems()) {
+    if (cache_->SaveSnapshot(std::span<const int32_t>(a.seq.tokens), a.seq.recurrent,
+                             a.req.cache_salt)) {
+      a.snapshot_pos = n;
+    }
+  } else if (a.stash_pos > a.snapshot_pos && a.stash_pos <= n) {
+    if (cache_->SaveSnapshot(std::span<const int32_t>(a.seq.tokens).first(a.stash_pos), a.stash,
+                             a.req.cache_salt)) {
+      a.snapshot_pos = a.stash_pos;
+    }
+  }
+}
 
 void Scheduler::RestoreSessionPrefix(Active& a) {
   auto r = cache_->RestoreSession(a.req.restore_session, a.seq, 1, a.req.cache_salt);
@@ -364,7 +424,9 @@ void Scheduler::RestoreSessionPrefix(Active& a) {
   const bool prefix = r->tokens.size() <= a.req.prompt.size() &&
                       std::equal(r->tokens.begin(), r->tokens.end(), a.req.prompt.begin());
   if (!prefix || a.seq.n_past() >= static_cast<int>(a.req.prompt.size()) || !KvReuseAllowed()) {
-    if (KvReuseAllowed() && a.seq.n_past() > 0) {
+    // Not for hybrid models: their recurrent state is that of the session's end, not of the
+    // common prefix.
+    if (KvReuseAllowed() && !runner_.model().config().is_hybrid() && a.seq.n_past() > 0) {
       std::swap(a.seq, a.diverged);  // kept for ExtendFromDiverged after the cache lookup
       a.diverged_from = r->acquired;
     } else {
@@ -428,11 +490,14 @@ void Scheduler::ExtendFromDiverged(Active& a, int max_positions) {
 // at the front of the queue; it resumes by re-acquiring them.
 void Scheduler::Preempt(Active& a) {
   PublishFull(a);
+  SaveLastSnapshot(a);
   // Decoding: everything in the KV is the context to resume (the pending token follows it).
   // Still prefilling: the context stays the prompt, of which the sequence held a prefix.
   if (a.prefill_done) a.context.assign(a.seq.tokens.begin(), a.seq.tokens.end());
   Release(a);
   a.admitted = false;
+  a.snapshot_pos = 0;  // the next admission starts a new sequence
+  a.stash_pos = 0;
   ++a.usage.preemptions;
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
@@ -484,7 +549,9 @@ bool Scheduler::BuildAndRunBatch() {
     Active& a = *up;
     const int left = static_cast<int>(a.context.size()) - a.seq.n_past();
     if (left > 0 && budget > 0) {
-      const int m = std::min(left, budget);
+      int m = std::min(left, budget);
+      // A hybrid prompt chunk ends where a snapshot is due: the state exists only there.
+      if (snapshots_) m = std::min(m, NextSnapshotAt(a) - a.seq.n_past());
       plan.push_back({&a, m});
       budget -= m;
     }
@@ -584,6 +651,14 @@ bool Scheduler::BuildAndRunBatch() {
       }
     }
     PublishFull(a);
+    if (snapshots_) {
+      if (!is_decode[k] && WantsSnapshotNow(a)) {
+        SaveLastSnapshot(a);
+      } else if (is_decode[k] && a.seq.n_past() % bt == 0) {
+        a.stash = a.seq.recurrent;  // reuses the stash's capacity after the first block
+        a.stash_pos = a.seq.n_past();
+      }
+    }
     if (segs[k].logits == engine::LogitsMode::kNone) continue;
     if (!a.prefill_done) {
       a.prefill_done = true;
@@ -710,6 +785,7 @@ void Scheduler::Finish(Active& a, FinishReason reason, const std::string& tail_t
       (void)runner_.Forward(std::span<const engine::BatchSegment>(&seg, 1)).ok();
     }
     PublishFull(a);
+    SaveLastSnapshot(a);  // hybrid: made durable with the session
     Status s = cache_->SaveSession(a.req.save_session, a.seq, a.req.cache_salt);
     if (!s.ok()) {
       Fail(a, s);
@@ -720,6 +796,7 @@ void Scheduler::Finish(Active& a, FinishReason reason, const std::string& tail_t
   }
   if (a.admitted) {
     PublishFull(a);
+    SaveLastSnapshot(a);
     Release(a);
   } else if (a.seq.n_past() > 0 || !a.seq.block_table.empty()) {
     Release(a);

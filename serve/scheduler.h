@@ -48,6 +48,13 @@ struct SchedulerOptions {
   // Requests waiting for admission beyond which Submit refuses (ResourceExhausted; the daemon
   // answers 503 with Retry-After). Default 64.
   int max_queue = 64;
+  // Hybrid models (qwen35, qwen35moe): besides the snapshots at the end of every prompt and of
+  // every answer, the recurrent state is snapshotted every `state_interval` prompt positions
+  // (rounded up to a whole block), so a long shared context that diverges resumes at most this
+  // many positions before the divergence. 0 = only at prompt and answer ends. Default 4096
+  // (docs/cache.md "Hybrid models": a snapshot of Qwen3.6-35B-A3B weighs as much as ~3.2K
+  // tokens of its KV, so 4096 keeps interval snapshots below the KV they accompany).
+  int state_interval = 4096;
 };
 
 struct SchedulerStats {
@@ -98,11 +105,18 @@ class Scheduler {
   bool Admit(Active& a);
   void RestoreSessionPrefix(Active& a);
   void ExtendFromDiverged(Active& a, int max_positions);
-  // False for hybrid models (qwen35, qwen35moe): cached KV blocks alone cannot resume them, since
-  // their DeltaNet layers also need the recurrent state after the prefix, which the cache does
-  // not store yet. Every prompt and restored session is then recomputed from position 0 (the
-  // blocks are still published for when snapshots exist).
+  // Whether a restored session's sequence can be used as RestoreSession left it. False only for
+  // hybrid models without a snapshot tier (every position is then recomputed); with one, the
+  // cache's RestoreSession resumes a hybrid session at the last block with a snapshot (the one
+  // saved with it) and its tail is recomputed.
   bool KvReuseAllowed() const;
+  // Hybrid models: the next position > n_past where `a` wants a state snapshot (a prefill chunk
+  // ends there), or INT_MAX; and whether the position it just reached is one.
+  int NextSnapshotAt(const Active& a) const;
+  bool WantsSnapshotNow(const Active& a) const;
+  // Keeps the state at the end of the sequence's last full block as a snapshot: the current one
+  // when it sits on a block boundary, else the one stashed when decoding crossed the boundary.
+  void SaveLastSnapshot(Active& a);
   void Preempt(Active& a);
   void Finish(Active& a, FinishReason reason, const std::string& tail_text);
   void Fail(Active& a, const Status& s);
@@ -116,6 +130,9 @@ class Scheduler {
   cache::PrefixCache* cache_;
   const engine::Tokenizer* tokenizer_;
   const SchedulerOptions options_;
+  // Hybrid model with a snapshot tier: snapshots are taken (policy above).
+  const bool snapshots_;
+  const int state_interval_;  // options_.state_interval rounded up to whole blocks (0 = off)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -23,8 +23,8 @@ constexpr const char* kDescription =
 
 // Byte-size options are strings in CLI11 and parsed here, naming the option on error.
 struct RawSizes {
-  std::string kv_bytes = "2G", cache_bytes = "64G", host_cache_bytes = "0", max_body = "16M",
-              max_frame = "16M";
+  std::string kv_bytes = "2G", cache_bytes = "64G", host_cache_bytes = "0", snapshot_bytes = "2G",
+              snapshot_disk_bytes = "16G", max_body = "16M", max_frame = "16M";
 };
 
 void AddOptions(CLI::App& app, DaemonConfig& c, RawSizes& r) {
@@ -96,6 +96,19 @@ void AddOptions(CLI::App& app, DaemonConfig& c, RawSizes& r) {
   app.add_option("--host-cache-bytes", r.host_cache_bytes,
                  "Host-memory tier budget; 0 = off (the CPU backend's pool already is RAM)")
       ->capture_default_str();
+  app.add_option("--snapshot-bytes", r.snapshot_bytes,
+                 "Hybrid models (qwen35, qwen35moe): host-memory budget of recurrent-state "
+                 "snapshots, LRU; a prompt resumes only at a block with a snapshot; 0 = off")
+      ->capture_default_str();
+  app.add_option("--snapshot-disk-bytes", r.snapshot_disk_bytes,
+                 "Hybrid models: disk budget of recurrent-state snapshots (a store of their own "
+                 "in --cache-dir/snapshots, segments evicted least recently used); 0 = memory only")
+      ->capture_default_str();
+  app.add_option("--state-interval", c.state_interval,
+                 "Hybrid models: prompt tokens between recurrent-state snapshots inside long "
+                 "prompts (besides the end of every prompt and answer); 0 = ends only")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 24));
   app.add_option("--write-policy", c.write_policy,
                  "When computed blocks are written to --cache-dir: always, on-evict or never")
       ->capture_default_str()
@@ -204,6 +217,8 @@ Status ParseSizes(const RawSizes& r, DaemonConfig& c) {
   } items[] = {{"--kv-bytes", &r.kv_bytes, &c.kv_bytes},
                {"--cache-bytes", &r.cache_bytes, &c.cache_bytes},
                {"--host-cache-bytes", &r.host_cache_bytes, &c.host_cache_bytes},
+               {"--snapshot-bytes", &r.snapshot_bytes, &c.snapshot_bytes},
+               {"--snapshot-disk-bytes", &r.snapshot_disk_bytes, &c.snapshot_disk_bytes},
                {"--max-body-bytes", &r.max_body, &c.max_body_bytes},
                {"--max-frame-bytes", &r.max_frame, &c.max_frame_bytes}};
   for (const Item& it : items) {

@@ -42,6 +42,10 @@ struct DaemonConfig {
   uint64_t cache_bytes = 64ull << 30;
   uint64_t host_cache_bytes = 0;
   std::string write_policy = "always";
+  // Hybrid models: recurrent-state snapshots (docs/cache.md "Hybrid models").
+  uint64_t snapshot_bytes = 2ull << 30;        // host-RAM snapshot tier
+  uint64_t snapshot_disk_bytes = 16ull << 30;  // cache_dir/snapshots budget
+  int state_interval = 4096;                   // prompt positions between snapshots; 0 = ends only
   // HTTP.
   std::string host = "127.0.0.1";
   int port = kDefaultPort;

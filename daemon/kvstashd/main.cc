@@ -155,10 +155,13 @@ Result<serve::EngineOptions> EngineOptionsFrom(const DaemonConfig& c, std::strin
   o.cache_dir = c.no_cache ? "" : c.cache_dir;
   o.cache_bytes = c.cache_bytes;
   o.cache.host_bytes = c.host_cache_bytes;
+  o.cache.snapshot_bytes = c.snapshot_bytes;
+  o.snapshot_disk_bytes = c.snapshot_disk_bytes;
   KV_ASSIGN_OR_RETURN(o.cache.write_policy, cache::ParseWritePolicy(c.write_policy));
   o.scheduler.batch_tokens = c.batch_tokens;
   o.scheduler.max_running = c.parallel;
   o.scheduler.max_queue = c.max_queue;
+  o.scheduler.state_interval = c.state_interval;
   return o;
 }
 

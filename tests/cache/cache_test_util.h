@@ -29,6 +29,8 @@ struct StackSetup {
   std::string store_dir;  // empty: no disk tier
   uint64_t store_capacity = 64ull << 20;
   uint64_t segment_bytes = 4ull << 20;
+  // Hybrid models: a snapshot store in store_dir/snapshots (as serve::Engine opens it).
+  bool snapshot_store = false;
 };
 
 // One "process": runner, store and cache over a loaded model.
@@ -52,12 +54,20 @@ class Stack {
       auto st = storage::BlockStore::Open(so);
       EXPECT_TRUE(st.ok()) << st.status().ToString();
       store = std::move(*st);
+      if (s.snapshot_store) {
+        so.path = s.store_dir + "/snapshots";
+        auto ss = storage::BlockStore::Open(so);
+        EXPECT_TRUE(ss.ok()) << ss.status().ToString();
+        snapshot_store = std::move(*ss);
+      }
     }
     auto fp = FingerprintFile(model_path, store.get());
     EXPECT_TRUE(fp.ok()) << fp.status().ToString();
     ns = NamespaceFor(model, *fp, runner->kv_layout(), s.cache.cache_salt);
-    auto c =
-        PrefixCache::Create(runner->pool(), store.get(), ns, s.cache, model_path, model.Describe());
+    CacheOptions co = s.cache;
+    co.recurrent_state_elems = runner->RecurrentStateElems();  // as serve::Engine does
+    auto c = PrefixCache::Create(runner->pool(), store.get(), ns, co, model_path, model.Describe(),
+                                 snapshot_store.get());
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     cache = std::move(*c);
   }
@@ -69,11 +79,16 @@ class Stack {
       EXPECT_TRUE(store->Close().ok());
     }
     store.reset();
+    if (snapshot_store) {
+      EXPECT_TRUE(snapshot_store->Close().ok());
+    }
+    snapshot_store.reset();
     runner.reset();
   }
 
   std::unique_ptr<engine::Runner> runner;
   std::unique_ptr<storage::BlockStore> store;
+  std::unique_ptr<storage::BlockStore> snapshot_store;
   std::unique_ptr<PrefixCache> cache;
   NamespaceParams ns;
 };

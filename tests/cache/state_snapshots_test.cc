@@ -62,5 +62,24 @@ TEST(StateSnapshotsTest, LastWithSnapshotFindsTheLongestResumablePrefix) {
   EXPECT_EQ(s.LastWithSnapshot(std::span<const Key>(chain).first(3)), 1);
 }
 
+// A full tier recycles the evicted snapshot's buffer for the next Put (no fresh pages to fault
+// in), and the recycled buffer holds exactly the new state.
+TEST(StateSnapshotsTest, PutIntoAFullTierReusesTheEvictedBufferWithTheNewContents) {
+  StateSnapshots s(2 * 1024 * sizeof(float));
+  const std::vector<int32_t> toks = {1, 2};
+  ASSERT_TRUE(s.Put(K(1), K(0), toks, std::vector<float>(1024, 1.0f)));
+  ASSERT_TRUE(s.Put(K(2), K(0), toks, std::vector<float>(1024, 2.0f)));
+  const float* old1 = s.Find(K(1), K(0), toks)->data();  // then 2: 1 is the LRU one
+  const float* old2 = s.Find(K(2), K(0), toks)->data();
+  ASSERT_TRUE(s.Put(K(3), K(0), toks, std::vector<float>(1024, 3.0f)));  // evicts 1
+  const std::vector<float>* got = s.Find(K(3), K(0), toks);
+  ASSERT_NE(got, nullptr);
+  EXPECT_EQ(got->data(), old1);
+  EXPECT_EQ(*got, std::vector<float>(1024, 3.0f));
+  EXPECT_EQ(s.Find(K(1), K(0), toks), nullptr);
+  EXPECT_EQ(s.Find(K(2), K(0), toks)->data(), old2);
+  EXPECT_EQ(s.stats().bytes, 2u * 1024 * sizeof(float));
+}
+
 }  // namespace
 }  // namespace kvstash::cache

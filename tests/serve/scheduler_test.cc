@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "serve/engine.h"
+#include "storage/testing/test_blocks.h"
 #include "tests/cache/cache_test_util.h"
 #include "tests/engine/engine_test_util.h"
 #include "tests/fixtures.h"
@@ -23,6 +24,7 @@ struct Result_ {
   Usage usage;
   Status error = Status::Ok();
   int progress_events = 0;
+  std::vector<float> top_logits;  // first token's, when requested
 };
 
 Result_ CollectAll(RequestHandle& h) {
@@ -36,6 +38,7 @@ Result_ CollectAll(RequestHandle& h) {
     switch (e->kind) {
       case Event::Kind::kToken:
         r.tokens.push_back(e->token);
+        for (const TopLogit& t : e->top_logits) r.top_logits.push_back(t.logit);
         break;
       case Event::Kind::kPrefillProgress:
         ++r.progress_events;
@@ -62,8 +65,11 @@ Request Greedy(std::vector<int32_t> prompt, int n) {
 
 std::unique_ptr<Engine> OpenEngine(const std::string& model, bool use_cache, int n_pages,
                                    int max_running = 16, int batch_tokens = 64,
-                                   int block_tokens = 16) {
+                                   int block_tokens = 16, const std::string& cache_dir = "") {
   EngineOptions o;
+  o.cache_dir = cache_dir;
+  o.cache_bytes = 64ull << 20;
+  o.snapshot_disk_bytes = 64ull << 20;
   o.model_path = model;
   o.weights = engine::WeightMemory::kMmap;
   o.runner.n_threads = 2;
@@ -205,7 +211,10 @@ TEST(SchedulerTest, PoolExhaustionPreemptsAndResumesWithoutTruncation) {
 // Hybrid models (DeltaNet layers carry a recurrent state the cache does not store yet) must not
 // resume from cached KV blocks: every request, repeated or preempted, recomputes its context and
 // gives exactly what it gives alone on an engine without a cache.
-TEST(SchedulerTest, HybridModelNeverResumesFromCachedKvAlone) {
+// Hybrid models resume from recurrent-state snapshots (docs/cache.md "Hybrid models"): repeated
+// and preempted requests equal the cold run, and a repeated prompt starts at its last block
+// boundary before the end.
+TEST(SchedulerTest, HybridModelResumesFromStateSnapshotsAndEqualsCold) {
   const std::string model = engine::testutil::SyntheticModel("tiny-qwen35", "f16");
   const int V = 2048;
   const std::vector<int32_t> shared = MakePrompt(48, V, 77);
@@ -221,6 +230,7 @@ TEST(SchedulerTest, HybridModelNeverResumesFromCachedKvAlone) {
   // 12 pages of 16: each request fits alone, six at once do not (preemption).
   auto eng = OpenEngine(model, true, 12, 6, 32);
   ASSERT_TRUE(eng);
+  int resumed = 0;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::vector<std::shared_ptr<RequestHandle>> handles;
@@ -233,10 +243,137 @@ TEST(SchedulerTest, HybridModelNeverResumesFromCachedKvAlone) {
       Result_ r = CollectAll(*handles[i]);
       ASSERT_TRUE(r.error.ok()) << r.error.ToString();
       EXPECT_EQ(r.tokens, alone[i]) << "request " << i;
-      EXPECT_EQ(r.usage.cached_tokens, 0) << "request " << i;
+      EXPECT_EQ(r.usage.cached_tokens % 16, 0) << "request " << i;
+      resumed += r.usage.cached_tokens > 0;
     }
   }
   EXPECT_GT(eng->scheduler_stats().preemptions, 0u);
+  EXPECT_GT(resumed, 0);
+  EXPECT_GT(eng->cache_stats().snapshot_hits, 0u);
+  ExpectIdlePool(*eng);
+
+  // With room for everything: each repeat resumes at its last boundary before the end, with
+  // the cold run's logits bit for bit.
+  auto big = OpenEngine(model, true, 256, 6, 32);
+  auto cold = OpenEngine(model, false, 0, 1);
+  ASSERT_TRUE(big && cold);
+  for (const auto& p : prompts) {
+    Request req = Greedy(p, 4);
+    req.top_logits = 16;
+    auto c = cold->Submit(req);
+    ASSERT_TRUE(c.ok());
+    const Result_ ref = CollectAll(**c);
+    for (int rep = 0; rep < 2; ++rep) {
+      auto h = big->Submit(req);
+      ASSERT_TRUE(h.ok());
+      const Result_ r = CollectAll(**h);
+      ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+      EXPECT_EQ(r.tokens, ref.tokens);
+      EXPECT_EQ(r.top_logits, ref.top_logits) << "logits differ from the cold run";
+      if (rep == 1) {
+        EXPECT_EQ(r.usage.cached_tokens, (static_cast<int>(p.size()) - 1) / 16 * 16);
+        EXPECT_EQ(r.usage.prefilled_tokens, static_cast<int>(p.size()) - r.usage.cached_tokens);
+      }
+    }
+  }
+}
+
+// The agent loop: each turn's prompt is the conversation so far (previous prompt + the answer)
+// plus new tokens. Snapshots at the end of every answer let each turn prefill only its new tokens
+// plus at most one block, with the cold run's output.
+TEST(SchedulerTest, HybridAgentLoopPrefillsOnlyEachTurnsNewTokens) {
+  for (const char* preset : {"tiny-qwen35", "tiny-qwen35moe"}) {
+    SCOPED_TRACE(preset);
+    const std::string model = engine::testutil::SyntheticModel(preset, "q8_0");
+    const int V = 2048;
+    auto eng = OpenEngine(model, true, 64, 4, 64);
+    auto cold = OpenEngine(model, false, 0, 1);
+    ASSERT_TRUE(eng && cold);
+    std::vector<int32_t> conv = MakePrompt(40, V, 900);
+    for (int turn = 0; turn < 10; ++turn) {
+      SCOPED_TRACE("turn " + std::to_string(turn));
+      int new_tokens = static_cast<int>(conv.size());
+      if (turn > 0) {
+        const std::vector<int32_t> user = MakePrompt(9 + 3 * turn, V, 1000 + turn);
+        conv.insert(conv.end(), user.begin(), user.end());
+        new_tokens = static_cast<int>(user.size());
+      }
+      Request req = Greedy(conv, 5 + turn % 4);
+      req.top_logits = 8;
+      auto h = eng->Submit(req);
+      auto c = cold->Submit(req);
+      ASSERT_TRUE(h.ok() && c.ok());
+      const Result_ r = CollectAll(**h);
+      const Result_ ref = CollectAll(**c);
+      ASSERT_TRUE(r.error.ok() && ref.error.ok());
+      EXPECT_EQ(r.tokens, ref.tokens);
+      EXPECT_EQ(r.top_logits, ref.top_logits);
+      EXPECT_EQ(r.usage.cached_tokens + r.usage.prefilled_tokens, static_cast<int>(conv.size()));
+      if (turn > 0) {
+        EXPECT_LE(r.usage.prefilled_tokens, new_tokens + 16);
+        EXPECT_GT(r.usage.cached_tokens, 0);
+      }
+      conv.insert(conv.end(), r.tokens.begin(), r.tokens.end());
+    }
+    ExpectIdlePool(*eng);
+  }
+}
+
+// After a restart (engine closed and reopened on the same cache directory) a hybrid prompt
+// resumes from a disk snapshot, and a saved session resumes at its last full block: only its
+// tail and the new tokens are computed. Output equals the cold run.
+TEST(SchedulerTest, HybridModelResumesFromDiskSnapshotsAfterARestart) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-qwen35", "q8_0");
+  const int V = 2048;
+  storage::testing::TempDir dir(storage::testing::RealDiskTestRoot(), "hybrid-restart");
+  const std::string cache_dir = dir.Sub("kv");
+  const std::vector<int32_t> prompt = MakePrompt(75, V, 4242);
+  auto cold = OpenEngine(model, false, 0, 1);
+  ASSERT_TRUE(cold);
+  auto run = [](Engine& e, Request req) {
+    req.top_logits = 8;
+    auto h = e.Submit(std::move(req));
+    EXPECT_TRUE(h.ok());
+    return h.ok() ? CollectAll(**h) : Result_{};
+  };
+  const Result_ ref = run(*cold, Greedy(prompt, 6));
+  std::vector<int32_t> session_tokens;
+  {
+    auto eng = OpenEngine(model, true, 64, 4, 64, 16, cache_dir);
+    ASSERT_TRUE(eng);
+    Request req = Greedy(prompt, 6);
+    req.save_session = "agent";
+    const Result_ r = run(*eng, req);
+    ASSERT_TRUE(r.error.ok()) << r.error.ToString();
+    EXPECT_EQ(r.tokens, ref.tokens);
+    session_tokens = prompt;
+    session_tokens.insert(session_tokens.end(), r.tokens.begin(), r.tokens.end());
+    ASSERT_TRUE(eng->Close().ok());
+  }
+  auto eng = OpenEngine(model, true, 64, 4, 64, 16, cache_dir);
+  ASSERT_TRUE(eng);
+  // The same prompt: from the disk snapshot at its last boundary before the end.
+  const Result_ again = run(*eng, Greedy(prompt, 6));
+  ASSERT_TRUE(again.error.ok()) << again.error.ToString();
+  EXPECT_EQ(again.tokens, ref.tokens);
+  EXPECT_EQ(again.top_logits, ref.top_logits);
+  EXPECT_EQ(again.usage.cached_tokens, 64);
+  EXPECT_EQ(again.usage.disk_tokens, 64);
+  EXPECT_GE(eng->cache_stats().snapshot_disk_hits, 1u);
+  // The session + new tokens: resumes at the session's last full block.
+  const std::vector<int32_t> user = MakePrompt(20, V, 4343);
+  Request next = Greedy(user, 6);
+  next.restore_session = "agent";
+  const Result_ resumed = run(*eng, next);
+  ASSERT_TRUE(resumed.error.ok()) << resumed.error.ToString();
+  std::vector<int32_t> whole = session_tokens;
+  whole.insert(whole.end(), user.begin(), user.end());
+  const Result_ whole_ref = run(*cold, Greedy(whole, 6));
+  EXPECT_EQ(resumed.tokens, whole_ref.tokens);
+  EXPECT_EQ(resumed.top_logits, whole_ref.top_logits);
+  const int session_full = static_cast<int>(session_tokens.size()) / 16 * 16;
+  EXPECT_EQ(resumed.usage.cached_tokens, session_full);
+  EXPECT_EQ(resumed.usage.prefilled_tokens, static_cast<int>(whole.size()) - session_full);
   ExpectIdlePool(*eng);
 }
 
