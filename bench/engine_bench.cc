@@ -86,12 +86,12 @@ Result<double> MeasureDecode(const engine::Model& m, int threads, int n, int rep
 // Runs llama-bench on `path` and returns avg tokens/s keyed by "pp512" / "tg64".
 std::map<std::string, double> RunLlamaBench(const std::string& bin, const std::string& path,
                                             int threads, const std::vector<int>& prompts,
-                                            int decode, int reps) {
+                                            int decode, int reps, const std::string& load_mode) {
   std::string p;
   for (int n : prompts) p += (p.empty() ? "" : ",") + std::to_string(n);
   const std::string cmd = bin + " -m " + path + " -p " + p + " -n " + std::to_string(decode) +
                           " -t " + std::to_string(threads) + " -r " + std::to_string(reps) +
-                          " -o json 2>/dev/null";
+                          (load_mode.empty() ? "" : " -lm " + load_mode) + " -o json 2>/dev/null";
   std::map<std::string, double> out;
   const std::string text = ReadCommand(cmd);
   try {
@@ -116,6 +116,7 @@ int Main(int argc, char** argv) {
   int decode = 64;
   int reps = 2;
   std::string llama_bench;
+  std::string llama_load_mode;
   bool json = false;
   app.add_option("--models-dir", models_dir, "Where synthetic models are written and reused")
       ->capture_default_str();
@@ -135,6 +136,10 @@ int Main(int argc, char** argv) {
   app.add_option("--reps", reps, "Repetitions per test (median reported)")->capture_default_str();
   app.add_option("--llama-bench", llama_bench,
                  "Path of llama.cpp's llama-bench: measure it on the same files in this run");
+  app.add_option("--llama-load-mode", llama_load_mode,
+                 "llama-bench -lm (this llama.cpp's successor of -mmp): 'none' reads the weights "
+                 "into memory as kvstash's --weights auto does (the fair decode comparison); "
+                 "empty keeps llama-bench's default (mmap)");
   app.add_flag("--json", json, "Print {\"rows\": [...]} on stdout instead of a table");
   CLI11_PARSE(app, argc, argv);
 
@@ -150,7 +155,8 @@ int Main(int argc, char** argv) {
       }
       for (int t : threads) {
         std::map<std::string, double> peer;
-        if (!llama_bench.empty()) peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps);
+        if (!llama_bench.empty())
+          peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode);
         for (int n : prompts) {
           std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
                        n);
