@@ -838,6 +838,9 @@ void Scheduler::Fail(Active& a, const Status& s) {
 
 // Drops a finished request from whichever queue holds it (`a` is destroyed).
 void Scheduler::Forget(Active& a) {
+  // A request that ends between restoring a diverged session and the cache lookup (a context
+  // too long, a lookup error, a cancel) still holds the session's pages.
+  if (cache_ != nullptr && !a.diverged.block_table.empty()) cache_->Release(a.diverged);
   for (auto* q : {&running_, &waiting_}) {
     for (auto it = q->begin(); it != q->end(); ++it) {
       if (it->get() == &a) {

@@ -559,6 +559,9 @@ TEST(SchedulerTest, DivergedSessionStillServesTheCommonPrefixToTheToken) {
   ASSERT_TRUE(third.error.ok()) << third.error.ToString();
   EXPECT_EQ(third.usage.cached_tokens, 44);
   EXPECT_EQ(third.tokens, RunAlone(model, {retry}, 4)[0]);
+  // Every page the diverged sessions lent or handed over is accounted for: once idle, only the
+  // cache's own blocks are in use.
+  ExpectIdlePool(*eng);
   eng.reset();
   std::filesystem::remove_all(dir);
 }
