@@ -24,9 +24,14 @@ inline std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
 
 // DIR/PRESET-TYPE.gguf, written with kvstash-mkmodel's generator (seed 1) when missing. Exits
 // the program with a message when the preset or type is unknown or the write fails.
+// n_layer > 0 keeps the preset's layer shapes with fewer (or more) layers: the file name then
+// says so (`PRESET-L<n>-TYPE.gguf`).
 inline std::string EnsureSyntheticModel(const std::string& dir, const std::string& preset,
-                                        const std::string& type, const char* program) {
-  const std::string path = dir + "/" + preset + "-" + type + ".gguf";
+                                        const std::string& type, const char* program,
+                                        int n_layer = 0) {
+  const std::string path = dir + "/" + preset +
+                           (n_layer > 0 ? "-L" + std::to_string(n_layer) : "") + "-" + type +
+                           ".gguf";
   if (std::filesystem::exists(path)) return path;
   std::fprintf(stderr, "%s: writing %s\n", program, path.c_str());
   engine::MkModelOptions o;
@@ -38,6 +43,7 @@ inline std::string EnsureSyntheticModel(const std::string& dir, const std::strin
     std::exit(2);
   }
   o.config = *cfg;
+  if (n_layer > 0) o.config.n_layer = n_layer;
   o.weight_type = *wt;
   o.seed = 1;
   if (auto r = engine::WriteSyntheticModel(path, o); !r.ok()) {

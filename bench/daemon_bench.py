@@ -502,7 +502,7 @@ class Fleet:
                 rng = random.Random(seed * 1000 + a * 100 + t + 7)
                 self.messages[a, t] = " ".join(words(rng, n_words))
         self.msg_tokens = sample_tokens
-        self.answers = {}  # (agent, turn) -> reference answer (from the cache-off kvstashd)
+        self.answers = {}  # (agent, turn) -> the answer the first server (cached kvstashd) gave
 
     def prompt(self, a, t):
         parts = [self.context, f"\n\n# Session of agent {a + 1}\n"]
@@ -512,7 +512,7 @@ class Fleet:
         return "".join(parts)
 
 
-def run_fleet_on(server, fleet, restart_after, max_tokens, reference, model_name):
+def run_fleet_on(server, fleet, restart_after, max_tokens, defines_history, model_name):
     """Replays the round-robin sequence against a started server. Returns per-request records."""
     recs = []
     phase_t0 = {}
@@ -536,7 +536,7 @@ def run_fleet_on(server, fleet, restart_after, max_tokens, reference, model_name
                          "t_end": time.perf_counter(), "text": r["text"],
                          "no_text": r["no_text"], "finish": r["finish"],
                          "usage": r["usage"], "timings": r["timings"]})
-            if reference:
+            if defines_history:
                 fleet.answers[a, t] = r["text"]
             log(f"{server.label}: turn {t + 1} agent {a + 1}: prompt {ptok} prefilled {pre} "
                 f"cached {cached} TTFT {r['ttft_s'] * 1e3:.1f} ms")
@@ -575,8 +575,12 @@ def q_agent_fleet(args, work, out):
     runs = {}  # label -> (kind, recs, walls, server)
 
     fleet = None
-    for label, role in (("kvstashd --no-cache", "reference"), ("kvstashd", "cache"),
-                        ("llama-server", "peer")):
+    # The cached kvstashd runs first and its answers become the conversation history that every
+    # later server replays (the same prompts for all three). The cache-off reference, which only
+    # checks answers and times nothing, runs last, so the timed runs can have a quiet machine
+    # and the long reference run need not.
+    for label, role in (("kvstashd", "cache"), ("llama-server", "peer"),
+                        ("kvstashd --no-cache", "reference")):
         if role == "peer" and not args.llama_server:
             continue
         if role == "reference":
@@ -597,8 +601,10 @@ def q_agent_fleet(args, work, out):
                     f"~{fleet.msg_tokens} tokens")
             log(f"agent-fleet: {label}: {n_agents} agents x {n_turns} turns, restart after turn "
                 f"{restart_after}")
+            if role == "reference":
+                log("agent-fleet: the timed runs are done; the cache-off reference follows")
             recs, walls = run_fleet_on(srv, fleet, restart_after, args.fleet_max_tokens,
-                                       role == "reference", model_name)
+                                       role == "cache", model_name)
         runs[label] = (srv.kind, recs, walls, srv)
 
     def turns(a, b):

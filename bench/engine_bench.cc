@@ -118,6 +118,7 @@ int Main(int argc, char** argv) {
   std::string llama_bench;
   std::string llama_load_mode;
   bool json = false;
+  int n_layer = 0;
   app.add_option("--models-dir", models_dir, "Where synthetic models are written and reused")
       ->capture_default_str();
   app.add_option("--presets", presets, "kvstash-mkmodel presets")
@@ -140,14 +141,25 @@ int Main(int argc, char** argv) {
                  "llama-bench -lm (this llama.cpp's successor of -mmp): 'none' reads the weights "
                  "into memory as kvstash's --weights auto does (the fair decode comparison); "
                  "empty keeps llama-bench's default (mmap)");
+  app.add_option("--n-layer", n_layer,
+                 "Keep each preset's layer shapes with this many layers (0 = the preset's own); "
+                 "files are written as PRESET-L<n>-TYPE.gguf. For the large presets "
+                 "(qwen3.6-35b-a3b, qwen3.6-27b) that do not fit in memory whole; a hybrid "
+                 "preset needs a multiple of 4 (three DeltaNet layers, then attention)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
   app.add_flag("--json", json, "Print {\"rows\": [...]} on stdout instead of a table");
   CLI11_PARSE(app, argc, argv);
 
   std::filesystem::create_directories(models_dir);
   std::vector<Row> rows;
-  for (const std::string& preset : presets) {
+  for (const std::string& preset_name : presets) {
+    // Rows name the file's shape: "qwen3.6-35b-a3b-L8" when --n-layer cut it.
+    const std::string preset =
+        preset_name + (n_layer > 0 ? "-L" + std::to_string(n_layer) : std::string());
     for (const std::string& type : types) {
-      const std::string path = EnsureSyntheticModel(models_dir, preset, type, "engine_bench");
+      const std::string path =
+          EnsureSyntheticModel(models_dir, preset_name, type, "engine_bench", n_layer);
       auto model = engine::Model::Load(path, engine::WeightMemory::kAuto);
       if (!model.ok()) {
         std::fprintf(stderr, "engine_bench: %s\n", model.status().ToString().c_str());
