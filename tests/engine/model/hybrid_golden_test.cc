@@ -65,19 +65,46 @@ TEST_P(HybridGoldenTest, LogitsAndGreedyMatchLlamaCpp) {
     EXPECT_LE(rel_rms, quantized ? 0.08 : 2e-3) << "position " << positions[i];
   }
   std::vector<float> last(logits.end() - V, logits.end());
-  const std::vector<int32_t> greedy = testutil::Greedy(*runner, seq, last, 8);
   std::vector<int32_t> want = g["greedy"].get<std::vector<int32_t>>();
-  if (quantized) {
-    // Near-ties in a random model's continuation flip under different activation rounding;
-    // the first 4 ids must still agree.
-    EXPECT_EQ(std::vector<int32_t>(greedy.begin(), greedy.begin() + 4),
-              std::vector<int32_t>(want.begin(), want.begin() + 4));
-  } else {
+  if (!quantized) {
+    const std::vector<int32_t> greedy = testutil::Greedy(*runner, seq, last, 8);
     EXPECT_EQ(greedy, want);
+    std::printf("[ %s %s ] |kvstash - llama.cpp| / logit rms: max %.2e, rms %.2e; greedy %s\n",
+                c.preset.c_str(), c.type.c_str(), worst_max, worst_rms,
+                greedy == want ? "identical" : "differs");
+    return;
   }
-  std::printf("[ %s %s ] |kvstash - llama.cpp| / logit rms: max %.2e, rms %.2e; greedy %s\n",
-              c.preset.c_str(), c.type.c_str(), worst_max, worst_rms,
-              greedy == want ? "identical" : "diverges after the first 4");
+  // Quantized weights: a random model's continuation has near-ties that flip under different
+  // activation rounding (llama.cpp and each of kvstash's kernel tables round differently). The
+  // first 4 greedy ids must agree, except where llama.cpp's choice is a near-tie in kvstash's
+  // own logits: closer to kvstash's best than twice the largest logit error measured above
+  // (both logits can be off by that much). From there the two continue from different contexts
+  // and are not compared.
+  const double tie_limit = 2 * worst_max;
+  int agreed = 0;
+  double tie_gap = 0;
+  for (int step = 0; step < 4; ++step) {
+    const int32_t ours = testutil::Argmax(last.data(), V);
+    if (ours != want[step]) {
+      double ss = 0;
+      for (float x : last) ss += double{x} * x;
+      tie_gap = (double{last[ours]} - last[want[step]]) / std::sqrt(ss / V);
+      EXPECT_LE(tie_gap, tie_limit) << "step " << step << ": kvstash picks " << ours
+                                    << ", llama.cpp " << want[step] << " (not a near-tie)";
+      break;
+    }
+    ++agreed;
+    if (step + 1 < 4) {
+      ASSERT_TRUE(runner->Decode(seq, ours, &last).ok());
+    }
+  }
+  std::printf(
+      "[ %s %s ] |kvstash - llama.cpp| / logit rms: max %.2e, rms %.2e; greedy agrees "
+      "for %d of the first 4 ids%s\n",
+      c.preset.c_str(), c.type.c_str(), worst_max, worst_rms, agreed,
+      agreed < 4
+          ? (", then a near-tie (gap " + std::to_string(tie_gap) + " of the logit rms)").c_str()
+          : "");
 }
 
 std::vector<Case> AllCases() {
