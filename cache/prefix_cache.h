@@ -111,8 +111,14 @@ struct CacheStats {
   uint64_t snapshot_hits = 0;       // resumes from a snapshot (memory or disk)
   uint64_t snapshot_disk_hits = 0;  // of which read from the disk tier
   uint64_t snapshot_evictions = 0;  // memory tier
-  uint64_t snapshot_corrupt = 0;    // failed verification (checksum, parent, tokens, size)
-  uint64_t snapshot_written = 0;    // made durable on the disk tier
+  // Of those, evicted first because no cached chain reaches them any more (their block, or the
+  // block before it, is gone from every KV tier: a resume needs the KV up to the snapshot).
+  uint64_t snapshot_unreachable_evictions = 0;
+  // Unreachable snapshots erased from the disk tier when it neared its budget (before the
+  // store's segment eviction would drop reachable ones).
+  uint64_t snapshot_disk_unreachable_erased = 0;
+  uint64_t snapshot_corrupt = 0;  // failed verification (checksum, parent, tokens, size)
+  uint64_t snapshot_written = 0;  // made durable on the disk tier
   // Planner estimates.
   double disk_read_bytes_per_s = 0;
   double prefill_tokens_per_s = 0;

@@ -83,6 +83,8 @@ class PrefixCache::Impl {
                                                    options.write_queue_bytes);
     }
     if (disk_bps_ <= 0) disk_bps_ = kDefaultDiskBytesPerS;
+    snapshots_.SetReachable(
+        [this](const Hash128& key, const Hash128& parent) { return Reachable(key, parent); });
     pool_.SetReclaimer([this] { return EvictOneDevicePage(); });
   }
 
@@ -198,6 +200,7 @@ class PrefixCache::Impl {
     s.snapshots = snap_stats_.entries;
     s.snapshot_bytes = snap_stats_.bytes;
     s.snapshot_evictions = snap_stats_.evictions;
+    s.snapshot_unreachable_evictions = snap_stats_.unreachable_evictions;
     return s;
   }
 
@@ -401,6 +404,27 @@ class PrefixCache::Impl {
     return layout_tag_ ^ 0x736e617073686f74ull ^
            (options_.recurrent_state_elems * 0x9e3779b97f4a7c15ull);
   }
+  // Whether a resume can still reach the snapshot after block `key`: that block is cached in some
+  // tier, and so is its parent (or the parent is a namespace root). Two index lookups, not a walk
+  // of the chain: a chain with a hole further back is not detected (it then resumes earlier, at
+  // the hole). A block still on the write-behind queue after leaving the memory tiers counts as
+  // gone. Engine thread only.
+  bool BlockCached(const Hash128& key) const {
+    return device_.contains(key) || host_.contains(key) ||
+           (store_ != nullptr && store_->Contains(key));
+  }
+  bool Reachable(const Hash128& key, const Hash128& parent) const {
+    if (!BlockCached(key)) return false;
+    if (BlockCached(parent)) return true;
+    for (const auto& [salt, root] : roots_) {
+      if (root.hash == parent) return true;
+    }
+    return parent == ns_;
+  }
+  // Disk tier: when the next segment roll-over would make the store evict, erases every stored
+  // snapshot no chain reaches (an emptied segment is freed at once), so that eviction falls on
+  // reachable ones only when nothing else is left. O(snapshots on disk), only near the budget.
+  void EraseUnreachableDiskSnapshots();
   // The disk-tier half of LoadSnapshot.
   bool LoadDiskSnapshot(const Hash128& key, const Hash128& parent, std::span<const int32_t> toks,
                         std::vector<float>& state);
@@ -443,6 +467,9 @@ class PrefixCache::Impl {
   StateSnapshots snapshots_;
   std::unique_ptr<WriteBehind> snap_writer_;  // to snap_store_
   AlignedBytes snap_buf_;                     // disk-read staging, ReadBufferBytes(state)
+  // Parents of the disk snapshots this process wrote or read (those of earlier processes are
+  // checked by their own block only). Pruned to the stored keys by EraseUnreachableDiskSnapshots.
+  std::unordered_map<Hash128, Hash128, storage::BlockKeyHash> disk_snap_parent_;
 
   mutable std::mutex stats_mu_;  // guards stats_, logged_ and the estimates for Stats() readers
   CacheStats stats_;

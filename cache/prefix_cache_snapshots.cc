@@ -26,6 +26,8 @@ bool PrefixCache::Impl::SaveSnapshot(std::span<const int32_t> tokens, std::span<
   const auto last = tokens.subspan(n - bt_, bt_);
   const bool kept = snapshots_.Put(key, parent, last, state);
   if (snap_writer_ != nullptr && !snap_store_->Contains(key)) {
+    EraseUnreachableDiskSnapshots();
+    disk_snap_parent_[key] = parent;
     storage::BlockHeader h;
     h.parent = parent;
     h.layout_tag = SnapshotTag();
@@ -38,6 +40,35 @@ bool PrefixCache::Impl::SaveSnapshot(std::span<const int32_t> tokens, std::span<
   }
   SyncSnapshotStats();
   return kept;
+}
+
+void PrefixCache::Impl::EraseUnreachableDiskSnapshots() {
+  const storage::StoreStats st = snap_store_->Stats();
+  // The store evicts its least recently used segment when a new one (plus a prepared spare) would
+  // not fit: act just before that.
+  if (st.disk_bytes + 2 * st.segment_bytes <= st.capacity_bytes) return;
+  std::unordered_map<Hash128, Hash128, storage::BlockKeyHash> kept;
+  uint64_t erased = 0;
+  for (const Hash128& key : snap_store_->ListKeys()) {
+    const auto p = disk_snap_parent_.find(key);
+    const bool reachable =
+        p == disk_snap_parent_.end() ? BlockCached(key) : Reachable(key, p->second);
+    if (reachable) {
+      if (p != disk_snap_parent_.end()) kept.emplace(key, p->second);
+      continue;
+    }
+    Status s = snap_store_->Erase(key);
+    if (!s.ok()) {
+      Absorb(kErase, &CacheStats::erase_errors, 1, "erasing unreachable snapshot " + HashHex(key),
+             s);
+      continue;
+    }
+    ++erased;
+  }
+  // Snapshots still queued are not listed: their parents are forgotten (checked by key only).
+  disk_snap_parent_ = std::move(kept);
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.snapshot_disk_unreachable_erased += erased;
 }
 
 bool PrefixCache::Impl::LoadSnapshot(const Hash128& key, const Hash128& parent,
@@ -94,6 +125,7 @@ bool PrefixCache::Impl::LoadDiskSnapshot(const Hash128& key, const Hash128& pare
   }
   state.resize(options_.recurrent_state_elems);
   std::memcpy(state.data(), snap_buf_.get(), bytes);
+  disk_snap_parent_[key] = parent;
   // Promoted to the memory tier: the next resume from it is a copy.
   snapshots_.Put(key, parent, toks, state);
   std::lock_guard<std::mutex> lock(stats_mu_);

@@ -1,6 +1,7 @@
 #include "cache/state_snapshots.h"
 
 #include <algorithm>
+#include <iterator>
 
 namespace kvstash::cache {
 
@@ -68,11 +69,23 @@ void StateSnapshots::Clear() {
 
 void StateSnapshots::EvictToFit(uint64_t incoming_bytes) {
   while (!lru_.empty() && stats_.bytes + incoming_bytes > budget_bytes_) {
-    Entry& victim = lru_.back();
-    stats_.bytes -= Bytes(victim);
-    if (victim.state.capacity() > spare_.capacity()) spare_ = std::move(victim.state);
-    index_.erase(victim.key);
-    lru_.pop_back();
+    // The coldest unreachable snapshot among the least recently used, else the coldest one.
+    auto victim = std::prev(lru_.end());
+    if (reachable_) {
+      auto it = lru_.end();
+      for (int scanned = 0; it != lru_.begin() && scanned < kUnreachableScan; ++scanned) {
+        --it;
+        if (!reachable_(it->key, it->parent)) {
+          victim = it;
+          ++stats_.unreachable_evictions;
+          break;
+        }
+      }
+    }
+    stats_.bytes -= Bytes(*victim);
+    if (victim->state.capacity() > spare_.capacity()) spare_ = std::move(victim->state);
+    index_.erase(victim->key);
+    lru_.erase(victim);
     ++stats_.evictions;
   }
   stats_.entries = index_.size();

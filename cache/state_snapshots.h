@@ -8,13 +8,21 @@
 // it in Acquire (resume at the longest cached prefix that ends at a snapshot) and the scheduler
 // fills it at the block boundaries its policy picks (PrefixCache::SaveSnapshot).
 //
+// Eviction prefers unreachable snapshots: a resume needs the KV blocks up to the snapshot, so one
+// whose block (or the block before it) is gone from every KV tier can never be used. The owner
+// says what is reachable (SetReachable); when room is needed, the coldest unreachable snapshot
+// among the kUnreachableScan least recently used goes first, and plain LRU only when there is
+// none. The check runs only when something must be evicted, never on a hit or a Put that fits.
+//
 // Not thread-safe: owned by one PrefixCache and used on the engine thread.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "storage/block_key.h"
@@ -26,14 +34,21 @@ struct SnapshotStats {
   uint64_t bytes = 0;  // state bytes held
   uint64_t puts = 0;
   uint64_t hits = 0;
-  uint64_t misses = 0;     // absent, or present with a different parent / tokens
-  uint64_t evictions = 0;  // dropped to fit the budget
-  uint64_t rejected = 0;   // larger than the whole budget
+  uint64_t misses = 0;                 // absent, or present with a different parent / tokens
+  uint64_t evictions = 0;              // dropped to fit the budget
+  uint64_t unreachable_evictions = 0;  // of which chosen because no cached chain reaches them
+  uint64_t rejected = 0;               // larger than the whole budget
 };
 
 class StateSnapshots {
  public:
   using Key = storage::BlockKey;
+  // Whether the snapshot after block `key` (whose parent is `parent`) can still be resumed from.
+  using ReachableFn = std::function<bool(const Key& key, const Key& parent)>;
+  // How many of the least recently used snapshots an eviction examines for an unreachable one
+  // (real models hold a few dozen snapshots, so all of them; tiny test models hold thousands).
+  static constexpr int kUnreachableScan = 256;
+
   // budget_bytes: the most state bytes held (0 = none: every Put is rejected).
   explicit StateSnapshots(uint64_t budget_bytes) : budget_bytes_(budget_bytes) {}
 
@@ -53,6 +68,9 @@ class StateSnapshots {
   bool Contains(const Key& block_hash) const { return index_.contains(block_hash); }
   void Erase(const Key& block_hash);
   void Clear();
+  // Eviction asks `fn` which snapshots are unreachable and evicts those first (default: none is,
+  // plain LRU). `fn` must not call back into this object.
+  void SetReachable(ReachableFn fn) { reachable_ = std::move(fn); }
 
   uint64_t budget_bytes() const { return budget_bytes_; }
   const SnapshotStats& stats() const { return stats_; }
@@ -72,6 +90,7 @@ class StateSnapshots {
   std::unordered_map<Key, std::list<Entry>::iterator, storage::BlockKeyHash> index_;
   SnapshotStats stats_;
   std::vector<float> spare_;  // the last evicted entry's buffer, reused by the next Put
+  ReachableFn reachable_;
 };
 
 }  // namespace kvstash::cache

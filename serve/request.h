@@ -24,6 +24,8 @@
 
 namespace kvstash::serve {
 
+inline constexpr size_t kMaxSnapshotHints = 4;
+
 struct Request {
   // The prompt as token ids (tokenize text with Engine::Tokenize / RenderChat first). With
   // `restore_session` it is appended to the session's tokens and may be empty.
@@ -56,6 +58,12 @@ struct Request {
   // tests, transcript replays), ending as an end-of-generation token would.
   std::vector<int32_t> forced_tokens;
   bool end_after_forced = false;
+  // Hybrid models (qwen35, qwen35moe): prompt positions where chat messages start, ascending (the
+  // chat APIs fill it from the rendered template). The scheduler also snapshots the recurrent
+  // state at the last block boundary at or before each of the last kMaxSnapshotHints of them,
+  // ending a prefill chunk there (at most one extra chunk each), so a conversation re-sent with
+  // its later messages changed resumes at the end of the last unchanged one. Ignored otherwise.
+  std::vector<int> snapshot_hints;
   // Emit kPrefillProgress events as the prompt is computed.
   bool progress = false;
   // Free-form id for logs (the daemon's request id).

@@ -56,6 +56,9 @@ struct Scheduler::Active {
   // agent turn resumes). [RecurrentStateElems] f32.
   int snapshot_pos = 0;
   int stash_pos = 0;
+  // Hybrid models: block boundaries (context positions, ascending) at or before the message
+  // starts the request hinted (Request::snapshot_hints), where the prompt is also snapshotted.
+  std::vector<int> hint_pos;
   std::vector<float> stash;
 };
 
@@ -303,6 +306,7 @@ bool Scheduler::Admit(Active& a) {
       return true;
     }
     a.prompt_end = static_cast<int>(a.context.size());
+    if (snapshots_) SetHintPositions(a);
   }
   // Pages: the whole remaining context plus the first generated token. A request that cannot
   // fit the pool even alone is refused; otherwise it waits until running sequences leave.
@@ -369,9 +373,28 @@ bool Scheduler::KvReuseAllowed() const {
   return !runner_.model().config().is_hybrid() || snapshots_;
 }
 
+// Message boundaries: the last block boundary at or before each of the last kMaxSnapshotHints
+// message starts (positions in the prompt, which follows any session tokens in the context).
+void Scheduler::SetHintPositions(Active& a) const {
+  const int bt = runner_.options().block_tokens;
+  const auto& hints = a.req.snapshot_hints;
+  const int n_prompt = static_cast<int>(a.req.prompt.size());
+  const int offset = a.prompt_end - n_prompt;
+  a.hint_pos.clear();
+  const size_t first = hints.size() > kMaxSnapshotHints ? hints.size() - kMaxSnapshotHints : 0;
+  for (size_t i = first; i < hints.size(); ++i) {
+    if (hints[i] <= 0 || hints[i] > n_prompt) continue;
+    const int p = (offset + hints[i]) / bt * bt;
+    if (p > 0 && p < a.prompt_end) a.hint_pos.push_back(p);
+  }
+  std::sort(a.hint_pos.begin(), a.hint_pos.end());
+  a.hint_pos.erase(std::unique(a.hint_pos.begin(), a.hint_pos.end()), a.hint_pos.end());
+}
+
 // The policy (docs/cache.md "Hybrid models"): the last block boundary before the end of the
 // context (a repeated prompt resumes there), the end of the context when it is a boundary (a
-// prompt that grows resumes there), and every state_interval_ positions.
+// prompt that grows resumes there), every state_interval_ positions, and
+// the hinted message boundaries (SetHintPositions).
 int Scheduler::NextSnapshotAt(const Active& a) const {
   const int bt = runner_.options().block_tokens;
   const int n = a.seq.n_past();
@@ -383,6 +406,8 @@ int Scheduler::NextSnapshotAt(const Active& a) const {
     const int iv = (n / state_interval_ + 1) * state_interval_;
     if (iv < end) next = std::min(next, iv);
   }
+  const auto hint = std::upper_bound(a.hint_pos.begin(), a.hint_pos.end(), n);
+  if (hint != a.hint_pos.end() && *hint < end) next = std::min(next, *hint);
   return next;
 }
 
@@ -391,7 +416,9 @@ bool Scheduler::WantsSnapshotNow(const Active& a) const {
   const int n = a.seq.n_past();
   const int end = static_cast<int>(a.context.size());
   if (n == 0 || n % bt != 0 || n <= a.snapshot_pos) return false;
-  return n == (end - 1) / bt * bt || n == end || (state_interval_ > 0 && n % state_interval_ == 0);
+  return n == (end - 1) / bt * bt || n == end ||
+         (state_interval_ > 0 && n % state_interval_ == 0) ||
+         std::binary_search(a.hint_pos.begin(), a.hint_pos.end(), n);
 }
 
 void Scheduler::SaveLastSnapshot(Active& a) {

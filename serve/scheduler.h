@@ -113,6 +113,8 @@ class Scheduler {
   // Hybrid models: the next position > n_past where `a` wants a state snapshot (a prefill chunk
   // ends there), or INT_MAX; and whether the position it just reached is one.
   int NextSnapshotAt(const Active& a) const;
+  // Hybrid models: the snapshot positions of the request's message-start hints (at admission).
+  void SetHintPositions(Active& a) const;
   bool WantsSnapshotNow(const Active& a) const;
   // Keeps the state at the end of the sequence's last full block as a snapshot: the current one
   // when it sits on a block boundary, else the one stashed when decoding crossed the boundary.

@@ -125,6 +125,7 @@ StoreStats BlockStoreImpl::Stats() const {
     st.segments = segments_.size();
   }
   st.capacity_bytes = options_.capacity_bytes;
+  st.segment_bytes = options_.segment_bytes;
   if (db_ && !closed_) st.index_bytes = db_->ApproximateBytes();
   const StoreCounters& c = counters_;
   st.puts = c.puts;

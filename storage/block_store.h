@@ -57,6 +57,7 @@ struct StoreStats {
   uint64_t live_bytes = 0;  // payload bytes of indexed blocks
   uint64_t disk_bytes = 0;  // bytes of segment files counted against the budget
   uint64_t capacity_bytes = 0;
+  uint64_t segment_bytes = 0;  // Options::segment_bytes (what one roll-over adds to disk_bytes)
   uint64_t segments = 0;
   uint64_t index_bytes = 0;  // RocksDB SST + WAL + memtables (approximate)
   // Writes.

@@ -137,6 +137,7 @@ api::ModelContext MakeModelContext(const DaemonConfig& c, const serve::Engine& e
   m.strip_volatile = !c.keep_volatile;
   if (!c.no_token_replay) m.replay = std::make_shared<api::TokenReplay>(c.token_replay_bytes);
   m.block_tokens = e.runner_options().block_tokens;
+  m.message_starts = e.model().config().is_hybrid() && e.has_cache();
   m.allow_scripted_replies = c.allow_scripted_replies;
   return m;
 }

@@ -31,6 +31,11 @@ struct StackSetup {
   uint64_t segment_bytes = 4ull << 20;
   // Hybrid models: a snapshot store in store_dir/snapshots (as serve::Engine opens it).
   bool snapshot_store = false;
+  // Its budget and segment size (0: those of the KV store), and whether it prepares segments
+  // ahead (tests of its eviction turn that off so segment counts are exact).
+  uint64_t snapshot_store_capacity = 0;
+  uint64_t snapshot_segment_bytes = 0;
+  bool snapshot_prepare_segments = true;
 };
 
 // One "process": runner, store and cache over a loaded model.
@@ -56,6 +61,9 @@ class Stack {
       store = std::move(*st);
       if (s.snapshot_store) {
         so.path = s.store_dir + "/snapshots";
+        if (s.snapshot_store_capacity > 0) so.capacity_bytes = s.snapshot_store_capacity;
+        if (s.snapshot_segment_bytes > 0) so.segment_bytes = s.snapshot_segment_bytes;
+        so.prepare_segments = s.snapshot_prepare_segments;
         auto ss = storage::BlockStore::Open(so);
         EXPECT_TRUE(ss.ok()) << ss.status().ToString();
         snapshot_store = std::move(*ss);

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace kvstash::cache {
@@ -50,6 +51,30 @@ TEST(StateSnapshotsTest, BudgetEvictsLeastRecentlyUsedAndRejectsOversize) {
   s.Clear();
   EXPECT_EQ(s.stats().bytes, 0u);
   EXPECT_EQ(s.Find(K(4), K(0), toks), nullptr);
+}
+
+TEST(StateSnapshotsTest, UnreachableSnapshotIsEvictedBeforeAnOlderReachableOne) {
+  const std::vector<float> state(256, 1.0f);  // 1 KiB
+  StateSnapshots s(3 * 1024);
+  std::vector<Key> gone;  // blocks no tier holds any more
+  s.SetReachable([&](const Key& key, const Key&) {
+    return std::find(gone.begin(), gone.end(), key) == gone.end();
+  });
+  const std::vector<int32_t> toks = {7};
+  for (uint64_t i = 1; i <= 3; ++i) ASSERT_TRUE(s.Put(K(i), K(0), toks, state));
+  // 3 is the most recent, but its block is gone: it goes before 1, the least recently used.
+  gone.push_back(K(3));
+  ASSERT_TRUE(s.Put(K(4), K(0), toks, state));
+  EXPECT_EQ(s.Find(K(3), K(0), toks), nullptr);
+  EXPECT_NE(s.Find(K(1), K(0), toks), nullptr);
+  EXPECT_NE(s.Find(K(2), K(0), toks), nullptr);
+  EXPECT_EQ(s.stats().evictions, 1u);
+  EXPECT_EQ(s.stats().unreachable_evictions, 1u);
+  // With nothing unreachable, plain LRU: 4 (1 and 2 were just found).
+  ASSERT_TRUE(s.Put(K(5), K(0), toks, state));
+  EXPECT_EQ(s.Find(K(4), K(0), toks), nullptr);
+  EXPECT_EQ(s.stats().evictions, 2u);
+  EXPECT_EQ(s.stats().unreachable_evictions, 1u);
 }
 
 TEST(StateSnapshotsTest, LastWithSnapshotFindsTheLongestResumablePrefix) {

@@ -319,6 +319,60 @@ TEST(SchedulerTest, HybridAgentLoopPrefillsOnlyEachTurnsNewTokens) {
   }
 }
 
+// Chat message boundaries (Request::snapshot_hints, filled by the chat APIs): a conversation
+// re-sent with its last message replaced resumes at the last block boundary before that message,
+// and one with an earlier message edited at the boundary before the edited one; without hints
+// neither resumes (the first request's snapshots sit past the divergence). Output equals cold.
+TEST(SchedulerTest, HybridConversationWithAReplacedMessageResumesAtTheMessageBoundary) {
+  const std::string model = engine::testutil::SyntheticModel("tiny-qwen35", "q8_0");
+  const int V = 2048;
+  // Four messages of 37, 45, 35 and 50 tokens: they start at 0, 37, 82 and 117.
+  const std::vector<std::vector<int32_t>> msgs = {MakePrompt(37, V, 61), MakePrompt(45, V, 62),
+                                                  MakePrompt(35, V, 63), MakePrompt(50, V, 64)};
+  auto conversation = [&](const std::vector<std::vector<int32_t>>& m, bool hints) {
+    Request req = Greedy({}, 6);
+    for (const auto& x : m) {
+      if (hints && !req.prompt.empty())
+        req.snapshot_hints.push_back(static_cast<int>(req.prompt.size()));
+      req.prompt.insert(req.prompt.end(), x.begin(), x.end());
+    }
+    req.top_logits = 8;
+    return req;
+  };
+  std::vector<std::vector<int32_t>> last_replaced = msgs;
+  last_replaced[3] = MakePrompt(41, V, 65);
+  std::vector<std::vector<int32_t>> middle_edited = msgs;
+  middle_edited[2][5] = middle_edited[2][5] == 9 ? 10 : 9;  // position 87
+  auto cold = OpenEngine(model, false, 0, 1);
+  ASSERT_TRUE(cold);
+  for (bool hints : {true, false}) {
+    SCOPED_TRACE(hints ? "with hints" : "without hints");
+    auto eng = OpenEngine(model, true, 64, 4, 64);
+    ASSERT_TRUE(eng);
+    auto first = eng->Submit(conversation(msgs, hints));
+    ASSERT_TRUE(first.ok());
+    ASSERT_TRUE(CollectAll(**first).error.ok());
+    // {request, the boundary it resumes at with hints}
+    const std::vector<std::pair<Request, int>> cases = {
+        {conversation(last_replaced, hints), 112},  // 117 -> 112
+        {conversation(middle_edited, hints), 80},   // 82 -> 80
+    };
+    for (const auto& [req, want] : cases) {
+      auto h = eng->Submit(req);
+      auto c = cold->Submit(req);
+      ASSERT_TRUE(h.ok() && c.ok());
+      const Result_ r = CollectAll(**h);
+      const Result_ ref = CollectAll(**c);
+      ASSERT_TRUE(r.error.ok() && ref.error.ok());
+      EXPECT_EQ(r.tokens, ref.tokens);
+      EXPECT_EQ(r.top_logits, ref.top_logits) << "logits differ from the cold run";
+      EXPECT_EQ(r.usage.cached_tokens, hints ? want : 0);
+      EXPECT_EQ(r.usage.prefilled_tokens, static_cast<int>(req.prompt.size()) - (hints ? want : 0));
+    }
+    ExpectIdlePool(*eng);
+  }
+}
+
 // After a restart (engine closed and reopened on the same cache directory) a hybrid prompt
 // resumes from a disk snapshot, and a saved session resumes at its last full block: only its
 // tail and the new tokens are computed. Output equals the cold run.

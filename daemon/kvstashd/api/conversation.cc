@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <functional>
 #include <utility>
 
 #include "daemon/kvstashd/api/openai.h"
@@ -140,6 +141,43 @@ std::vector<int32_t> TokenizeWithReplay(const engine::Tokenizer& tok, const std:
   return out;
 }
 
+// Where the last kMaxMessageStarts messages start in `tokens` (the whole conversation rendered as
+// `text`; `skip` leading tokens, a BOS, are not in the text). Message i's start is where the
+// conversation rendered with message i's content replaced (render_altered(i)) stops agreeing with
+// `text`: the first byte of its content, after the template's header for it. Rendering the
+// altered whole rather than the prefix messages[0, i) keeps every other message where it is
+// (templates render earlier turns differently by what follows them: Qwen3 gives the last
+// assistant turn an empty think block only when no user message follows it). The byte is mapped
+// to the number of whole tokens whose pieces lie before it. A conversation the template refuses
+// gives no start. Only a hint for where the scheduler snapshots a hybrid model's state
+// (serve::Request::snapshot_hints): a wrong one costs a chunk, never output.
+std::vector<int> MessageStarts(const engine::Tokenizer& tok, const std::vector<int32_t>& tokens,
+                               const std::string& text, size_t skip, size_t n_messages,
+                               const std::function<Result<std::string>(size_t)>& render_altered) {
+  std::vector<size_t> byte_starts;
+  for (size_t i = n_messages; i-- > 1 && byte_starts.size() < kMaxMessageStarts;) {
+    Result<std::string> r = render_altered(i);
+    if (!r.ok()) continue;
+    const auto diff = std::mismatch(r->begin(), r->end(), text.begin(), text.end());
+    const size_t at = static_cast<size_t>(diff.first - r->begin());
+    if (at > 0 && at < text.size()) byte_starts.push_back(at);
+  }
+  std::sort(byte_starts.begin(), byte_starts.end());
+  std::vector<int> starts;
+  size_t bytes = 0, k = 0;
+  for (size_t t = skip; t < tokens.size() && k < byte_starts.size(); ++t) {
+    const size_t next = bytes + tok.TokenToPiece(tokens[t], true).size();
+    // Token t ends past the start: the tokens before it are the message's prefix.
+    while (k < byte_starts.size() && next > byte_starts[k]) {
+      const int pos = static_cast<int>(t);
+      if (pos > 0 && (starts.empty() || starts.back() != pos)) starts.push_back(pos);
+      ++k;
+    }
+    bytes = next;
+  }
+  return starts;
+}
+
 }  // namespace
 
 int StripVolatile(std::string* text) {
@@ -256,32 +294,36 @@ Result<RenderedPrompt> RenderConversation(const Conversation& conv, const ModelC
   const std::string bos = SpecialText(*tok, v.bos_id);
   const std::string eos = SpecialText(*tok, v.eos_id);
   const bool add_generation_prompt = !c.continue_final;
-  std::string text;
-  if (model.jinja != nullptr) {
-    OJson ctx = {{"messages", OJson::array()},
-                 {"add_generation_prompt", add_generation_prompt},
-                 {"bos_token", bos},
-                 {"eos_token", eos}};
-    for (size_t i = 0; i < c.messages.size(); ++i) {
-      ctx["messages"].push_back(
-          MessageJson(c.messages[i], replayed[i] && model.template_prints_string_arguments));
-    }
-    if (!c.tools.empty()) ctx["tools"] = c.tools;
-    if (c.enable_thinking.has_value()) ctx["enable_thinking"] = *c.enable_thinking;
-    Result<std::string> r = model.jinja->Render(ctx);
-    if (!r.ok()) return Status::InvalidArgument("chat template: " + r.status().message());
-    text = std::move(*r);
-  } else {
-    if (HasTools(c)) {
-      return Status::InvalidArgument(
-          "tools need the model's own chat template, and kvstash could not use it (" +
-          model.jinja_error + "); the built-in '" +
-          std::string(engine::ChatTemplateKindName(model.chat_template.kind)) +
-          "' template has no tool syntax");
+  // The conversation rendered, with message `altered` (when < size) given other content, for
+  // message boundaries.
+  auto render = [&](size_t altered) -> Result<std::string> {
+    const bool add_gen = add_generation_prompt;
+    const size_t n = c.messages.size();
+    auto content_of = [&](size_t i) {
+      const std::string& t = c.messages[i].content;
+      if (i != altered) return t;
+      return std::string(t.starts_with('\x1e') ? "\x1f" : "\x1e");
+    };
+    if (model.jinja != nullptr) {
+      OJson ctx = {{"messages", OJson::array()},
+                   {"add_generation_prompt", add_gen},
+                   {"bos_token", bos},
+                   {"eos_token", eos}};
+      for (size_t i = 0; i < n; ++i) {
+        OJson m = MessageJson(c.messages[i], replayed[i] && model.template_prints_string_arguments);
+        if (i == altered) m["content"] = content_of(i);
+        ctx["messages"].push_back(std::move(m));
+      }
+      if (!c.tools.empty()) ctx["tools"] = c.tools;
+      if (c.enable_thinking.has_value()) ctx["enable_thinking"] = *c.enable_thinking;
+      Result<std::string> r = model.jinja->Render(ctx);
+      if (!r.ok()) return Status::InvalidArgument("chat template: " + r.status().message());
+      return r;
     }
     std::vector<engine::ChatMessage> msgs;
-    for (const Message& m : c.messages) {
-      std::string content = m.content;
+    for (size_t i = 0; i < n; ++i) {
+      const Message& m = c.messages[i];
+      std::string content = content_of(i);
       if (m.role == "assistant" && !m.reasoning.empty() &&
           model.chat_template.kind == engine::ChatTemplateKind::kQwen3) {
         content = "<think>\n" + m.reasoning + "\n</think>\n\n" + content;
@@ -289,14 +331,20 @@ Result<RenderedPrompt> RenderConversation(const Conversation& conv, const ModelC
       msgs.push_back({m.role, std::move(content)});
     }
     engine::ChatOptions opts;
-    opts.add_generation_prompt = add_generation_prompt;
+    opts.add_generation_prompt = add_gen;
     opts.enable_thinking = c.enable_thinking;
     opts.bos_token = bos;
     opts.eos_token = eos;
-    Result<std::string> r = engine::RenderChat(model.chat_template, msgs, opts);
-    if (!r.ok()) return r.status();
-    text = std::move(*r);
+    return engine::RenderChat(model.chat_template, msgs, opts);
+  };
+  if (model.jinja == nullptr && HasTools(c)) {
+    return Status::InvalidArgument(
+        "tools need the model's own chat template, and kvstash could not use it (" +
+        model.jinja_error + "); the built-in '" +
+        std::string(engine::ChatTemplateKindName(model.chat_template.kind)) +
+        "' template has no tool syntax");
   }
+  KV_ASSIGN_OR_RETURN(std::string text, render(c.messages.size()));
   if (c.continue_final) {
     // The template closed the final assistant turn; the reply continues its content instead.
     const std::string& last = c.messages.back().content;
@@ -306,6 +354,10 @@ Result<RenderedPrompt> RenderConversation(const Conversation& conv, const ModelC
   out.starts_in_reasoning = !c.continue_final && engine::PromptOpensReasoning(text);
   const bool add_bos = v.add_bos && (bos.empty() || !text.starts_with(bos));
   out.tokens = TokenizeWithReplay(*tok, text, add_bos, splices, &out.replayed_tokens);
+  if (model.message_starts) {
+    out.message_starts =
+        MessageStarts(*tok, out.tokens, text, add_bos ? 1 : 0, c.messages.size(), render);
+  }
   out.text = std::move(text);
   if (c.tool_choice != ToolChoice::kNone && !c.tools.empty()) {
     out.forced_text = ForcedOpening(c, model.tool_format, out.starts_in_reasoning);

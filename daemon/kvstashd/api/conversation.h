@@ -112,7 +112,14 @@ struct RenderedPrompt {
   std::string forced_text;           // ... as text (the output parser sees it first)
   int replayed_tokens = 0;           // prompt tokens spliced from remembered replies
   int volatile_bytes_stripped = 0;   // bytes removed by the volatile-fragment normalization
+  // Token positions where the last kMaxMessageStarts messages start (ascending; the first
+  // message's start, 0, is left out): serve::Request::snapshot_hints, so a hybrid model resumes a
+  // conversation whose later messages change at the end of the last unchanged one. Found by
+  // rendering the conversation's prefixes (one extra template render per message counted). Only
+  // when ModelContext::message_starts asks for it (hybrid models); empty otherwise.
+  std::vector<int> message_starts;
 };
+inline constexpr size_t kMaxMessageStarts = 4;
 
 // Removes the known volatile fragments from `text` (see the header comment); returns the number
 // of bytes removed. Exposed for tests.

@@ -70,6 +70,10 @@ struct ModelContext {
   // Remembered reply token ids (conversation.h); null: off.
   std::shared_ptr<TokenReplay> replay;
   int block_tokens = 16;  // the prefix cache's block size (for cache_creation_input_tokens)
+  // Find where the last messages start (RenderedPrompt::message_starts, the scheduler's snapshot
+  // hints): on for hybrid models with a cache, whose prompts resume only at state snapshots; off
+  // elsewhere (it costs extra template renders, and other models resume at any block).
+  bool message_starts = false;
   // Accept {"kvstash": {"script": TEXT}} in chat requests: the reply is TEXT, forced token by
   // token through the model (serve::Request::end_after_forced). Tests and transcript replays.
   bool allow_scripted_replies = false;

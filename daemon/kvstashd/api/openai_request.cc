@@ -166,6 +166,7 @@ void RenderInto(const Json& j, const ModelContext& model, const std::string& par
   if (!r.ok()) Fail(param, r.status().message());
   p->rendered = std::move(*r);
   p->request.prompt = p->rendered.tokens;
+  p->request.snapshot_hints = p->rendered.message_starts;
   p->request.forced_tokens = p->rendered.forced;
   p->parser = ParserOptionsFor(p->conversation, model, p->rendered);
   const Json* extras = FindField(j, "kvstash");

@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
+#include <span>
+#include <string>
 
 #include "daemon/kvstashd/api/openai.h"
 #include "engine/chat/jinja/template.h"
@@ -139,6 +142,56 @@ TEST_F(ConversationQwenTest, ReplaySplicesTheGeneratedIdsAndTheOriginalArguments
   const size_t before = static_cast<size_t>(it - spliced->tokens.begin());
   ASSERT_LE(before, plain->tokens.size());
   EXPECT_TRUE(std::equal(spliced->tokens.begin(), it, plain->tokens.begin()));
+}
+
+// Message starts (RenderedPrompt::message_starts, the scheduler's snapshot hints for hybrid
+// models): in Qwen3's template every message opens with "<|im_start|>ROLE\n", and each start is
+// right after that header of the 2nd, 3rd and 4th message (Qwen3 renders the assistant turn
+// differently when it is last, so a prefix rendering would put the last start inside it). A
+// conversation whose last message is replaced has the same starts and the same tokens up to the
+// last one.
+TEST_F(ConversationQwenTest, MessageStartsAreWhereEachLaterMessageOpens) {
+  Conversation c;
+  c.messages = {{"system", "You are helpful.", "", {}, "", ""},
+                {"user", "Hello there, how are you today?", "", {}, "", ""},
+                {"assistant", "Fine, thanks. How can I help?", "", {}, "", ""},
+                {"user", "Tell me a joke about compilers.", "", {}, "", ""}};
+  EXPECT_TRUE(RenderConversation(c, model_)->message_starts.empty()) << "off unless asked for";
+  model_.message_starts = true;  // a hybrid model's daemon
+  auto r = RenderConversation(c, model_);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->message_starts.size(), 3u);
+  const std::vector<int32_t> im_start = tok_->Encode("<|im_start|>", false, /*parse_special=*/true);
+  ASSERT_EQ(im_start.size(), 1u);
+  for (size_t k = 0; k < 3; ++k) {
+    const int s = r->message_starts[k];
+    const std::string before =
+        tok_->Decode(std::span<const int32_t>(r->tokens.data(), static_cast<size_t>(s)),
+                     /*render_special=*/true);
+    const std::string& role = c.messages[k + 1].role;
+    EXPECT_TRUE(before.ends_with("<|im_start|>" + role + "\n")) << k << ": " << before;
+    EXPECT_EQ(std::count(r->tokens.begin(), r->tokens.begin() + s, im_start[0]),
+              static_cast<long>(k + 2));
+  }
+
+  Conversation other = c;
+  other.messages[3].content = "Summarize the last message instead, please.";
+  auto r2 = RenderConversation(other, model_);
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->message_starts, r->message_starts);
+  const int last = r->message_starts.back();
+  const auto diff =
+      std::mismatch(r->tokens.begin(), r->tokens.end(), r2->tokens.begin(), r2->tokens.end());
+  EXPECT_EQ(diff.first - r->tokens.begin(), last) << "they differ from the last message's content";
+
+  // Only the last kMaxMessageStarts messages get a start.
+  for (int i = 0; i < 6; ++i) {
+    c.messages.push_back(
+        {i % 2 ? "user" : "assistant", "turn " + std::to_string(i), "", {}, "", ""});
+  }
+  auto many = RenderConversation(c, model_);
+  ASSERT_TRUE(many.ok());
+  EXPECT_EQ(many->message_starts.size(), kMaxMessageStarts);
 }
 
 TEST_F(ConversationQwenTest, ToolChoiceRequiredAndNamedForceTheCallOpening) {
