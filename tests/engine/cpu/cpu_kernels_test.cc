@@ -94,6 +94,63 @@ TEST_P(KernelTest, GemmEqualsDequantizedDotForEveryTileShape) {
   }
 }
 
+// Wide tiles (the Q4_K tiles take up to 8 tokens) and every remainder: for each count of tokens
+// 1..19 starting at each offset 0..2, a (row, token) value is bit-identical to the one computed in
+// a single call over all 19 tokens, and equals the dequantized dot product.
+TEST_P(KernelTest, EveryTokenCountAndOffsetGivesTheSameBits) {
+  const GgmlType type = GetParam();
+  const int64_t n =
+      Traits(type).block_elems == 256 ? 768 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
+  const int rows = 9, toks = 19;
+  std::mt19937 rng(5);
+  const size_t row_bytes = RowBytes(type, n);
+  std::vector<uint8_t> w(row_bytes * rows);
+  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
+  for (int r = 0; r < rows; ++r) {
+    auto v = RandomRow(rng, n, 0.05f);
+    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
+    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
+  }
+  const ActFormat fmt = ActFormatFor(type);
+  const size_t xs = ActRowBytes(fmt, n);
+  std::vector<uint8_t> x(xs * toks);
+  std::vector<std::vector<float>> xf;
+  for (int t = 0; t < toks; ++t) {
+    auto v = RandomRow(rng, n, t % 5 == 0 ? 30.0f : 1.0f);
+    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
+    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
+  }
+  for (const KernelTable* k : Tables()) {
+    SCOPED_TRACE(k->name);
+    std::vector<float> all(static_cast<size_t>(toks) * rows);
+    k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, toks, n, all.data(), rows);
+    for (int t = 0; t < toks; ++t) {
+      for (int r = 0; r < rows; ++r) {
+        double ref = 0, mag = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          ref += double{wf[r][i]} * xf[t][i];
+          mag += std::fabs(double{wf[r][i]} * xf[t][i]);
+        }
+        EXPECT_NEAR(all[t * rows + r], ref, 1e-5 * mag + 1e-6) << "row " << r << " tok " << t;
+      }
+    }
+    for (int t0 = 0; t0 < 3; ++t0) {
+      for (int nt = 1; t0 + nt <= toks; ++nt) {
+        // Rows from 1 on: the row tiles fall differently than in the full call.
+        std::vector<float> part(static_cast<size_t>(nt) * (rows - 1), NAN);
+        k->gemm(type, w.data() + row_bytes, row_bytes, rows - 1, x.data() + t0 * xs, xs, nt, n,
+                part.data(), rows - 1);
+        for (int t = 0; t < nt; ++t) {
+          for (int r = 1; r < rows; ++r) {
+            ASSERT_EQ(part[t * (rows - 1) + r - 1], all[(t0 + t) * rows + r])
+                << "tokens [" << t0 << ", " << t0 + nt << ") row " << r << " tok " << t0 + t;
+          }
+        }
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
                                            GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0,

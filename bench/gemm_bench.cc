@@ -1,0 +1,105 @@
+// How fast is one kernel table's matrix-matrix product for a weight type and shape, on one
+// thread, with no model around it? Random rows are quantized to the type, random activations
+// converted as the engine converts them, and the table's gemm runs over all rows in chunks of
+// 128 (as CpuBackend::MatMul hands them to a thread). Prints one row per (table, tokens): the
+// best of --reps timings, in ms per call and in billions of multiply-adds per second.
+//
+//   gemm_bench --type q4_k --rows 3072 --cols 1024 --tokens 1,8,16,512 --tables avx2,avx512-vnni
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/kernels.h"
+#include "engine/gguf/ggml_types.h"
+#include "engine/gguf/quant.h"
+
+namespace kvstash::bench {
+namespace {
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
+  return out;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"gemm_bench: one kernel table's matrix-matrix product, one thread"};
+  std::string type_name = "q4_k", tables = "avx2,avx512-vnni", tokens = "1,2,4,8,16,128,512";
+  int rows = 3072, cols = 1024, reps = 5, chunk = 128;
+  app.add_option("--type", type_name, "weight type (ggml name, e.g. q4_k, q8_0, f16)");
+  app.add_option("--rows", rows, "weight rows (output features)");
+  app.add_option("--cols", cols, "row length (input features)");
+  app.add_option("--tokens", tokens, "comma-separated token counts");
+  app.add_option("--tables", tables, "comma-separated kernel tables (scalar, avx2, avx512-vnni)");
+  app.add_option("--reps", reps, "timings per row; the best is printed");
+  app.add_option("--chunk", chunk, "rows per gemm call");
+  CLI11_PARSE(app, argc, argv);
+
+  const std::optional<engine::GgmlType> parsed = engine::ParseGgmlType(type_name);
+  if (!parsed) {
+    std::fprintf(stderr, "gemm_bench: unknown type %s\n", type_name.c_str());
+    return 2;
+  }
+  const engine::GgmlType type = *parsed;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const size_t row_bytes = engine::RowBytes(type, cols);
+  std::vector<uint8_t> w(row_bytes * rows);
+  std::vector<float> v(cols);
+  for (int r = 0; r < rows; ++r) {
+    for (auto& e : v) e = 0.05f * nd(rng);
+    if (!engine::QuantizeRow(type, v.data(), w.data() + r * row_bytes, cols).ok()) {
+      std::fprintf(stderr, "gemm_bench: cannot quantize to %s\n", type_name.c_str());
+      return 2;
+    }
+  }
+  const auto fmt = engine::cpu::ActFormatFor(type);
+  const size_t xs = engine::cpu::ActRowBytes(fmt, cols);
+  std::printf(
+      "| table | type | rows x cols | tokens | ms/call | GMAC/s |\n|---|---|---|---:|---:|---:|\n");
+  for (const std::string& tn : Split(tables)) {
+    const engine::cpu::KernelTable* k = nullptr;
+    for (const auto* c : {&engine::cpu::ScalarKernels(), engine::cpu::Avx2Kernels(),
+                          engine::cpu::Avx512Kernels()}) {
+      if (c != nullptr && tn == c->name) k = c;
+    }
+    if (k == nullptr) {
+      std::fprintf(stderr, "gemm_bench: table %s not available\n", tn.c_str());
+      continue;
+    }
+    for (const std::string& ts : Split(tokens)) {
+      const int nt = std::stoi(ts);
+      std::vector<uint8_t> x(xs * nt);
+      for (int t = 0; t < nt; ++t) {
+        for (auto& e : v) e = nd(rng);
+        k->quantize_act(fmt, v.data(), x.data() + t * xs, cols);
+      }
+      std::vector<float> y(static_cast<size_t>(nt) * rows);
+      double best = 1e30;
+      for (int rep = 0; rep < reps; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int r0 = 0; r0 < rows; r0 += chunk) {
+          k->gemm(type, w.data() + r0 * row_bytes, row_bytes, std::min(chunk, rows - r0), x.data(),
+                  xs, nt, cols, y.data() + r0, rows);
+        }
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::printf("| %s | %s | %d x %d | %d | %.3f | %.2f |\n", k->name, type_name.c_str(), rows,
+                  cols, nt, best * 1e3, static_cast<double>(rows) * cols * nt / best * 1e-9);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvstash::bench
+
+int main(int argc, char** argv) { return kvstash::bench::Main(argc, argv); }
