@@ -44,60 +44,99 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
-Result<double> MeasurePrefill(const engine::Model& m, int threads, int n, int reps) {
+// A runner whose context holds `depth` tokens before a test of `n` more, and the sequence of
+// those `depth` tokens, prefilled once (untimed). Each repetition starts from a copy that shares
+// its pages (depth is a whole number of blocks), as llama-bench's -d starts each test at depth.
+struct DepthRunner {
+  std::unique_ptr<engine::Runner> runner;
+  engine::Sequence base;
+
+  engine::Sequence Start() {
+    engine::Sequence s;
+    s.tokens = base.tokens;
+    s.block_table = base.block_table;
+    for (int page : s.block_table) runner->pool().Ref(page);
+    return s;
+  }
+};
+
+Result<DepthRunner> MakeDepthRunner(const engine::Model& m, int threads, int depth, int n) {
   engine::RunnerOptions o;
   o.n_threads = threads;
-  o.n_ctx = n + 8;
+  o.n_ctx = depth + n + 8;
   o.n_batch = 512;
-  KV_ASSIGN_OR_RETURN(auto runner, engine::Runner::Create(m, o));
+  DepthRunner d;
+  KV_ASSIGN_OR_RETURN(d.runner, engine::Runner::Create(m, o));
+  const int bt = d.runner->options().block_tokens;
+  if (depth % bt != 0) {
+    return Status::InvalidArgument("--depth must be a multiple of the block size (" +
+                                   std::to_string(bt) + " tokens)");
+  }
+  if (depth > 0) {
+    std::fprintf(stderr, "engine_bench:   filling %d tokens of context (untimed)\n", depth);
+    std::vector<float> logits;
+    KV_RETURN_IF_ERROR(d.runner->Prefill(d.base, RandomTokens(depth, m.config().n_vocab, 3),
+                                         engine::LogitsMode::kNone, &logits));
+  }
+  return d;
+}
+
+Result<double> MeasurePrefill(const engine::Model& m, int threads, int depth, int n, int reps) {
+  KV_ASSIGN_OR_RETURN(DepthRunner d, MakeDepthRunner(m, threads, depth, n));
   const auto tokens = RandomTokens(n, m.config().n_vocab, 1);
   std::vector<double> tps;
   for (int r = 0; r < reps; ++r) {
-    engine::Sequence seq;
+    engine::Sequence seq = d.Start();
     std::vector<float> logits;
     Stopwatch sw;
-    KV_RETURN_IF_ERROR(runner->Prefill(seq, tokens, engine::LogitsMode::kLast, &logits));
+    KV_RETURN_IF_ERROR(d.runner->Prefill(seq, tokens, engine::LogitsMode::kLast, &logits));
     tps.push_back(n / sw.ElapsedMs() * 1e3);
-    runner->Release(seq);
+    d.runner->Release(seq);
   }
+  d.runner->Release(d.base);
   std::sort(tps.begin(), tps.end());
   return tps[tps.size() / 2];
 }
 
-Result<double> MeasureDecode(const engine::Model& m, int threads, int n, int reps) {
-  engine::RunnerOptions o;
-  o.n_threads = threads;
-  o.n_ctx = n + 8;
-  KV_ASSIGN_OR_RETURN(auto runner, engine::Runner::Create(m, o));
+Result<double> MeasureDecode(const engine::Model& m, int threads, int depth, int n, int reps) {
+  KV_ASSIGN_OR_RETURN(DepthRunner d, MakeDepthRunner(m, threads, depth, n));
   const auto tokens = RandomTokens(n, m.config().n_vocab, 2);
   std::vector<double> tps;
   for (int r = 0; r < reps; ++r) {
-    engine::Sequence seq;
+    engine::Sequence seq = d.Start();
     std::vector<float> logits;
     Stopwatch sw;
-    for (int i = 0; i < n; ++i) KV_RETURN_IF_ERROR(runner->Decode(seq, tokens[i], &logits));
+    for (int i = 0; i < n; ++i) KV_RETURN_IF_ERROR(d.runner->Decode(seq, tokens[i], &logits));
     tps.push_back(n / sw.ElapsedMs() * 1e3);
-    runner->Release(seq);
+    d.runner->Release(seq);
   }
+  d.runner->Release(d.base);
   std::sort(tps.begin(), tps.end());
   return tps[tps.size() / 2];
+}
+
+// "pp512", or "pp128@d4096" for a test after `depth` tokens of context (llama-bench's naming).
+std::string TestName(const char* kind, int n, int depth) {
+  return kind + std::to_string(n) + (depth > 0 ? "@d" + std::to_string(depth) : "");
 }
 
 // Runs llama-bench on `path` and returns avg tokens/s keyed by "pp512" / "tg64".
 std::map<std::string, double> RunLlamaBench(const std::string& bin, const std::string& path,
                                             int threads, const std::vector<int>& prompts,
-                                            int decode, int reps, const std::string& load_mode) {
+                                            int decode, int reps, const std::string& load_mode,
+                                            int depth) {
   std::string p;
   for (int n : prompts) p += (p.empty() ? "" : ",") + std::to_string(n);
   const std::string cmd = bin + " -m " + path + " -p " + p + " -n " + std::to_string(decode) +
                           " -t " + std::to_string(threads) + " -r " + std::to_string(reps) +
-                          (load_mode.empty() ? "" : " -lm " + load_mode) + " -o json 2>/dev/null";
+                          (load_mode.empty() ? "" : " -lm " + load_mode) +
+                          (depth > 0 ? " -d " + std::to_string(depth) : "") + " -o json 2>/dev/null";
   std::map<std::string, double> out;
   const std::string text = ReadCommand(cmd);
   try {
     for (const auto& t : nlohmann::json::parse(text)) {
       const int np = t.value("n_prompt", 0), ng = t.value("n_gen", 0);
-      const std::string key = np > 0 ? "pp" + std::to_string(np) : "tg" + std::to_string(ng);
+      const std::string key = TestName(np > 0 ? "pp" : "tg", np > 0 ? np : ng, depth);
       out[key] = t.value("avg_ts", 0.0);
     }
   } catch (const std::exception& e) {
@@ -119,6 +158,7 @@ int Main(int argc, char** argv) {
   std::string llama_load_mode;
   bool json = false;
   int n_layer = 0;
+  int depth = 0;
   app.add_option("--models-dir", models_dir, "Where synthetic models are written and reused")
       ->capture_default_str();
   app.add_option("--presets", presets, "kvstash-mkmodel presets")
@@ -148,6 +188,12 @@ int Main(int argc, char** argv) {
                  "preset needs a multiple of 4 (three DeltaNet layers, then attention)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
+  app.add_option("--depth", depth,
+                 "Run every test after this many tokens already in the context (llama-bench -d; "
+                 "a multiple of the 16-token block): prefill and decode at long context, where "
+                 "attention dominates. Rows are named pp128@d4096")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
   app.add_flag("--json", json, "Print {\"rows\": [...]} on stdout instead of a table");
   CLI11_PARSE(app, argc, argv);
 
@@ -168,27 +214,28 @@ int Main(int argc, char** argv) {
       for (int t : threads) {
         std::map<std::string, double> peer;
         if (!llama_bench.empty())
-          peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode);
+          peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode,
+                               depth);
         for (int n : prompts) {
           std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
                        n);
-          auto tps = MeasurePrefill(**model, t, n, n >= 2048 ? 1 : reps);
+          auto tps = MeasurePrefill(**model, t, depth, n, n >= 2048 ? 1 : reps);
           if (!tps.ok()) {
             std::fprintf(stderr, "engine_bench: %s\n", tps.status().ToString().c_str());
             return 1;
           }
-          const std::string test = "pp" + std::to_string(n);
+          const std::string test = TestName("pp", n, depth);
           rows.push_back(
               {preset, type, test, t, *tps, peer.count(test) ? peer[test] : 0.0, PeakRssMb()});
         }
         std::fprintf(stderr, "engine_bench: %s %s t=%d tg%d\n", preset.c_str(), type.c_str(), t,
                      decode);
-        auto tps = MeasureDecode(**model, t, decode, reps);
+        auto tps = MeasureDecode(**model, t, depth, decode, reps);
         if (!tps.ok()) {
           std::fprintf(stderr, "engine_bench: %s\n", tps.status().ToString().c_str());
           return 1;
         }
-        const std::string test = "tg" + std::to_string(decode);
+        const std::string test = TestName("tg", decode, depth);
         rows.push_back(
             {preset, type, test, t, *tps, peer.count(test) ? peer[test] : 0.0, PeakRssMb()});
       }

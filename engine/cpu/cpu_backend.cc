@@ -2,8 +2,8 @@
 //
 // Work split: MatMul converts the activations once (parallel over tokens), then hands out
 // chunks of weight rows; each chunk walks all tokens in tiles so the chunk's rows stay in cache.
-// Attention hands out (kv head, tile of queries) pairs; each page of K/V is converted to f32 once
-// per tile and used by every query head of the group (GQA) and every query in the tile.
+// Attention hands out (kv head, tile of queries) pairs; each block of 64 keys is converted to f32
+// once per tile and used by every query head of the group (GQA) and every query in the tile.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -30,6 +30,12 @@ using cpu::KernelTable;
 // its tile (tested). 64 still leaves n_kv_heads * n_tok / 64 tasks (64 at 512 tokens with 8 kv
 // heads) for the pool's dynamic hand-out.
 constexpr int kAttnQueryTile = 64;
+// Keys per online-softmax step: blocks of absolute positions [j * 64, (j + 1) * 64), gathered
+// from the sequence's pages. Every query sees the same block boundaries whatever tile, batch or
+// chunk it is computed in (they depend on key positions only), so its result does not change;
+// 64 keys per step instead of one 16-token page amortize the per-step work (the running max,
+// the rescale of the accumulators, the transpose of K) over four times the multiply-adds.
+constexpr int kAttnKeyBlock = 64;
 constexpr int kMaxRopePairs = 512;
 
 class CpuBackend final : public Backend {
@@ -241,8 +247,8 @@ class CpuBackend final : public Backend {
   }
 
   struct Scratch {
-    std::vector<float> k, v;    // [block_tokens][head_dim] converted page rows
-    std::vector<float> scores;  // [block_tokens]
+    std::vector<float> k, v;    // [kAttnKeyBlock][head_dim] converted rows of one key block
+    std::vector<float> scores;  // [kAttnKeyBlock]
     std::vector<float> acc;     // [nq * group][head_dim]
     std::vector<float> m, l;    // [nq * group] running max and sum
     std::vector<float> q;       // [nq * group][head_dim] the tile's queries, gathered
@@ -250,16 +256,17 @@ class CpuBackend final : public Backend {
   };
 
   // Online-softmax attention for nq consecutive queries (absolute positions p0..p0+nq-1) and the
-  // `group` query heads sharing kv head g. Keys are visited in position order, so each query's
-  // result does not depend on the tile it was computed in.
+  // `group` query heads sharing kv head g. Keys are visited in position order in blocks of
+  // kAttnKeyBlock absolute positions, so each query's result does not depend on the tile it was
+  // computed in.
   void AttentionTile(const KvPool& pool, const Sequence& seq, int layer, int p0, int nq, int g,
                      int group, int n_head, float scale, const float* q, float* out, Scratch& s) {
     const KvLayout& L = pool.layout();
     const int hd = L.head_dim, bt = L.block_tokens;
     const int nqh = nq * group;
-    s.k.resize(static_cast<size_t>(bt) * hd);
-    s.v.resize(static_cast<size_t>(bt) * hd);
-    s.scores.resize(bt);
+    s.k.resize(static_cast<size_t>(kAttnKeyBlock) * hd);
+    s.v.resize(static_cast<size_t>(kAttnKeyBlock) * hd);
+    s.scores.resize(kAttnKeyBlock);
     s.n_valid.resize(nqh);
     // Gather the group's query heads into [nq * group][hd] once per tile.
     s.q.resize(static_cast<size_t>(nqh) * hd);
@@ -273,26 +280,31 @@ class CpuBackend final : public Backend {
     s.m.assign(nqh, -INFINITY);
     s.l.assign(nqh, 0.0f);
     const int last_pos = p0 + nq - 1;
-    const int n_blocks = last_pos / bt + 1;
-    for (int b = 0; b < n_blocks; ++b) {
-      const uint8_t* page = pool.page(seq.block_table[b]);
-      const int slots = std::min(bt, last_pos + 1 - b * bt);
-      for (int kv = 0; kv < 2; ++kv) {
-        const size_t off = L.RowOffset(layer, kv, g, 0);
-        float* dst = kv == 0 ? s.k.data() : s.v.data();
-        if (L.dtype == KvDtype::kF16) {
-          k_.f16_to_f32(reinterpret_cast<const uint16_t*>(page) + off, dst,
-                        static_cast<int64_t>(slots) * hd);
-        } else {
-          std::memcpy(dst, reinterpret_cast<const float*>(page) + off, sizeof(float) * slots * hd);
+    for (int k0 = 0; k0 <= last_pos; k0 += kAttnKeyBlock) {
+      const int n = std::min(kAttnKeyBlock, last_pos + 1 - k0);
+      // Rows [k0, k0 + n) of head g, page by page (a head's rows are contiguous in a page).
+      for (int pos = k0; pos < k0 + n;) {
+        const int slot = pos % bt;
+        const int run = std::min(bt - slot, k0 + n - pos);
+        const uint8_t* page = pool.page(seq.block_table[pos / bt]);
+        for (int kv = 0; kv < 2; ++kv) {
+          const size_t off = L.RowOffset(layer, kv, g, slot);
+          float* dst = (kv == 0 ? s.k.data() : s.v.data()) + static_cast<size_t>(pos - k0) * hd;
+          if (L.dtype == KvDtype::kF16) {
+            k_.f16_to_f32(reinterpret_cast<const uint16_t*>(page) + off, dst,
+                          static_cast<int64_t>(run) * hd);
+          } else {
+            std::memcpy(dst, reinterpret_cast<const float*>(page) + off, sizeof(float) * run * hd);
+          }
         }
+        pos += run;
       }
-      // Causal mask: query i (position p0 + i) sees the keys of this page up to its position.
+      // Causal mask: query i (position p0 + i) sees the keys of this block up to its position.
       for (int i = 0; i < nq; ++i) {
-        const int n_valid = std::min(slots, p0 + i + 1 - b * bt);
+        const int n_valid = std::clamp(p0 + i + 1 - k0, 0, n);
         for (int j = 0; j < group; ++j) s.n_valid[i * group + j] = n_valid;
       }
-      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), s.v.data(), slots, hd, scale,
+      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), s.v.data(), n, hd, scale,
                      s.m.data(), s.l.data(), s.acc.data(), s.scores.data());
     }
     for (int i = 0; i < nq; ++i) {

@@ -5,6 +5,11 @@
 namespace kvstash::engine::cpu {
 namespace {
 constexpr int kSpinIterations = 20000;
+// The caller of ParallelFor waits for the workers' last tasks by spinning this many times, then
+// yields the core between checks: when the machine has more runnable threads than cores (the
+// daemon's HTTP and write-behind threads, clients, other programs), a worker that was preempted
+// needs a core to finish its task, and an unbounded spin would hold the one it could use.
+constexpr int kWaitSpins = 2000;
 inline void CpuRelax() {
 #if defined(__x86_64__)
   _mm_pause();
@@ -53,7 +58,13 @@ void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, 
   }
   cv_.notify_all();
   RunTasks(0);
-  while (active_.load(std::memory_order_acquire) != 0) CpuRelax();
+  for (int spins = 0; active_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kWaitSpins) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 void ThreadPool::WorkerLoop(int thread_index) {

@@ -88,8 +88,12 @@ TEST_P(ReferenceForwardTest, LogitsMatchNumpyReference) {
   std::printf("[ %s %s ] rms |diff| %.3g (%.2e of logit rms)\n", c.preset.c_str(), c.type.c_str(),
               rms_diff, rms_diff / scale);
   // Float types: same math in f32. Quantized types: 8-bit activations add ~1-3% rms error
-  // (kernel exactness itself is checked in cpu_kernels_test against dequantized dots).
-  const double max_tol = loose ? 1.5 : quantized ? 0.15 : 2e-3;
+  // (kernel exactness itself is checked in cpu_kernels_test against dequantized dots). Their
+  // worst single logit moves with any rounding change upstream (an activation that lands on the
+  // other side of a quantization step): Q6_K on the scalar table measured 0.136 of the logit rms
+  // with 16-key attention steps and 0.158 with 64-key steps at an unchanged rms (2.6%), so the
+  // bound on the maximum is 0.2 and the rms bound below is the tight one.
+  const double max_tol = loose ? 1.5 : quantized ? 0.2 : 2e-3;
   const double rms_tol = loose ? 0.2 : quantized ? 0.04 : 2e-4;
   EXPECT_LE(max_diff, max_tol * scale)
       << "max |engine - reference| " << max_diff << ", logit rms " << scale;
