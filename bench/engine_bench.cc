@@ -130,7 +130,8 @@ std::map<std::string, double> RunLlamaBench(const std::string& bin, const std::s
   const std::string cmd = bin + " -m " + path + " -p " + p + " -n " + std::to_string(decode) +
                           " -t " + std::to_string(threads) + " -r " + std::to_string(reps) +
                           (load_mode.empty() ? "" : " -lm " + load_mode) +
-                          (depth > 0 ? " -d " + std::to_string(depth) : "") + " -o json 2>/dev/null";
+                          (depth > 0 ? " -d " + std::to_string(depth) : "") +
+                          " -o json 2>/dev/null";
   std::map<std::string, double> out;
   const std::string text = ReadCommand(cmd);
   try {
@@ -214,8 +215,7 @@ int Main(int argc, char** argv) {
       for (int t : threads) {
         std::map<std::string, double> peer;
         if (!llama_bench.empty())
-          peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode,
-                               depth);
+          peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode, depth);
         for (int n : prompts) {
           std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
                        n);
