@@ -17,9 +17,10 @@ Questions:
   agent-fleet  8 agents x 10 turns over one shared 4,096-token "repository context", round-robin,
                greedy /v1/completions (max_tokens 16, streamed). Every server is restarted after
                turn 5 (kvstashd: SIGTERM + start on the same --cache-dir; llama-server: stop +
-               start, its RAM prompt cache is gone). A cache-off kvstashd (--no-cache) runs first:
-               its answers define the conversation, so every server sees byte-identical prompts,
-               and kvstashd's cached answers must equal them. Per phase: tokens prefilled
+               start, its RAM prompt cache is gone). The cached kvstashd runs first: its answers
+               define the conversation, so every server sees byte-identical prompts. A cache-off
+               kvstashd (--no-cache) replays them last (it times nothing, so the timed runs get
+               the quiet machine) and kvstashd's cached answers must equal its. Per phase: tokens prefilled
                (kvstash usage.kvstash.prefilled_tokens, llama timings.prompt_n), client-side
                p50/p95 TTFT (send -> first SSE chunk with non-empty text), wall time.
   overhead     a fully cached prompt (~2,000 tokens), non-streamed, max_tokens 1: client wall time
