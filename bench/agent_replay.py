@@ -313,6 +313,58 @@ def usage_numbers(u):
     return prompt, prompt - cached
 
 
+DISK_READ_METRICS = ("kvstash_store_bytes_read_total",      # KV blocks
+                     "kvstash_snapshot_bytes_read_total")   # recurrent-state snapshots
+
+
+def store_bytes_read(server):
+    """Bytes kvstashd read from its disk tier since it started (KV blocks + state snapshots,
+    from /metrics), or None for a server without them."""
+    if server.kind != "kvstashd":
+        return None
+    st, body, _ = db.http_json(server.host, server.port, "GET", "/metrics", timeout=30)
+    if st != 200 or not isinstance(body, str):
+        raise db.BenchError(f"{server.label}: GET /metrics answered {st}")
+    found = {}
+    for line in body.splitlines():
+        name = line.split(" ")[0]
+        if name in DISK_READ_METRICS:
+            found[name] = float(line.split()[-1])
+    if len(found) != len(DISK_READ_METRICS):
+        raise db.BenchError(f"{server.label}: /metrics lacks {set(DISK_READ_METRICS) - set(found)}")
+    return sum(found.values())
+
+
+def drop_page_cache():
+    """Empties the OS page cache (root only), as a reboot would: files are read from the disk."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError as e:
+        log(f"cannot drop the page cache ({e}); files may be read from memory")
+        return False
+
+
+def read_bandwidth(root, drop):
+    """Bytes/s of one sequential pass (4 MiB reads) over every file under `root`: the raw-reader
+    baseline of the disk tier's bound, measured in the same run on the same files."""
+    if drop:
+        drop_page_cache()
+    total, t0 = 0, time.perf_counter()
+    for d, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(d, name), "rb", buffering=0) as f:
+                while True:
+                    b = f.read(4 << 20)
+                    if not b:
+                        break
+                    total += len(b)
+    dt = time.perf_counter() - t0
+    return total, (total / dt if dt > 0 else None)
+
+
 # ----------------------------------------------------------------------------------------------
 # Servers
 
@@ -321,7 +373,9 @@ def kvstashd(args, label, work, extra=()):
     shutil.rmtree(cache, ignore_errors=True)
     argv = [args.kvstashd, "-m", args.model, "-t", str(args.threads), "-c", str(args.ctx),
             "--cache-dir", cache, "--log-level", "info"] + list(extra)
-    return db.Kvstashd(label, argv, work, args.ready_timeout)
+    server = db.Kvstashd(label, argv, work, args.ready_timeout)
+    server.cache_dir = cache
+    return server
 
 
 def llama(args, work):
@@ -333,7 +387,7 @@ def llama(args, work):
 # ----------------------------------------------------------------------------------------------
 # Replay
 
-def replay_on(server, session, n_turns, max_tokens, restart_at=()):
+def replay_on(server, session, n_turns, max_tokens, restart_at=(), drop_caches=False):
     rng = random.Random(session.cch_seed)  # the same cch sequence for every server
     recs = []
     t0 = time.perf_counter()
@@ -342,14 +396,20 @@ def replay_on(server, session, n_turns, max_tokens, restart_at=()):
         if k + 1 in restart_at:
             # The user restarts the server between two turns (an upgrade, a reboot, a crash):
             # SIGTERM, then the same command line again; kvstashd keeps its --cache-dir.
+            # --drop-caches: as after a reboot, the cache directory is read from the disk.
             log(f"{server.label}: restarting before turn {k + 1}")
             server.stop()
+            if drop_caches:
+                drop_page_cache()
             server.start()
+        before = store_bytes_read(server)
         r = post_messages(server.host, server.port, body)
+        after = store_bytes_read(server)
         prompt, pre = usage_numbers(r["usage"])
         recs.append({"turn": k + 1, "prompt": prompt, "prefilled": pre,
                      "ttft_ms": None if r["ttft_s"] is None else r["ttft_s"] * 1e3,
                      "ttft_is_block": r.get("ttft_is_block"), "wall_ms": r["wall_s"] * 1e3,
+                     "store_bytes_read": None if before is None else after - before,
                      "usage": r["usage"], "stop": r["stop"]})
         log(f"{server.label} turn {k + 1}/{n_turns}: prompt {prompt}, prefilled {pre}, "
             f"ttft {recs[-1]['ttft_ms']:.0f} ms, wall {recs[-1]['wall_ms']:.0f} ms")
@@ -377,14 +437,19 @@ def run_replay(args, work, out):
     with kv:
         session = Session(db.Tokenizer(kv), args.turns, args.context_tokens, args.result_tokens)
         log(f"replay: kvstashd ({model_name})")
-        kv_recs, kv_wall = replay_on(kv, session, args.turns, args.max_tokens, args.restart_at)
+        kv_recs, kv_wall = replay_on(kv, session, args.turns, args.max_tokens, args.restart_at,
+                                     args.drop_caches)
+    # The disk tier's bandwidth for the bound: a raw sequential read of the same cache files.
+    bw_bytes, bw = read_bandwidth(kv.cache_dir, args.drop_caches)
+    log(f"raw read of kvstashd's cache directory: {bw_bytes / 2**20:.0f} MiB at "
+        f"{(bw or 0) / 2**20:.0f} MiB/s ({'page cache dropped' if args.drop_caches else 'page cache kept'})")
     ll_recs, ll_wall = None, None
     if args.llama_server:
         ll = llama(args, work)
         with ll:
             log("replay: llama-server")
             ll_recs, ll_wall = replay_on(ll, session, args.turns, args.max_tokens,
-                                         args.restart_at)
+                                         args.restart_at, args.drop_caches)
     rows, per_turn, more, more_extra = [], [], [], []
     for k, r in enumerate(kv_recs):
         new_kv = r["prompt"] - (kv_recs[k - 1]["prompt"] if k else 0)
@@ -463,11 +528,77 @@ def run_replay(args, work, out):
                   f"- turns where kvstashd prefilled more beyond its own new tokens than "
                   f"llama-server beyond its own (the renderings differ by a few tokens): "
                   f"{', '.join(map(str, more_extra)) or 'none'}"]
+    lines += bound_lines(args, kv_recs, ll_recs, bw, res)
     for name, s in (("kvstashd", sk), ("llama-server", sl)):
         if s and s["ttft_fallbacks"]:
             lines.append(f"- {name}: {s['ttft_fallbacks']} replies opened no content block "
                          "(EOS first); their TTFT is the message_delta")
     return "\n".join(lines)
+
+
+def bound_lines(args, kv_recs, ll_recs, bw, res):
+    """kvstashd's TTFT per turn against its bound: the bytes its store read from disk for the
+    turn / the raw read bandwidth of the same files + the engine's prefill of the turn's computed
+    tokens (usage.kvstash.prefill_ms: admission -> the prompt's last row, i.e. only the tokens
+    not served from the cache). TTFT / bound shows what the rest costs (HTTP, rendering,
+    tokenizing, the cache lookup, restoring a state snapshot, copies between tiers)."""
+    rows, warm, per = [], [], []
+    cold_rate = None  # turn 1: ms per prompt token, cold, for the informational column
+    r0 = kv_recs[0]
+    if r0["prompt"] and r0["ttft_ms"]:
+        cold_rate = r0["ttft_ms"] / r0["prompt"]
+    for k, r in enumerate(kv_recs):
+        u = (r.get("usage") or {}).get("kvstash")
+        if k == 0 or u is None or not bw:
+            continue
+        disk_ms = (r["store_bytes_read"] or 0) / bw * 1e3
+        bound = disk_ms + u["prefill_ms"]
+        ratio = r["ttft_ms"] / bound if bound > 0 else None
+        restart = k + 1 in args.restart_at
+        per.append({"turn": k + 1, "ttft_ms": r["ttft_ms"], "bound_ms": bound, "ratio": ratio,
+                    "disk_ms": disk_ms, "store_bytes_read": r["store_bytes_read"],
+                    "prefill_ms": u["prefill_ms"], "queue_ms": u["queue_ms"],
+                    "load_ms": u["load_ms"], "restart": restart})
+        if not restart and ratio is not None:
+            warm.append(ratio)
+        rows.append([k + 1, "restart" if restart else "warm", r["prefilled"],
+                     db.fmt((r["store_bytes_read"] or 0) / 2**20, 1), db.fmt(disk_ms, 0),
+                     db.fmt(u["prefill_ms"], 0), db.fmt(bound, 0), db.fmt(r["ttft_ms"], 0),
+                     db.fmt(ratio, 2),
+                     "-" if cold_rate is None else db.fmt(r["prefilled"] * cold_rate, 0)])
+    restarts = []
+    for t in args.restart_at:
+        kv_t = kv_recs[t - 1]["ttft_ms"]
+        ll_t = ll_recs[t - 1]["ttft_ms"] if ll_recs else None
+        restarts.append({"turn": t, "kvstashd_ttft_ms": kv_t, "llama_ttft_ms": ll_t,
+                         "ratio": kv_t / ll_t if ll_t else None})
+    res["bound"] = {"read_bandwidth_bytes_per_s": bw, "turns": per,
+                    "warm_ratio_max": max(warm) if warm else None,
+                    "warm_ratio_p50": db.pct(warm, 50) if warm else None,
+                    "goal_warm_within_1_2": (max(warm) <= 1.2) if warm else None,
+                    "restarts": restarts,
+                    "goal_restart_tenth": (all(x["ratio"] is not None and x["ratio"] <= 0.1
+                                               for x in restarts) if restarts and ll_recs
+                                           else None)}
+    if not rows:
+        return []
+    b = res["bound"]
+    out = ["", f"**kvstashd's TTFT against its bound** (bound = bytes read from the disk tier for the "
+           f"turn, KV blocks + state snapshot, / "
+           f"{db.fmt((bw or 0) / 2**20, 0)} MiB/s, a raw sequential read of the same cache files "
+           f"in this run + usage.kvstash.prefill_ms, the engine computing the turn's prefilled "
+           f"tokens):", "",
+           db.table(["turn", "kind", "prefilled", "disk MiB read", "read bound ms",
+                     "prefill ms", "bound ms", "TTFT ms", "TTFT / bound",
+                     "prefilled at turn 1's cold rate ms"], rows), "",
+           f"- warm turns: TTFT / bound p50 {db.fmt(b['warm_ratio_p50'], 2)}, max "
+           f"{db.fmt(b['warm_ratio_max'], 2)} (goal <= 1.2 on every warm turn: "
+           f"{db.met(b['goal_warm_within_1_2'])})"]
+    for x in restarts:
+        out.append(f"- turn {x['turn']} (after the restart): kvstashd TTFT {db.fmt(x['kvstashd_ttft_ms'], 0)} ms, "
+                   f"llama-server {db.fmt(x['llama_ttft_ms'], 0)} ms, ratio {db.fmt(x['ratio'], 3)} "
+                   f"(goal <= 0.1: {db.met(x['ratio'] is not None and x['ratio'] <= 0.1 if ll_recs else None)})")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,6 +802,9 @@ def parse_args(argv):
     ap.add_argument("--restart-at", default="",
                     help="comma-separated turns before which both servers are restarted "
                          "(SIGTERM, same command line; kvstashd keeps its cache directory)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="at each restart empty the OS page cache (root: /proc/sys/vm/drop_caches), "
+                         "as a reboot would, so kvstashd reads its cache directory from the disk")
     ap.add_argument("--cost-turns", type=int, default=4,
                     help="tool-loop turns before the costs' scenarios")
     a = ap.parse_args(argv)
@@ -708,7 +842,8 @@ def main(argv):
     out = {"config": {k: getattr(args, k) for k in ("model", "preset", "n_layer", "type",
                                                      "kvstashd", "llama_server", "threads", "ctx",
                                                      "turns", "context_tokens", "result_tokens",
-                                                     "max_tokens", "costs", "restart_at")}}
+                                                     "max_tokens", "costs", "restart_at",
+                                                     "drop_caches")}}
     log(f"work dir {work}; model {args.model}")
     t0 = time.monotonic()
     failed = False

@@ -107,10 +107,11 @@ struct CacheStats {
   // Recurrent-state snapshots (hybrid models).
   uint64_t snapshots = 0;  // in memory
   uint64_t snapshot_bytes = 0;
-  uint64_t snapshot_puts = 0;       // taken
-  uint64_t snapshot_hits = 0;       // resumes from a snapshot (memory or disk)
-  uint64_t snapshot_disk_hits = 0;  // of which read from the disk tier
-  uint64_t snapshot_evictions = 0;  // memory tier
+  uint64_t snapshot_puts = 0;             // taken
+  uint64_t snapshot_hits = 0;             // resumes from a snapshot (memory or disk)
+  uint64_t snapshot_disk_hits = 0;        // of which read from the disk tier
+  uint64_t snapshot_disk_bytes_read = 0;  // payload bytes of those reads
+  uint64_t snapshot_evictions = 0;        // memory tier
   // Of those, evicted first because no cached chain reaches them any more (their block, or the
   // block before it, is gone from every KV tier: a resume needs the KV up to the snapshot).
   uint64_t snapshot_unreachable_evictions = 0;

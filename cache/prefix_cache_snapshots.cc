@@ -130,6 +130,7 @@ bool PrefixCache::Impl::LoadDiskSnapshot(const Hash128& key, const Hash128& pare
   snapshots_.Put(key, parent, toks, state);
   std::lock_guard<std::mutex> lock(stats_mu_);
   ++stats_.snapshot_disk_hits;
+  stats_.snapshot_disk_bytes_read += bytes;
   return true;
 }
 

@@ -188,6 +188,7 @@ void ResumeAndCompare(const engine::Model& model, const std::string& path, const
   EXPECT_TRUE(got->from_snapshot);
   const CacheStats cs = st.cache->Stats();
   EXPECT_EQ(cs.snapshot_disk_hits, 1u);
+  EXPECT_EQ(cs.snapshot_disk_bytes_read, st.runner->RecurrentStateElems() * sizeof(float));
   EXPECT_EQ(cs.snapshot_corrupt, want_corrupt);
   std::vector<float> logits;
   const std::span<const int32_t> rest(prompt.data() + want_cached, prompt.size() - want_cached);

@@ -340,7 +340,8 @@ class AnthropicBuilder final : public ReplyBuilder {
     return {{"input_tokens", std::max(0, usage_.prompt_tokens - cached - created)},
             {"cache_creation_input_tokens", created},
             {"cache_read_input_tokens", cached},
-            {"output_tokens", usage_.generated_tokens}};
+            {"output_tokens", usage_.generated_tokens},
+            {"kvstash", internal::KvstashUsageObject(usage_)}};
   }
   std::string StopReason() const {
     if (!reply_.calls().empty() && usage_.finish != serve::FinishReason::kMaxTokens) {

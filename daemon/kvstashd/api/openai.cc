@@ -25,24 +25,27 @@ OrderedJson ErrorObject(const ApiError& e) {
             {"code", e.code.empty() ? OrderedJson(nullptr) : OrderedJson(e.code)}}}};
 }
 
+OrderedJson KvstashUsageObject(const serve::Usage& u) {
+  return {{"cached_tokens", u.cached_tokens},
+          {"device_tokens", u.device_tokens},
+          {"host_tokens", u.host_tokens},
+          {"disk_tokens", u.disk_tokens},
+          {"prefilled_tokens", u.prefilled_tokens},
+          {"queue_ms", u.queue_ms},
+          {"load_ms", u.load_ms},
+          {"prefill_ms", u.prefill_ms},
+          {"ttft_ms", u.ttft_ms},
+          {"decode_ms", u.decode_ms},
+          {"total_ms", u.total_ms},
+          {"preemptions", u.preemptions}};
+}
+
 OrderedJson UsageObject(const serve::Usage& u) {
   return {{"prompt_tokens", u.prompt_tokens},
           {"completion_tokens", u.generated_tokens},
           {"total_tokens", u.prompt_tokens + u.generated_tokens},
           {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}},
-          {"kvstash",
-           {{"cached_tokens", u.cached_tokens},
-            {"device_tokens", u.device_tokens},
-            {"host_tokens", u.host_tokens},
-            {"disk_tokens", u.disk_tokens},
-            {"prefilled_tokens", u.prefilled_tokens},
-            {"queue_ms", u.queue_ms},
-            {"load_ms", u.load_ms},
-            {"prefill_ms", u.prefill_ms},
-            {"ttft_ms", u.ttft_ms},
-            {"decode_ms", u.decode_ms},
-            {"total_ms", u.total_ms},
-            {"preemptions", u.preemptions}}}};
+          {"kvstash", KvstashUsageObject(u)}};
 }
 
 }  // namespace internal

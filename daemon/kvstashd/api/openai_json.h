@@ -102,6 +102,9 @@ void SetSessionHint(const std::string& hint, ParsedRequest* p);
 OrderedJson ErrorObject(const ApiError& e);
 // The usage object UsageJson() serializes.
 OrderedJson UsageObject(const serve::Usage& u);
+// kvstash's own usage figures (tokens per tier, prefilled tokens, queue/load/prefill/TTFT ms),
+// the `kvstash` object beside each API's own usage fields.
+OrderedJson KvstashUsageObject(const serve::Usage& u);
 
 // Runs `fn` (which returns a Result<T> or T), turning ApiFailure and any other exception into
 // *error (when not null) plus a Status: InvalidArgument for request errors (4xx), Internal for

@@ -1,5 +1,6 @@
 #include "daemon/kvstashd/metrics/metrics.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "serve/engine.h"
@@ -143,6 +144,23 @@ std::string Metrics::Render(const serve::Engine* engine, const MemoryBudget& mem
          "Blocks the store refused or failed to write (e.g. disk full).", c.write_failed);
   Metric(&out, "kvstash_cache_corrupt_blocks_total", "counter",
          "Blocks that failed verification (recomputed).", c.corrupt_blocks);
+  // Recurrent-state snapshots (hybrid models; 0 for the others).
+  Metric(&out, "kvstash_snapshots", "gauge", "Recurrent-state snapshots held in memory.",
+         c.snapshots);
+  Metric(&out, "kvstash_snapshot_memory_bytes", "gauge", "Bytes of those snapshots.",
+         c.snapshot_bytes);
+  Metric(&out, "kvstash_snapshots_taken_total", "counter", "Snapshots taken.", c.snapshot_puts);
+  Head(&out, "kvstash_snapshot_hits_total", "counter",
+       "Resumes from a snapshot, by the tier it came from.");
+  Line(&out, "kvstash_snapshot_hits_total", "tier=\"memory\"",
+       c.snapshot_hits - std::min(c.snapshot_hits, c.snapshot_disk_hits));
+  Line(&out, "kvstash_snapshot_hits_total", "tier=\"disk\"", c.snapshot_disk_hits);
+  Metric(&out, "kvstash_snapshot_bytes_read_total", "counter",
+         "Snapshot bytes read from the disk tier.", c.snapshot_disk_bytes_read);
+  Metric(&out, "kvstash_snapshots_written_total", "counter",
+         "Snapshots made durable in the disk tier.", c.snapshot_written);
+  Metric(&out, "kvstash_snapshot_corrupt_total", "counter",
+         "Snapshots that failed verification (recomputed).", c.snapshot_corrupt);
   return out;
 }
 

@@ -471,6 +471,13 @@ TEST_F(AgentApiTest, AgentSessionsStayCacheStableThroughEveryApi) {
       turns.push_back({u["input_tokens"].get<int>() + u["cache_read_input_tokens"].get<int>() +
                            u["cache_creation_input_tokens"].get<int>(),
                        u["cache_read_input_tokens"], u["output_tokens"]});
+      // kvstash's own figures ride beside Anthropic's: the same cached count, and prefilled =
+      // the prompt positions not served from the cache.
+      ASSERT_TRUE(u.contains("kvstash")) << u.dump();
+      EXPECT_EQ(u["kvstash"]["cached_tokens"], u["cache_read_input_tokens"]);
+      EXPECT_EQ(u["kvstash"]["prefilled_tokens"].get<int>(),
+                u["input_tokens"].get<int>() + u["cache_creation_input_tokens"].get<int>());
+      EXPECT_GE(u["kvstash"]["prefill_ms"].get<double>(), 0.0);
       messages.push_back({{"role", "assistant"}, {"content", j["content"]}});
       if (!s.tool_name.empty()) {
         std::string id;

@@ -79,6 +79,45 @@ TEST(DaemonE2eTest, RestartAfterSigtermServesFromDiskWithIdenticalOutput) {
   EXPECT_EQ(d.Stop(), 0);
 }
 
+// A hybrid model (Gated DeltaNet + attention + MoE): after a restart the prompt resumes from a
+// recurrent-state snapshot read from the disk tier, gives the cold run's text, and /metrics
+// counts the snapshot read.
+TEST(DaemonE2eTest, HybridModelResumesFromADiskSnapshotAfterRestart) {
+  const std::string dir = TestDir("hybrid");
+  engine::MkModelOptions o;
+  auto preset = engine::FindPreset("tiny-qwen35moe");
+  ASSERT_TRUE(preset.ok()) << preset.status().ToString();
+  o.config = *preset;
+  auto type = engine::ParseWeightType("q8_0");
+  ASSERT_TRUE(type.ok());
+  o.weight_type = *type;
+  const std::string model = dir + "/tiny-qwen35moe.gguf";
+  ASSERT_TRUE(engine::WriteSyntheticModel(model, o).ok());
+  Daemon d(dir);
+  const std::vector<std::string> args = {"-m", model, "--cache-dir", dir + "/cache"};
+  ASSERT_TRUE(d.Start(args)) << d.Log();
+  auto cold = Post(d.port(), "/v1/completions", Completion(LongPrompt(), 12));
+  ASSERT_EQ(cold.status, 200) << cold.body;
+  EXPECT_EQ(cold.Json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_GT(MetricValue(d.port(), "kvstash_snapshots_taken_total"), 0);
+  EXPECT_EQ(MetricValue(d.port(), "kvstash_snapshot_bytes_read_total"), 0);
+  EXPECT_EQ(d.Stop(), 0) << d.Log();
+  ASSERT_TRUE(d.Start(args)) << d.Log();
+  auto warm = Post(d.port(), "/v1/completions", Completion(LongPrompt(), 12));
+  ASSERT_EQ(warm.status, 200) << warm.body;
+  EXPECT_EQ(TextOf(warm), TextOf(cold));
+  const json u = warm.Json()["usage"];
+  const int prompt = u["prompt_tokens"];
+  // Resumed at the last full block before the prompt's last token (its snapshot), the rest
+  // computed: at most one block plus the last token.
+  EXPECT_EQ(u["kvstash"]["disk_tokens"], u["kvstash"]["cached_tokens"]) << u.dump();
+  EXPECT_GE(u["kvstash"]["cached_tokens"].get<int>(), prompt - 17) << u.dump();
+  EXPECT_EQ(MetricValue(d.port(), "kvstash_snapshot_hits_total{tier=\"disk\"}"), 1);
+  EXPECT_GT(MetricValue(d.port(), "kvstash_snapshot_bytes_read_total"), 0);
+  EXPECT_GT(MetricValue(d.port(), "kvstash_store_bytes_read_total"), 0);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
 // Repeated SIGKILLs at random moments while clients are generating: after every restart the
 // daemon answers, and every answer (before or after a kill) is the cache-off answer.
 TEST(DaemonE2eTest, SigkillUnderLoadNeverGivesAWrongToken) {
