@@ -513,8 +513,11 @@ class Fleet:
         return "".join(parts)
 
 
-def run_fleet_on(server, fleet, restart_after, max_tokens, defines_history, model_name):
-    """Replays the round-robin sequence against a started server. Returns per-request records."""
+def run_fleet_on(server, fleet, restart_after, max_tokens, defines_history, model_name,
+                 only_turns=None):
+    """Replays the round-robin sequence against a started server. Returns per-request records.
+    `only_turns` (0-based): send only those turns' requests (the reference needs no history of
+    its own: the prompts carry the cached run's answers)."""
     recs = []
     phase_t0 = {}
     phase_end = {}
@@ -525,6 +528,8 @@ def run_fleet_on(server, fleet, restart_after, max_tokens, defines_history, mode
         phase = 1 if t < restart_after else 2
         phase_t0.setdefault(phase, time.perf_counter())
         for a in range(fleet.n_agents):
+            if only_turns is not None and t not in only_turns:
+                continue
             body = {"model": model_name, "prompt": fleet.prompt(a, t), "max_tokens": max_tokens,
                     "temperature": 0}
             r = stream_completion(server.host, server.port, body)
@@ -604,8 +609,13 @@ def q_agent_fleet(args, work, out):
                 f"{restart_after}")
             if role == "reference":
                 log("agent-fleet: the timed runs are done; the cache-off reference follows")
+            only = None
+            if role == "reference" and args.reference_turns:
+                only = {t - 1 for t in args.reference_turns}
+                log(f"agent-fleet: the reference checks turns "
+                    f"{', '.join(map(str, args.reference_turns))} only (--reference-turns)")
             recs, walls = run_fleet_on(srv, fleet, restart_after, args.fleet_max_tokens,
-                                       role == "cache", model_name)
+                                       role == "cache", model_name, only)
         runs[label] = (srv.kind, recs, walls, srv)
 
     def turns(a, b):
@@ -627,6 +637,9 @@ def q_agent_fleet(args, work, out):
             sel = [r for r in recs if (r["first_after_restart"] if p == 3 else r["phase"] == p)]
             s = summarize_phase(sel, walls.get(p))
             result["phases"][name][label] = s
+            if s is None:  # a --reference-turns subset without this phase
+                rows.append([name, label] + ["-"] * 8)
+                continue
             rows.append([name, label, s["requests"], fmt(s["prompt_tokens"]),
                          fmt(s["prefilled_tokens"]), fmt(s["cached_tokens"]),
                          fmt(s["ttft_p50_ms"]), fmt(s["ttft_p95_ms"]),
@@ -654,8 +667,10 @@ def q_agent_fleet(args, work, out):
     # greedy answers: cached kvstashd vs the cache-off reference
     ref = {(r["agent"], r["turn"]): r["text"] for r in runs["kvstashd --no-cache"][1]}
     ref_gen = {(r["agent"], r["turn"]): r["generated"] for r in runs["kvstashd --no-cache"][1]}
-    mism = [r for r in runs["kvstashd"][1] if r["text"] != ref[r["agent"], r["turn"]]
+    checked = [r for r in runs["kvstashd"][1] if (r["agent"], r["turn"]) in ref]
+    mism = [r for r in checked if r["text"] != ref[r["agent"], r["turn"]]
             or r["generated"] != ref_gen[r["agent"], r["turn"]]]
+    result["answers_checked"] = len(checked)
     # A model whose sampled tokens print nothing (e.g. a vocabulary of <unused_N> pieces) makes
     # the comparison of texts, and the client-side TTFT, meaningless: say so.
     no_text = all(not t for t in ref.values())
@@ -665,13 +680,14 @@ def q_agent_fleet(args, work, out):
                                     "no_cache": ref[r["agent"], r["turn"]]} for r in mism]
     ref_ptok = {(r["agent"], r["turn"]): r["prompt_tokens"]
                 for r in runs["kvstashd --no-cache"][1]}
-    ptok_same = {label: sum(1 for r in recs if r["prompt_tokens"] == ref_ptok[r["agent"], r["turn"]])
+    ptok_same = {label: sum(1 for r in recs if (r["agent"], r["turn"]) in ref_ptok and
+                            r["prompt_tokens"] == ref_ptok[r["agent"], r["turn"]])
                  for label, (_, recs, _, _) in runs.items()}
     result["prompt_tokens_identical_to_no_cache"] = ptok_same
     peer_same = None
     if "llama-server" in runs:
         peer_same = sum(1 for r in runs["llama-server"][1]
-                        if r["text"] == ref[r["agent"], r["turn"]])
+                        if r["text"] == ref.get((r["agent"], r["turn"])))
         result["llama_answers_identical_to_no_cache"] = peer_same
 
     lines = [f"### agent-fleet: {n_agents} agents x {n_turns} turns, shared context "
@@ -692,7 +708,10 @@ def q_agent_fleet(args, work, out):
              f"llama-server's: {fmt(kv3)} vs {fmt(None if ll3 is None else ll3 / 10)} ms "
              f"-> {met(goal2)}",
              f"- greedy answers: kvstashd identical to kvstashd --no-cache: "
-             f"{len(ref) - len(mism)}/{len(ref)} -> "
+             f"{len(ref) - len(mism)}/{len(ref)}"
+             + (f" (the {len(ref)} requests of turns "
+                f"{', '.join(map(str, args.reference_turns))}; --reference-turns)"
+                if args.reference_turns else "") + " -> "
              + ("MISMATCH" if mism else "INCONCLUSIVE: no answer has any visible text "
                 "(only token counts compared)" if no_text else "OK")]
     for m in result["answer_mismatches"][:5]:
@@ -907,6 +926,10 @@ def parse_args(argv):
     g.add_argument("--message-tokens", type=int)
     g.add_argument("--restart-after", type=int)
     g.add_argument("--fleet-max-tokens", type=int, default=16)
+    g.add_argument("--reference-turns", default="",
+                   help="agent-fleet: turns (1-based, comma-separated) the cache-off reference "
+                        "checks; default all (the reference recomputes every prompt cold, which "
+                        "takes longer than both timed runs together)")
     g.add_argument("--reps", type=int)
     g.add_argument("--overhead-tokens", type=int)
     g.add_argument("--clients", type=str)
@@ -921,6 +944,12 @@ def parse_args(argv):
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.clients = [int(x) for x in str(a.clients).split(",") if x.strip()]
+    try:
+        a.reference_turns = sorted({int(t) for t in a.reference_turns.split(",") if t.strip()})
+    except ValueError:
+        ap.error(f"--reference-turns {a.reference_turns!r}: expected turn numbers like 1,6,10")
+    if any(t < 1 or t > a.turns for t in a.reference_turns):
+        ap.error(f"--reference-turns: turns must be between 1 and --turns ({a.turns})")
     a.questions = [q.strip() for q in a.questions.split(",") if q.strip()]
     for q in a.questions:
         if q not in ALL_QUESTIONS:
