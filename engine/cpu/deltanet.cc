@@ -69,13 +69,7 @@ void DeltaRuleHead(const KernelTable& kt, const DeltaHeadArgs& a, float* state_h
     const float eg = std::exp(a.g[static_cast<size_t>(t) * a.n_v_heads + a.h]);
     const float bt = a.b[static_cast<size_t>(t) * a.n_v_heads + a.h];
     float* o = out + (static_cast<size_t>(t) * a.n_v_heads + a.h) * dv;
-    for (int j = 0; j < dv; ++j) {
-      float* s = state_h + static_cast<size_t>(j) * dk;  // column j of S, over key index
-      for (int i = 0; i < dk; ++i) s[i] *= eg;
-      const float d = bt * (v[j] - kt.dot_f32(s, k, dk));
-      kt.axpy_f32(d, k, s, dk);
-      o[j] = kt.dot_f32(s, q, dk);
-    }
+    kt.delta_rule_token(state_h, dv, dk, q, k, v, eg, bt, o);
   }
 }
 
