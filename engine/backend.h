@@ -22,6 +22,14 @@ struct RopeParams {
   const float* inv_freq = nullptr;  // [n_rot / 2] per-pair frequency, scaling folded in
 };
 
+// One product of Backend::MatMulBatch: y [n_tok][w->n_out] = x [n_tok][w->n_in] times w^T.
+struct MatMulJob {
+  const WeightMatrix* w;
+  const float* x;
+  int n_tok;
+  float* y;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -47,6 +55,12 @@ class Backend {
                          int n_head, const float* q, float* out) = 0;
   // out[i] = silu(gate[i]) * up[i].
   virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // Every job's MatMul, in any order and with its work spread over the backend's threads as one
+  // job (the MoE experts of a layer: hundreds of small products that each would be too small to
+  // split well). Each y is exactly what MatMul gives; no y may alias another job's x or y.
+  virtual void MatMulBatch(std::span<const MatMulJob> jobs) {
+    for (const MatMulJob& j : jobs) MatMul(*j.w, j.x, j.n_tok, j.y);
+  }
   // y[i] += x[i].
   virtual void Add(const float* x, int64_t n, float* y) = 0;
   // x[i] *= sigmoid(gate[i]) (the output gate of qwen35 attention).

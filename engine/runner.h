@@ -135,15 +135,18 @@ class Runner {
   std::vector<float> out_;   // [rows wanting logits][n_vocab]
   std::vector<float> qg_;    // [n][n_head][2][head_dim] qwen35 attn_q output: q, gate
   // MoE (runner_moe.cc).
-  std::vector<float> router_;      // [n][n_expert] router logits
-  std::vector<int32_t> moe_ids_;   // [n][n_expert_used] chosen experts, best first
-  std::vector<float> moe_w_;       // [n][n_expert_used] their renormalized weights
-  std::vector<float> moe_x_;       // [rows routed to one expert][n_embd] gathered inputs
-  std::vector<float> moe_g_;       // [rows][max(n_ff_exp, n_ff_shexp)] gate, then SwiGLU
-  std::vector<float> moe_u_;       // [rows][max(n_ff_exp, n_ff_shexp)] up
-  std::vector<float> moe_y_;       // [rows][n_embd] one expert's output
-  std::vector<float> moe_out_;     // [n][n_expert_used][n_embd] every routed expert output
-  std::vector<int32_t> moe_rows_;  // [n * n_expert_used] (token * k + slot) grouped by expert
+  std::vector<float> router_;     // [n][n_expert] router logits
+  std::vector<int32_t> moe_ids_;  // [n][n_expert_used] chosen experts, best first
+  std::vector<float> moe_w_;      // [n][n_expert_used] their renormalized weights
+  // Routed rows in expert order (n * n_expert_used of them), then reused for the shared expert
+  // (n rows); at least this large, never shrunk.
+  std::vector<float> moe_x_;         // [rows][n_embd] gathered inputs
+  std::vector<float> moe_g_;         // [rows][n_ff_exp] gate, then SwiGLU ([n][n_ff_shexp] shared)
+  std::vector<float> moe_u_;         // [rows][n_ff_exp] up
+  std::vector<float> moe_y_;         // [rows][n_embd] expert outputs
+  std::vector<int32_t> moe_rows_;    // [n * n_expert_used] (token * k + slot) grouped by expert
+  std::vector<int32_t> moe_pos_;     // [n * n_expert_used] inverse: row of (token * k + slot)
+  std::vector<MatMulJob> moe_jobs_;  // one layer's expert products (MoeFfn)
   // Gated DeltaNet (runner_deltanet.cc).
   std::vector<float> gdn_qkv_;      // [n][conv_dim] q | k | v, conv applied in place
   std::vector<float> gdn_z_;        // [n][value_dim] output gate

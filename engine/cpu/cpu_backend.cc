@@ -6,8 +6,10 @@
 // once per tile and used by every query head of the group (GQA) and every query in the tile.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "base/check.h"
@@ -71,6 +73,72 @@ class CpuBackend final : public Backend {
       const int rows = std::min(chunk, n_out - r0);
       k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, rows, xa, x_stride, n_tok, w.n_in,
               y + r0, w.n_out);
+    });
+  }
+
+  // Activations are converted once per distinct (x, format) (MoE gate and up share theirs), then
+  // every job's rows are handed out in chunks of kBatchChunkRows from one task list, so threads
+  // move on to the next expert instead of waiting at a barrier after each. Chunking never changes
+  // a (row, token) value (kernels.h), so each y equals MatMul's.
+  void MatMulBatch(std::span<const MatMulJob> jobs) override {
+    constexpr int kBatchChunkRows = 64;
+    struct Prep {
+      const uint8_t* xa;
+      size_t x_stride;
+      size_t act_offset;  // into batch_act_, or SIZE_MAX when x is used as is (f32)
+    };
+    struct Row {  // one activation row to convert
+      const float* x;
+      size_t dst;
+      ActFormat fmt;
+      int64_t n;
+    };
+    std::vector<Prep> prep(jobs.size());
+    std::vector<Row> rows;
+    size_t act_bytes = 0;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const MatMulJob& j = jobs[i];
+      const ActFormat fmt = cpu::ActFormatFor(j.w->type);
+      prep[i].x_stride = cpu::ActRowBytes(fmt, j.w->n_in);
+      prep[i].act_offset = SIZE_MAX;
+      if (fmt == ActFormat::kF32) continue;
+      size_t shared = SIZE_MAX;
+      // Only the last two jobs are looked at: the callers put the products of one x together.
+      for (size_t k = i >= 2 ? i - 2 : 0; k < i && shared == SIZE_MAX; ++k) {
+        if (jobs[k].x == j.x && jobs[k].n_tok >= j.n_tok && jobs[k].w->n_in == j.w->n_in &&
+            cpu::ActFormatFor(jobs[k].w->type) == fmt) {
+          shared = prep[k].act_offset;
+        }
+      }
+      if (shared != SIZE_MAX) {
+        prep[i].act_offset = shared;
+        continue;
+      }
+      prep[i].act_offset = act_bytes;
+      for (int t = 0; t < j.n_tok; ++t)
+        rows.push_back({j.x + static_cast<size_t>(t) * j.w->n_in, act_bytes + t * prep[i].x_stride,
+                        fmt, j.w->n_in});
+      act_bytes += prep[i].x_stride * j.n_tok;
+    }
+    if (batch_act_.size() < act_bytes) batch_act_.resize(act_bytes);
+    uint8_t* act = batch_act_.data();
+    pool_.ParallelFor(static_cast<int64_t>(rows.size()), [&](int64_t r, int) {
+      k_.quantize_act(rows[r].fmt, rows[r].x, act + rows[r].dst, rows[r].n);
+    });
+    std::vector<std::pair<int, int>> tasks;  // (job, first row)
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      prep[i].xa = prep[i].act_offset == SIZE_MAX ? reinterpret_cast<const uint8_t*>(jobs[i].x)
+                                                  : act + prep[i].act_offset;
+      for (int64_t r0 = 0; r0 < jobs[i].w->n_out; r0 += kBatchChunkRows)
+        tasks.emplace_back(static_cast<int>(i), static_cast<int>(r0));
+    }
+    pool_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t task, int) {
+      const auto [i, r0] = tasks[task];
+      const MatMulJob& j = jobs[i];
+      const WeightMatrix& w = *j.w;
+      const int n_rows = static_cast<int>(std::min<int64_t>(kBatchChunkRows, w.n_out - r0));
+      k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, n_rows, prep[i].xa, prep[i].x_stride,
+              j.n_tok, w.n_in, j.y + r0, w.n_out);
     });
   }
 
@@ -321,6 +389,7 @@ class CpuBackend final : public Backend {
   cpu::ThreadPool pool_;
   const KernelTable& k_;
   std::vector<uint8_t> act_;
+  std::vector<uint8_t> batch_act_;  // MatMulBatch's converted activations, every job's rows
   std::vector<Scratch> scratch_;
   // GatedDeltaNet scratch: normalized q/k [n_tok][n_k_heads * dk], log-decay and beta [n_tok]
   // [n_v_heads], f32.

@@ -15,19 +15,38 @@ inline float Softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x));
 
 void CausalConvSiluChannels(float* x, int n_tok, int channels, const float* conv_w, int d_conv,
                             float* state, int c0, int c1) {
-  const int hist = d_conv - 1;
-  std::vector<float> col(static_cast<size_t>(n_tok + hist));  // [hist + n_tok] one channel
-  for (int c = c0; c < c1; ++c) {
-    for (int i = 0; i < hist; ++i) col[i] = state[static_cast<size_t>(i) * channels + c];
-    for (int t = 0; t < n_tok; ++t) col[hist + t] = x[static_cast<size_t>(t) * channels + c];
-    const float* w = conv_w + static_cast<size_t>(c) * d_conv;
-    for (int t = 0; t < n_tok; ++t) {
-      float s = 0;
-      for (int j = 0; j < d_conv; ++j) s += w[j] * col[t + j];
-      x[static_cast<size_t>(t) * channels + c] = Silu(s);
+  const int hist = d_conv - 1, nc = c1 - c0;
+  // Row p of the input [state; x]: the state's rows, then x's (channels c0.. of each).
+  const auto in_row = [&](int p) {
+    return (p < hist ? state + static_cast<size_t>(p) * channels
+                     : x + static_cast<size_t>(p - hist) * channels) +
+           c0;
+  };
+  // The next state (the last hist inputs), saved before x is overwritten: [hist][nc].
+  std::vector<float> next(static_cast<size_t>(hist) * nc);
+  for (int i = 0; i < hist; ++i)
+    std::copy_n(in_row(n_tok + i), nc, next.data() + static_cast<size_t>(i) * nc);
+  // Weights transposed to [d_conv][nc] so every loop below walks channels contiguously (a loop
+  // per channel over tokens strode a whole row, channels * 4 bytes, per element).
+  std::vector<float> wt(static_cast<size_t>(d_conv) * nc), acc(nc);
+  for (int c = 0; c < nc; ++c)
+    for (int j = 0; j < d_conv; ++j)
+      wt[static_cast<size_t>(j) * nc + c] = conv_w[static_cast<size_t>(c0 + c) * d_conv + j];
+  // Tokens last to first: output row t replaces input row t + hist, which no earlier token
+  // reads. Each channel sums its taps in order j = 0.. from 0, as a loop per channel would.
+  for (int t = n_tok - 1; t >= 0; --t) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int j = 0; j < d_conv; ++j) {
+      const float* in = in_row(t + j);
+      const float* w = wt.data() + static_cast<size_t>(j) * nc;
+      for (int c = 0; c < nc; ++c) acc[c] += w[c] * in[c];
     }
-    for (int i = 0; i < hist; ++i) state[static_cast<size_t>(i) * channels + c] = col[n_tok + i];
+    float* out = x + static_cast<size_t>(t) * channels + c0;
+    for (int c = 0; c < nc; ++c) out[c] = Silu(acc[c]);
   }
+  for (int i = 0; i < hist; ++i)
+    std::copy_n(next.data() + static_cast<size_t>(i) * nc, nc,
+                state + static_cast<size_t>(i) * channels + c0);
 }
 
 void DeltaNetPrepare(const float* qkv, const float* alpha, const float* beta, const float* dt_bias,
@@ -69,13 +88,7 @@ void DeltaRuleHead(const KernelTable& kt, const DeltaHeadArgs& a, float* state_h
     const float eg = std::exp(a.g[static_cast<size_t>(t) * a.n_v_heads + a.h]);
     const float bt = a.b[static_cast<size_t>(t) * a.n_v_heads + a.h];
     float* o = out + (static_cast<size_t>(t) * a.n_v_heads + a.h) * dv;
-    for (int j = 0; j < dv; ++j) {
-      float* s = state_h + static_cast<size_t>(j) * dk;  // column j of S, over key index
-      for (int i = 0; i < dk; ++i) s[i] *= eg;
-      const float d = bt * (v[j] - kt.dot_f32(s, k, dk));
-      kt.axpy_f32(d, k, s, dk);
-      o[j] = kt.dot_f32(s, q, dk);
-    }
+    kt.delta_rule_token(state_h, dv, dk, q, k, v, eg, bt, o);
   }
 }
 

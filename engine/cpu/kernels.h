@@ -53,6 +53,13 @@ struct KernelTable {
                       int n, int hd, float scale, float* m, float* l, float* acc, float* scores);
   // out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] (out may alias gate).
   void (*swiglu)(const float* gate, const float* up, int64_t n, float* out);
+  // One token of the gated delta rule for one value head (engine/backend.h GatedDeltaNet):
+  // s [dv][dk] (row j = column j of S over the key index), q, k [dk], v, o [dv]. Per row j:
+  //   s_j *= eg;  d = bt * (v[j] - dot_f32(s_j, k));  axpy_f32(d, k, s_j);  o[j] = dot_f32(s_j, q)
+  // with exactly this table's dot_f32/axpy_f32 rounding, so results equal that composition bit
+  // for bit; the SIMD tables interleave rows so their dot-product chains overlap.
+  void (*delta_rule_token)(float* s, int dv, int dk, const float* q, const float* k, const float* v,
+                           float eg, float bt, float* o);
 };
 
 // The best table for this CPU (can be forced with KVSTASH_CPU_KERNELS=scalar|avx2|avx512).

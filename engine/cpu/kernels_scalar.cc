@@ -124,6 +124,17 @@ void AxpyF32Scalar(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+void DeltaRuleTokenScalar(float* s, int dv, int dk, const float* q, const float* k, const float* v,
+                          float eg, float bt, float* o) {
+  for (int j = 0; j < dv; ++j) {
+    float* r = s + static_cast<size_t>(j) * dk;
+    for (int i = 0; i < dk; ++i) r[i] *= eg;
+    const float d = bt * (v[j] - DotF32Scalar(r, k, dk));
+    AxpyF32Scalar(d, k, r, dk);
+    o[j] = DotF32Scalar(r, q, dk);
+  }
+}
+
 void AttnUpdateScalar(const float* q, int nq, const int* n_valid, const float* k, const float* v,
                       int n, int hd, float scale, float* m, float* l, float* acc, float* scores) {
   for (int i = 0; i < nq; ++i) {
@@ -309,9 +320,9 @@ void SwiGluScalar(const float* gate, const float* up, int64_t n, float* out) {
 }
 
 const KernelTable& ScalarKernels() {
-  static const KernelTable table = {"scalar",       QuantizeActScalar, GemmScalar,
-                                    F32ToF16Scalar, F16ToF32Scalar,    DotF32Scalar,
-                                    AxpyF32Scalar,  AttnUpdateScalar,  SwiGluScalar};
+  static const KernelTable table = {
+      "scalar",     QuantizeActScalar, GemmScalar,       F32ToF16Scalar, F16ToF32Scalar,
+      DotF32Scalar, AxpyF32Scalar,     AttnUpdateScalar, SwiGluScalar,   DeltaRuleTokenScalar};
   return table;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "engine/cpu/kernels.h"
@@ -157,6 +158,35 @@ TEST(DeltaNetKernelTest, RecurrenceSplitAnywhereIsBitIdentical) {
       }
       EXPECT_EQ(0, std::memcmp(out.data(), one.data(), one.size() * sizeof(float)));
       EXPECT_EQ(0, std::memcmp(st.data(), st_one.data(), st.size() * sizeof(float)));
+    }
+  }
+}
+
+TEST(DeltaNetKernelTest, FusedTokenStepEqualsDotAxpyCompositionBitForBit) {
+  // The shapes of the real models (128) and odd ones that take the row-by-row remainder.
+  for (const KernelTable* kt : Tables()) {
+    for (const auto& [dv, dk] : {std::pair{128, 128}, std::pair{6, 16}, std::pair{5, 20}}) {
+      SCOPED_TRACE(std::string(kt->name) + " dv " + std::to_string(dv) + " dk " +
+                   std::to_string(dk));
+      std::mt19937 rng(dv * 1000 + dk);
+      std::normal_distribution<float> nd;
+      std::vector<float> s0(static_cast<size_t>(dv) * dk), q(dk), k(dk), v(dv);
+      for (float& x : s0) x = 0.1f * nd(rng);
+      for (float& x : q) x = nd(rng);
+      for (float& x : k) x = nd(rng);
+      for (float& x : v) x = nd(rng);
+      const float eg = 0.93f, bt = 0.61f;
+      std::vector<float> s_ref = s0, o_ref(dv), s = s0, o(dv);
+      for (int j = 0; j < dv; ++j) {
+        float* r = s_ref.data() + static_cast<size_t>(j) * dk;
+        for (int i = 0; i < dk; ++i) r[i] *= eg;
+        const float d = bt * (v[j] - kt->dot_f32(r, k.data(), dk));
+        kt->axpy_f32(d, k.data(), r, dk);
+        o_ref[j] = kt->dot_f32(r, q.data(), dk);
+      }
+      kt->delta_rule_token(s.data(), dv, dk, q.data(), k.data(), v.data(), eg, bt, o.data());
+      EXPECT_EQ(0, std::memcmp(s.data(), s_ref.data(), s.size() * sizeof(float)));
+      EXPECT_EQ(0, std::memcmp(o.data(), o_ref.data(), o.size() * sizeof(float)));
     }
   }
 }

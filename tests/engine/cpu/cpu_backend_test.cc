@@ -1,0 +1,87 @@
+// The CPU backend's batched products (engine/backend.h MatMulBatch): every job's output is the
+// one MatMul gives, bit for bit, whatever else is in the batch, the thread count or the kernel
+// table (KVSTASH_CPU_KERNELS) — the MoE FFN relies on it to keep a token's result independent of
+// its batch neighbours.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/gguf/ggml_types.h"
+#include "engine/gguf/quant.h"
+
+namespace kvstash::engine {
+namespace {
+
+struct Matrix {
+  std::vector<uint8_t> bytes;
+  WeightMatrix w;
+  Matrix(GgmlType type, int64_t n_out, int64_t n_in, std::mt19937& rng) {
+    std::normal_distribution<float> nd(0.0f, 0.1f);
+    w.type = type;
+    w.n_in = n_in;
+    w.n_out = n_out;
+    w.row_bytes = RowBytes(type, n_in);
+    bytes.resize(w.row_bytes * n_out);
+    std::vector<float> row(n_in);
+    for (int64_t r = 0; r < n_out; ++r) {
+      for (float& x : row) x = nd(rng);
+      EXPECT_TRUE(QuantizeRow(type, row.data(), bytes.data() + r * w.row_bytes, n_in).ok());
+    }
+    w.data = bytes.data();
+  }
+};
+
+TEST(CpuBackendTest, MatMulBatchEqualsMatMulPerJobBitForBit) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  // Expert-like products: gate/up pairs sharing x (Q4_K), a down projection (Q6_K) with a row
+  // count that is not a multiple of the batch's row chunk, an F32 job, and 1..17 tokens.
+  std::vector<Matrix> m;
+  m.emplace_back(GgmlType::kQ4_K, 200, 512, rng);
+  m.emplace_back(GgmlType::kQ4_K, 200, 512, rng);
+  m.emplace_back(GgmlType::kQ6_K, 300, 256, rng);
+  m.emplace_back(GgmlType::kF32, 70, 48, rng);
+  m.emplace_back(GgmlType::kQ8_0, 65, 96, rng);
+  const auto input = [&](int n_tok, int64_t n_in) {
+    std::vector<float> x(n_tok * n_in);
+    for (float& v : x) v = nd(rng);
+    return x;
+  };
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    auto be = CreateCpuBackend(threads);
+    std::vector<std::vector<float>> xs, ys;
+    std::vector<MatMulJob> jobs;
+    std::vector<int> which;
+    for (int n_tok : {1, 5, 17, 4}) {
+      xs.push_back(input(n_tok, 512));
+      which.insert(which.end(), {0, 1});
+      xs.push_back(input(n_tok, 256));
+      xs.push_back(input(n_tok, 48));
+      xs.push_back(input(n_tok, 96));
+      which.insert(which.end(), {2, 3, 4});
+    }
+    // Jobs in order: per token count, gate and up on the same x, then the other three.
+    size_t xi = 0;
+    for (size_t i = 0; i < which.size(); ++i) {
+      const Matrix& mm = m[which[i]];
+      const std::vector<float>& x = xs[which[i] == 1 ? xi - 1 : xi++];
+      const int n_tok = static_cast<int>(x.size() / mm.w.n_in);
+      ys.emplace_back(static_cast<size_t>(n_tok) * mm.w.n_out, NAN);
+      jobs.push_back({&mm.w, x.data(), n_tok, ys.back().data()});
+    }
+    be->MatMulBatch(jobs);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      std::vector<float> ref(ys[i].size());
+      be->MatMul(*jobs[i].w, jobs[i].x, jobs[i].n_tok, ref.data());
+      EXPECT_EQ(0, std::memcmp(ref.data(), ys[i].data(), ref.size() * sizeof(float)))
+          << "job " << i << " (matrix " << which[i] << ", " << jobs[i].n_tok << " tokens)";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvstash::engine
