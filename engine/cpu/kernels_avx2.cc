@@ -4,6 +4,7 @@
 #define KV_X86_VNNI 0
 #define KV_X86_RM 2
 #define KV_X86_DECODE_RM 4
+#define KV_X86_DECODE_RM_KQUANT 4
 #include "engine/cpu/kernels_x86.inc"
 
 namespace kvstash::engine::cpu {

@@ -151,6 +151,45 @@ TEST_P(KernelTest, EveryTokenCountAndOffsetGivesTheSameBits) {
   }
 }
 
+// Decode (one token) runs tiles of up to 16 rows (AVX-512 Q8_0); the tests above have 9 rows.
+// With 37 rows every decode tile width and its row remainder run: each value is bit-identical to
+// a one-row call and to the same token computed in a 5-token (prefill) call.
+TEST_P(KernelTest, DecodeRowTilesGiveTheSameBitsAsOneRowAndPrefill) {
+  const GgmlType type = GetParam();
+  const int64_t n =
+      Traits(type).block_elems == 256 ? 512 : 256 + (Traits(type).block_elems == 1 ? 5 : 0);
+  const int rows = 37, toks = 5;
+  std::mt19937 rng(11);
+  const size_t row_bytes = RowBytes(type, n);
+  std::vector<uint8_t> w(row_bytes * rows);
+  for (int r = 0; r < rows; ++r) {
+    auto v = RandomRow(rng, n, 0.05f);
+    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
+  }
+  const ActFormat fmt = ActFormatFor(type);
+  const size_t xs = ActRowBytes(fmt, n);
+  std::vector<uint8_t> x(xs * toks);
+  for (int t = 0; t < toks; ++t) {
+    auto v = RandomRow(rng, n, 1.0f);
+    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
+  }
+  for (const KernelTable* k : Tables()) {
+    SCOPED_TRACE(k->name);
+    std::vector<float> prefill(static_cast<size_t>(toks) * rows);
+    k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, toks, n, prefill.data(), rows);
+    for (int t = 0; t < toks; ++t) {
+      std::vector<float> decode(rows, NAN);
+      k->gemm(type, w.data(), row_bytes, rows, x.data() + t * xs, xs, 1, n, decode.data(), rows);
+      for (int r = 0; r < rows; ++r) {
+        float one = NAN;
+        k->gemm(type, w.data() + r * row_bytes, row_bytes, 1, x.data() + t * xs, xs, 1, n, &one, 1);
+        ASSERT_EQ(decode[r], one) << "row " << r << " tok " << t;
+        ASSERT_EQ(decode[r], prefill[t * rows + r]) << "row " << r << " tok " << t;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
                                            GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0,
