@@ -377,10 +377,10 @@ Status PrefixCache::SaveSession(const std::string& name, const engine::Sequence&
                                 const std::string& salt) {
   return impl_->SaveSession(name, seq, salt);
 }
-Result<PrefixCache::Restored> PrefixCache::RestoreSession(const std::string& name,
-                                                          engine::Sequence& seq, int leave_tokens,
-                                                          const std::string& salt) {
-  return impl_->RestoreSession(name, seq, leave_tokens, salt);
+Result<PrefixCache::Restored> PrefixCache::RestoreSession(
+    const std::string& name, engine::Sequence& seq, int leave_tokens, const std::string& salt,
+    const std::vector<int32_t>* only_if_prefix_of) {
+  return impl_->RestoreSession(name, seq, leave_tokens, salt, only_if_prefix_of);
 }
 Status PrefixCache::Flush() { return impl_->Flush(); }
 void PrefixCache::EvictDevice() { impl_->EvictDevice(); }

@@ -220,14 +220,20 @@ class PrefixCache {
   struct Restored {
     std::vector<int32_t> tokens;  // the session's tokens (seq holds a prefix of them)
     AcquireResult acquired;
+    // Set when `only_if_prefix_of` was given and the session's tokens are not a prefix of it:
+    // nothing was read (no KV block, no snapshot) and `seq` is untouched.
+    bool not_a_prefix = false;
   };
   // Loads session `name` into the empty `seq`: all its tokens but the last `leave_tokens` (pass 1
   // when nothing will be appended, so the last token is recomputed for its logits). Blocks missing
   // from every tier are left for the caller to prefill from tokens[seq.n_past()..]. NotFound for an
   // unknown name; Incompatible when it was saved under another model, KV type, block size or salt;
-  // Corruption (naming the field) for a manifest that cannot be read.
+  // Corruption (naming the field) for a manifest that cannot be read. With `only_if_prefix_of`,
+  // a session whose tokens are not a prefix of those tokens is only reported (`not_a_prefix`):
+  // for callers that could not use it (a hybrid model's snapshot is that of the session's end).
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq,
-                                  int leave_tokens = 0, const std::string& salt = "");
+                                  int leave_tokens = 0, const std::string& salt = "",
+                                  const std::vector<int32_t>* only_if_prefix_of = nullptr);
 
   // Everything queued for disk is durable when it returns.
   Status Flush();

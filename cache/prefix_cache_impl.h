@@ -153,7 +153,8 @@ class PrefixCache::Impl {
   }
   Status SaveSession(const std::string& name, const engine::Sequence& seq, const std::string& salt);
   Result<Restored> RestoreSession(const std::string& name, engine::Sequence& seq, int leave_tokens,
-                                  const std::string& salt);
+                                  const std::string& salt,
+                                  const std::vector<int32_t>* only_if_prefix_of);
   Status Flush() {
     Status s = writer_ == nullptr ? Status::Ok() : writer_->Flush();
     if (snap_writer_ != nullptr) {

@@ -367,10 +367,9 @@ Status PrefixCache::Impl::SaveSession(const std::string& name, const engine::Seq
   return store_->PutSession(name, m.dump(-1, ' ', false, Json::error_handler_t::replace));
 }
 
-Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::string& name,
-                                                                engine::Sequence& seq,
-                                                                int leave_tokens,
-                                                                const std::string& salt) {
+Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(
+    const std::string& name, engine::Sequence& seq, int leave_tokens, const std::string& salt,
+    const std::vector<int32_t>* only_if_prefix_of) {
   const Root& root = RootFor(salt);
   KV_RETURN_IF_ERROR(ValidateSessionName(name));
   if (store_ == nullptr) {
@@ -391,6 +390,12 @@ Result<PrefixCache::Restored> PrefixCache::Impl::RestoreSession(const std::strin
   Restored r;
   r.tokens = std::move(m.tokens);
   if (r.tokens.empty()) return Status::Corruption("session '" + name + "' has no tokens");
+  if (only_if_prefix_of != nullptr &&
+      (r.tokens.size() > only_if_prefix_of->size() ||
+       !std::equal(r.tokens.begin(), r.tokens.end(), only_if_prefix_of->begin()))) {
+    r.not_a_prefix = true;
+    return r;
+  }
   const int n = static_cast<int>(r.tokens.size());
   const int max_positions = std::max(0, n - std::max(0, leave_tokens));
   KV_ASSIGN_OR_RETURN(r.acquired,

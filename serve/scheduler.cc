@@ -440,7 +440,12 @@ void Scheduler::SaveLastSnapshot(Active& a) {
 }
 
 void Scheduler::RestoreSessionPrefix(Active& a) {
-  auto r = cache_->RestoreSession(a.req.restore_session, a.seq, 1, a.req.cache_salt);
+  // A hybrid model could only use the session when it is a prefix of the prompt (its snapshot is
+  // that of the session's end): check the tokens before reading any block or snapshot.
+  const bool hybrid = runner_.model().config().is_hybrid();
+  auto r = cache_->RestoreSession(a.req.restore_session, a.seq, 1, a.req.cache_salt,
+                                  hybrid ? &a.req.prompt : nullptr);
+  if (r.ok() && r->not_a_prefix) return;
   if (!r.ok()) {
     if (r.status().code() != StatusCode::kNotFound) {
       DefaultLogger()->warn("request {}: session '{}' not used: {}", a.req.id,
@@ -453,7 +458,7 @@ void Scheduler::RestoreSessionPrefix(Active& a) {
   if (!prefix || a.seq.n_past() >= static_cast<int>(a.req.prompt.size()) || !KvReuseAllowed()) {
     // Not for hybrid models: their recurrent state is that of the session's end, not of the
     // common prefix.
-    if (KvReuseAllowed() && !runner_.model().config().is_hybrid() && a.seq.n_past() > 0) {
+    if (KvReuseAllowed() && !hybrid && a.seq.n_past() > 0) {
       std::swap(a.seq, a.diverged);  // kept for ExtendFromDiverged after the cache lookup
       a.diverged_from = r->acquired;
     } else {

@@ -84,6 +84,50 @@ TEST_F(SessionTest, SaveRestartRestoreContinueEqualsNeverStopping) {
   EXPECT_EQ((*list)[0].model_path, path_);
 }
 
+// With only_if_prefix_of, a session that is not a prefix of the given tokens is reported without
+// reading anything; one that is a prefix restores as without it.
+TEST_F(SessionTest, OnlyIfPrefixOfReadsNothingForADivergedSession) {
+  const auto p1 = MakePrompt(90, V_, 11);
+  std::vector<int32_t> saved;
+  {
+    Stack st(*model_, path_, setup_);
+    engine::Sequence seq;
+    Turn(*st.runner, seq, p1, 6);
+    saved = seq.tokens;
+    ASSERT_TRUE(st.cache->SaveSession("chat-p", seq).ok());
+    st.cache->Release(seq);
+  }
+  Stack st(*model_, path_, setup_);  // restart: every block is on disk only
+  std::vector<int32_t> other = saved;
+  other[other.size() - 3] = (other[other.size() - 3] + 1) % V_;  // differs in the tail
+  other.push_back(1);
+  {
+    engine::Sequence seq;
+    auto r = st.cache->RestoreSession("chat-p", seq, 1, "", &other);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(r->not_a_prefix);
+    EXPECT_EQ(r->tokens, saved);
+    EXPECT_EQ(seq.n_past(), 0);
+    EXPECT_EQ(r->acquired.disk_tokens, 0);
+    EXPECT_EQ(st.cache->Stats().disk.hits, 0u);
+    // Shorter than the session: not a prefix either.
+    const std::vector<int32_t> shorter(saved.begin(), saved.end() - 1);
+    r = st.cache->RestoreSession("chat-p", seq, 1, "", &shorter);
+    ASSERT_TRUE(r.ok());
+    EXPECT_TRUE(r->not_a_prefix);
+    EXPECT_EQ(st.cache->Stats().disk.hits, 0u);
+  }
+  std::vector<int32_t> longer = saved;
+  longer.push_back(2);
+  engine::Sequence seq;
+  auto r = st.cache->RestoreSession("chat-p", seq, 1, "", &longer);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->not_a_prefix);
+  EXPECT_EQ(seq.n_past(), static_cast<int>(saved.size()) - 1);
+  EXPECT_GT(st.cache->Stats().disk.hits, 0u);
+  st.cache->Release(seq);
+}
+
 // Restoring twice gives two independent sequences that share the full blocks.
 TEST_F(SessionTest, TwoRestoresAreIndependentAndShareBlocks) {
   const auto p1 = MakePrompt(70, V_, 3);
