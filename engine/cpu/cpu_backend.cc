@@ -147,8 +147,16 @@ class CpuBackend final : public Backend {
     ForRows(n_tok, dim, [&](int64_t t) {
       const float* xr = x + static_cast<size_t>(t) * dim;
       float* yr = y + static_cast<size_t>(t) * dim;
-      double ss = 0;
-      for (int i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+      // Eight partial sums (element i goes to i % 8), combined in a fixed order: independent
+      // chains instead of one dependent add per element; a row's result still depends on the row
+      // alone, never on the batch it is in.
+      double ps[8] = {};
+      int i = 0;
+      for (; i + 8 <= dim; i += 8) {
+        for (int j = 0; j < 8; ++j) ps[j] += static_cast<double>(xr[i + j]) * xr[i + j];
+      }
+      double ss = ((ps[0] + ps[4]) + (ps[2] + ps[6])) + ((ps[1] + ps[5]) + (ps[3] + ps[7]));
+      for (; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
       const float scale = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
       for (int i = 0; i < dim; ++i) yr[i] = xr[i] * scale * weight[i];
     });
@@ -157,13 +165,10 @@ class CpuBackend final : public Backend {
   void Rope(float* x, int n_tok, int n_heads, const int32_t* positions,
             const RopeParams& p) override {
     const int half = p.n_rot / 2;
+    const float* table = RopeTable(positions, n_tok, half, p.inv_freq);
     ForRows(n_tok, int64_t{n_heads} * p.head_dim, [&](int64_t t) {
-      float cs[kMaxRopePairs], sn[kMaxRopePairs];
-      for (int i = 0; i < half; ++i) {
-        const double theta = static_cast<double>(positions[t]) * p.inv_freq[i];
-        cs[i] = static_cast<float>(std::cos(theta));
-        sn[i] = static_cast<float>(std::sin(theta));
-      }
+      const float* cs = table + static_cast<size_t>(t) * 2 * half;
+      const float* sn = cs + half;
       for (int h = 0; h < n_heads; ++h) {
         float* v = x + (static_cast<size_t>(t) * n_heads + h) * p.head_dim;
         for (int i = 0; i < half; ++i) {
@@ -306,6 +311,32 @@ class CpuBackend final : public Backend {
     pool_.ParallelFor(n_chunks, [&](int64_t c, int) { fn(c * per, std::min(n, (c + 1) * per)); });
   }
 
+  // cos | sin of every (token, pair) angle, [n_tok][2][half], for these positions and
+  // frequencies. A forward pass ropes q and k of every attention layer at the same positions, so
+  // the table is kept and computed again only when the positions or frequencies change (values
+  // compared, not pointers): the same numbers as computing them per call, once per pass.
+  const float* RopeTable(const int32_t* positions, int n_tok, int half, const float* inv_freq) {
+    KV_CHECK(half <= kMaxRopePairs);
+    const bool same = rope_pos_.size() == static_cast<size_t>(n_tok) &&
+                      rope_freq_.size() == static_cast<size_t>(half) &&
+                      std::equal(positions, positions + n_tok, rope_pos_.begin()) &&
+                      std::memcmp(inv_freq, rope_freq_.data(), sizeof(float) * half) == 0;
+    if (!same) {
+      rope_pos_.assign(positions, positions + n_tok);
+      rope_freq_.assign(inv_freq, inv_freq + half);
+      rope_table_.resize(static_cast<size_t>(n_tok) * 2 * half);
+      ForRows(n_tok, int64_t{half} * 64, [&](int64_t t) {
+        float* cs = rope_table_.data() + static_cast<size_t>(t) * 2 * half;
+        for (int i = 0; i < half; ++i) {
+          const double theta = static_cast<double>(positions[t]) * inv_freq[i];
+          cs[i] = static_cast<float>(std::cos(theta));
+          cs[half + i] = static_cast<float>(std::sin(theta));
+        }
+      });
+    }
+    return rope_table_.data();
+  }
+
   void ForRows(int64_t n_rows, int64_t row_elems, const std::function<void(int64_t)>& fn) {
     if (n_rows == 1 || n_rows * row_elems < kMinParallelElems) {
       for (int64_t r = 0; r < n_rows; ++r) fn(r);
@@ -389,6 +420,8 @@ class CpuBackend final : public Backend {
   cpu::ThreadPool pool_;
   const KernelTable& k_;
   std::vector<uint8_t> act_;
+  std::vector<int32_t> rope_pos_;  // RopeTable's positions and frequencies, and its table
+  std::vector<float> rope_freq_, rope_table_;
   std::vector<uint8_t> batch_act_;  // MatMulBatch's converted activations, every job's rows
   std::vector<Scratch> scratch_;
   // GatedDeltaNet scratch: normalized q/k [n_tok][n_k_heads * dk], log-decay and beta [n_tok]
