@@ -589,6 +589,9 @@ def q_agent_fleet(args, work, out):
                         ("kvstashd --no-cache", "reference")):
         if role == "peer" and not args.llama_server:
             continue
+        if role == "reference" and args.no_reference:
+            log("agent-fleet: no cache-off reference (--reference-turns none): answers unchecked")
+            continue
         if role == "reference":
             srv = kvstashd_server(args, label, ["--parallel", "8", "-c", "8192", "--no-cache",
                                                 "--cache-dir", os.path.join(work, "no-cache")],
@@ -665,8 +668,9 @@ def q_agent_fleet(args, work, out):
         "after_restart_turns_p50": {"kvstashd": kv2, "llama-server": ll2}}
 
     # greedy answers: cached kvstashd vs the cache-off reference
-    ref = {(r["agent"], r["turn"]): r["text"] for r in runs["kvstashd --no-cache"][1]}
-    ref_gen = {(r["agent"], r["turn"]): r["generated"] for r in runs["kvstashd --no-cache"][1]}
+    ref_recs = runs["kvstashd --no-cache"][1] if "kvstashd --no-cache" in runs else []
+    ref = {(r["agent"], r["turn"]): r["text"] for r in ref_recs}
+    ref_gen = {(r["agent"], r["turn"]): r["generated"] for r in ref_recs}
     checked = [r for r in runs["kvstashd"][1] if (r["agent"], r["turn"]) in ref]
     mism = [r for r in checked if r["text"] != ref[r["agent"], r["turn"]]
             or r["generated"] != ref_gen[r["agent"], r["turn"]]]
@@ -674,12 +678,12 @@ def q_agent_fleet(args, work, out):
     # A model whose sampled tokens print nothing (e.g. a vocabulary of <unused_N> pieces) makes
     # the comparison of texts, and the client-side TTFT, meaningless: say so.
     no_text = all(not t for t in ref.values())
-    result["answers_identical_to_no_cache"] = None if no_text and not mism else not mism
+    result["answers_identical_to_no_cache"] = (None if (no_text and not mism) or not ref_recs
+                                               else not mism)
     result["answer_mismatches"] = [{"agent": r["agent"] + 1, "turn": r["turn"] + 1,
                                     "kvstashd": r["text"],
                                     "no_cache": ref[r["agent"], r["turn"]]} for r in mism]
-    ref_ptok = {(r["agent"], r["turn"]): r["prompt_tokens"]
-                for r in runs["kvstashd --no-cache"][1]}
+    ref_ptok = {(r["agent"], r["turn"]): r["prompt_tokens"] for r in ref_recs}
     ptok_same = {label: sum(1 for r in recs if (r["agent"], r["turn"]) in ref_ptok and
                             r["prompt_tokens"] == ref_ptok[r["agent"], r["turn"]])
                  for label, (_, recs, _, _) in runs.items()}
@@ -712,7 +716,8 @@ def q_agent_fleet(args, work, out):
              + (f" (the {len(ref)} requests of turns "
                 f"{', '.join(map(str, args.reference_turns))}; --reference-turns)"
                 if args.reference_turns else "") + " -> "
-             + ("MISMATCH" if mism else "INCONCLUSIVE: no answer has any visible text "
+             + ("NOT CHECKED (--reference-turns none)" if not ref_recs else "MISMATCH"
+                if mism else "INCONCLUSIVE: no answer has any visible text "
                 "(only token counts compared)" if no_text else "OK")]
     for m in result["answer_mismatches"][:5]:
         lines.append(f"  - agent {m['agent']} turn {m['turn']}: kvstashd {m['kvstashd']!r} vs "
@@ -929,7 +934,8 @@ def parse_args(argv):
     g.add_argument("--reference-turns", default="",
                    help="agent-fleet: turns (1-based, comma-separated) the cache-off reference "
                         "checks; default all (the reference recomputes every prompt cold, which "
-                        "takes longer than both timed runs together)")
+                        "takes longer than both timed runs together); 'none' skips it (timing "
+                        "runs only: no answer check)")
     g.add_argument("--reps", type=int)
     g.add_argument("--overhead-tokens", type=int)
     g.add_argument("--clients", type=str)
@@ -944,8 +950,10 @@ def parse_args(argv):
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.clients = [int(x) for x in str(a.clients).split(",") if x.strip()]
+    a.no_reference = a.reference_turns.strip() == "none"
     try:
-        a.reference_turns = sorted({int(t) for t in a.reference_turns.split(",") if t.strip()})
+        a.reference_turns = [] if a.no_reference else sorted(
+            {int(t) for t in a.reference_turns.split(",") if t.strip()})
     except ValueError:
         ap.error(f"--reference-turns {a.reference_turns!r}: expected turn numbers like 1,6,10")
     if any(t < 1 or t > a.turns for t in a.reference_turns):
