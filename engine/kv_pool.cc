@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include "base/check.h"
+#include "base/huge_pages.h"
 
 namespace kvstash::engine {
 
@@ -26,19 +27,13 @@ Result<std::unique_ptr<KvPool>> KvPool::Create(const KvLayout& layout, int n_pag
   // boundary and ask for transparent huge pages, as the weights do: at a few thousand tokens a
   // sequence's KV is hundreds of MiB, which decode at depth streams once per token, and in
   // 4 KiB pages that walks far more TLB entries than the CPU holds (docs/engine.md).
-  const size_t pages_bytes = layout.block_bytes() * static_cast<size_t>(n_pages);
-  pool->map_bytes_ = pages_bytes + kHugePageBytes;
-  void* m = mmap(nullptr, pool->map_bytes_, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) {
+  pool->map_bytes_ = layout.block_bytes() * static_cast<size_t>(n_pages);
+  void* m = MapHugePageAligned(pool->map_bytes_, MAP_NORESERVE);
+  if (m == nullptr) {
     return Status::FromErrno("KV pool: reserve " + std::to_string(pool->map_bytes_) + " bytes",
                              errno);
   }
-  pool->map_ = m;
-  const auto start = reinterpret_cast<uintptr_t>(m);
-  const uintptr_t aligned = (start + kHugePageBytes - 1) & ~(uintptr_t{kHugePageBytes} - 1);
-  pool->base_ = reinterpret_cast<uint8_t*>(aligned);
-  (void)madvise(pool->base_, pages_bytes, MADV_HUGEPAGE);  // best effort: THP may be disabled
+  pool->base_ = static_cast<uint8_t*>(m);
   pool->refs_.assign(n_pages, 0);
   pool->free_.reserve(n_pages);
   for (int i = n_pages - 1; i >= 0; --i) pool->free_.push_back(i);
@@ -46,7 +41,7 @@ Result<std::unique_ptr<KvPool>> KvPool::Create(const KvLayout& layout, int n_pag
 }
 
 KvPool::~KvPool() {
-  if (map_ != nullptr) munmap(map_, map_bytes_);
+  if (base_ != nullptr) munmap(base_, map_bytes_);
 }
 
 int KvPool::Allocate() {

@@ -74,9 +74,7 @@ class KvPool {
   KvPool() = default;
   KvLayout layout_;
   int n_pages_ = 0;
-  static constexpr size_t kHugePageBytes = size_t{2} << 20;
-  void* map_ = nullptr;      // the reservation, map_bytes_ long
-  uint8_t* base_ = nullptr;  // page 0: the first 2 MiB boundary in the reservation
+  uint8_t* base_ = nullptr;  // page 0, on a 2 MiB boundary (base/huge_pages.h)
   size_t map_bytes_ = 0;
   std::vector<int> free_;
   std::vector<int> refs_;

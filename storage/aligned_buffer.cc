@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "base/check.h"
+#include "base/huge_pages.h"
 #include "storage/format.h"
 
 namespace kvstash::storage {
@@ -14,23 +15,15 @@ namespace {
 // Buffers of MiBs are touched once per use by a copy or a DMA. Backing them with transparent
 // huge pages turns 512 page faults per 2 MiB into one, which matters most in VMs where a fault
 // is expensive.
-constexpr size_t kHugePage = 2 << 20;
+constexpr size_t kHugePage = kHugePageBytes;
 
 // A fresh, 2 MiB-aligned mapping of BufferPool::kSlabBytes advised to use huge pages. Mapped
 // directly rather than through malloc, which may hand out recycled heap memory already backed by
 // small pages (its mmap threshold grows as large blocks are freed).
 std::byte* MapSlab() {
-  constexpr size_t kBytes = BufferPool::kSlabBytes;
-  void* raw = ::mmap(nullptr, kBytes + kHugePage, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  KV_CHECK_MSG(raw != MAP_FAILED, "slab allocation failed");
-  const auto begin = reinterpret_cast<uintptr_t>(raw);
-  const uintptr_t start = (begin + kHugePage - 1) & ~uintptr_t{kHugePage - 1};
-  if (start > begin) ::munmap(raw, start - begin);
-  const uintptr_t end = begin + kBytes + kHugePage;
-  if (end > start + kBytes) ::munmap(reinterpret_cast<void*>(start + kBytes), end - start - kBytes);
-  ::madvise(reinterpret_cast<void*>(start), kBytes, MADV_HUGEPAGE);  // advisory; errors ignored
-  return reinterpret_cast<std::byte*>(start);
+  void* p = MapHugePageAligned(BufferPool::kSlabBytes);
+  KV_CHECK_MSG(p != nullptr, "slab allocation failed");
+  return static_cast<std::byte*>(p);
 }
 }  // namespace
 

@@ -24,7 +24,7 @@ KvLayout SmallLayout() {
 
 TEST(KvPoolTest, PagesAreDisjointWritableAndStartOnAHugePageBoundary) {
   const KvLayout layout = SmallLayout();
-  const int n_pages = 300;  // 2.6 MiB: the reservation spans more than one huge page
+  const int n_pages = 301;  // 2.6 MiB, not a whole number of 4 KiB pages: more than one huge page
   auto pool_or = KvPool::Create(layout, n_pages);
   ASSERT_TRUE(pool_or.ok()) << pool_or.status().ToString();
   KvPool& pool = *pool_or.value();
