@@ -30,6 +30,15 @@ struct MatMulJob {
   float* y;
 };
 
+// One sequence's part of Backend::AttentionBatch: as Backend::Attention's arguments.
+struct AttentionJob {
+  const Sequence* seq;
+  int pos0;
+  int n_tok;
+  const float* q;
+  float* out;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -53,6 +62,14 @@ class Backend {
   // q: [n_tok][n_head * head_dim]; out: same shape.
   virtual void Attention(const KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok,
                          int n_head, const float* q, float* out) = 0;
+  // Attention for several sequences of one batch (each job as Attention), its work spread over
+  // the backend's threads as one job: N decoding sequences are N small attentions per layer.
+  // Each out is exactly what Attention gives.
+  virtual void AttentionBatch(const KvPool& pool, int layer, int n_head,
+                              std::span<const AttentionJob> jobs) {
+    for (const AttentionJob& j : jobs)
+      Attention(pool, *j.seq, layer, j.pos0, j.n_tok, n_head, j.q, j.out);
+  }
   // out[i] = silu(gate[i]) * up[i].
   virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out) = 0;
   // Every job's MatMul, in any order and with its work spread over the backend's threads as one

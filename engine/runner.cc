@@ -289,19 +289,21 @@ void Runner::AttentionMixer(const LayerWeights& L, int kv_layer,
   RopeParams rope{c.n_rot, c.head_dim, c.rope_style, inv_freq_.data()};
   be.Rope(q_.data(), n, c.n_head, positions_.data(), rope);
   be.Rope(k_.data(), n, c.n_head_kv, positions_.data(), rope);
-  // Attention is per sequence: each segment stores its rows' K/V into its own pages and
-  // attends over them. Sequences grow only after the last layer, so StoreKv/Attention take the
-  // absolute positions explicitly.
+  // Attention is per sequence: each segment stores its rows' K/V into its own pages (slots past
+  // its n_past, which no other sequence reads), then every segment attends over its own pages
+  // in one batch. Sequences grow only after the last layer, so StoreKv/Attention take the absolute
+  // positions explicitly.
+  attn_jobs_.clear();
   size_t row = 0;
   for (const BatchSegment& s : segments) {
     const int m = static_cast<int>(s.tokens.size());
     const int pos0 = s.seq->n_past();
     be.StoreKv(*pool_, *s.seq, kv_layer, pos0, m, k_.data() + row * kv_dim,
                v_.data() + row * kv_dim);
-    be.Attention(*pool_, *s.seq, kv_layer, pos0, m, c.n_head, q_.data() + row * q_dim,
-                 att_.data() + row * q_dim);
+    attn_jobs_.push_back({s.seq, pos0, m, q_.data() + row * q_dim, att_.data() + row * q_dim});
     row += s.tokens.size();
   }
+  be.AttentionBatch(*pool_, kv_layer, c.n_head, attn_jobs_);
   if (c.attn_output_gate) {
     // The gate halves of qg_ gathered into q_ (free now), then att_ *= sigmoid(gate).
     for (size_t t = 0; t < nn; ++t) {

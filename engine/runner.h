@@ -129,6 +129,7 @@ class Runner {
   std::vector<float> k_;     // [n][n_head_kv * head_dim]
   std::vector<float> v_;     // [n][n_head_kv * head_dim]
   std::vector<float> att_;   // [n][n_head * head_dim] attention output
+  std::vector<AttentionJob> attn_jobs_;  // one per segment, for Backend::AttentionBatch
   std::vector<float> tmp_;   // [n][n_embd] projection output before the residual add
   std::vector<float> gate_;  // [n][n_ff]
   std::vector<float> up_;    // [n][n_ff]

@@ -223,6 +223,32 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // Tasks (job, query tile, kv head) of every job in one list: the same AttentionTile calls as
+  // Attention makes per job, so each out is the same.
+  void AttentionBatch(const KvPool& pool, int layer, int n_head,
+                      std::span<const AttentionJob> jobs) override {
+    const KvLayout& L = pool.layout();
+    const int hd = L.head_dim;
+    const int group = n_head / L.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    attn_tasks_.clear();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const int n_tiles = (jobs[i].n_tok + kAttnQueryTile - 1) / kAttnQueryTile;
+      for (int tile = 0; tile < n_tiles; ++tile)
+        for (int g = 0; g < L.n_kv_heads; ++g)
+          attn_tasks_.push_back({static_cast<int>(i), tile, g});
+    }
+    pool_.ParallelFor(static_cast<int64_t>(attn_tasks_.size()), [&](int64_t task, int thread) {
+      const AttnTask& a = attn_tasks_[task];
+      const AttentionJob& j = jobs[a.job];
+      const int t0 = a.tile * kAttnQueryTile;
+      const int nq = std::min(kAttnQueryTile, j.n_tok - t0);
+      AttentionTile(pool, *j.seq, layer, j.pos0 + t0, nq, a.g, group, n_head, scale,
+                    j.q + static_cast<size_t>(t0) * n_head * hd,
+                    j.out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
+    });
+  }
+
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {
     ForChunks(n, [&](int64_t i0, int64_t i1) { k_.swiglu(gate + i0, up + i0, i1 - i0, out + i0); });
   }
@@ -424,6 +450,10 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_freq_, rope_table_;
   std::vector<uint8_t> batch_act_;  // MatMulBatch's converted activations, every job's rows
   std::vector<Scratch> scratch_;
+  struct AttnTask {
+    int job, tile, g;
+  };
+  std::vector<AttnTask> attn_tasks_;  // AttentionBatch's task list
   // GatedDeltaNet scratch: normalized q/k [n_tok][n_k_heads * dk], log-decay and beta [n_tok]
   // [n_v_heads], f32.
   std::vector<float> gdn_qn_, gdn_kn_, gdn_g_, gdn_b_;

@@ -1,7 +1,7 @@
-// The CPU backend's batched products (engine/backend.h MatMulBatch): every job's output is the
-// one MatMul gives, bit for bit, whatever else is in the batch, the thread count or the kernel
-// table (KVSTASH_CPU_KERNELS) — the MoE FFN relies on it to keep a token's result independent of
-// its batch neighbours.
+// The CPU backend's batched calls (engine/backend.h MatMulBatch, AttentionBatch): every job's
+// output is the one MatMul / Attention gives, bit for bit, whatever else is in the batch, the
+// thread count or the kernel table (KVSTASH_CPU_KERNELS) — the MoE FFN and batched decode rely
+// on it to keep a token's result independent of its batch neighbours.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -11,6 +11,7 @@
 #include "engine/backend.h"
 #include "engine/gguf/ggml_types.h"
 #include "engine/gguf/quant.h"
+#include "engine/kv_pool.h"
 
 namespace kvstash::engine {
 namespace {
@@ -79,6 +80,53 @@ TEST(CpuBackendTest, MatMulBatchEqualsMatMulPerJobBitForBit) {
       be->MatMul(*jobs[i].w, jobs[i].x, jobs[i].n_tok, ref.data());
       EXPECT_EQ(0, std::memcmp(ref.data(), ys[i].data(), ref.size() * sizeof(float)))
           << "job " << i << " (matrix " << which[i] << ", " << jobs[i].n_tok << " tokens)";
+    }
+  }
+}
+
+TEST(CpuBackendTest, AttentionBatchEqualsAttentionPerSequenceBitForBit) {
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd;
+  constexpr int kLayers = 2, kKvHeads = 2, kHeads = 4, kHeadDim = 32, kBt = 16;
+  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kF32}) {
+    auto pool = KvPool::Create({dtype, kLayers, kKvHeads, kHeadDim, kBt}, 64);
+    ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+    // Sequences of different lengths, as decode rows (1 token), prefill chunks (7 and 70 tokens:
+    // more than one query tile) and a first chunk; every position's K/V filled.
+    struct Part {
+      int past, n_tok;
+    };
+    const std::vector<Part> parts = {{37, 1}, {0, 7}, {130, 1}, {16, 70}, {5, 1}};
+    std::vector<Sequence> seqs(parts.size());
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE("threads " + std::to_string(threads));
+      auto be = CreateCpuBackend(threads);
+      std::vector<std::vector<float>> qs, outs;
+      std::vector<AttentionJob> jobs;
+      for (size_t i = 0; i < parts.size(); ++i) {
+        Sequence& s = seqs[i];
+        const int end = parts[i].past + parts[i].n_tok;
+        if (threads == 1) {
+          while (static_cast<int>(s.block_table.size()) * kBt < end)
+            s.block_table.push_back((*pool)->Allocate());
+          std::vector<float> k(static_cast<size_t>(end) * kKvHeads * kHeadDim), v(k.size());
+          for (float& x : k) x = nd(rng);
+          for (float& x : v) x = nd(rng);
+          for (int l = 0; l < kLayers; ++l) be->StoreKv(**pool, s, l, 0, end, k.data(), v.data());
+        }
+        qs.emplace_back(static_cast<size_t>(parts[i].n_tok) * kHeads * kHeadDim);
+        for (float& x : qs.back()) x = nd(rng);
+        outs.emplace_back(qs.back().size(), NAN);
+        jobs.push_back({&s, parts[i].past, parts[i].n_tok, qs.back().data(), outs.back().data()});
+      }
+      be->AttentionBatch(**pool, 1, kHeads, jobs);
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        std::vector<float> ref(outs[i].size());
+        be->Attention(**pool, seqs[i], 1, jobs[i].pos0, jobs[i].n_tok, kHeads, jobs[i].q,
+                      ref.data());
+        EXPECT_EQ(0, std::memcmp(ref.data(), outs[i].data(), ref.size() * sizeof(float)))
+            << "sequence " << i;
+      }
     }
   }
 }
