@@ -129,12 +129,12 @@ class Runner {
   std::vector<float> k_;     // [n][n_head_kv * head_dim]
   std::vector<float> v_;     // [n][n_head_kv * head_dim]
   std::vector<float> att_;   // [n][n_head * head_dim] attention output
-  std::vector<AttentionJob> attn_jobs_;  // one per segment, for Backend::AttentionBatch
   std::vector<float> tmp_;   // [n][n_embd] projection output before the residual add
   std::vector<float> gate_;  // [n][n_ff]
   std::vector<float> up_;    // [n][n_ff]
   std::vector<float> out_;   // [rows wanting logits][n_vocab]
   std::vector<float> qg_;    // [n][n_head][2][head_dim] qwen35 attn_q output: q, gate
+  std::vector<AttentionJob> attn_jobs_;  // one per segment, for Backend::AttentionBatch
   // MoE (runner_moe.cc).
   std::vector<float> router_;     // [n][n_expert] router logits
   std::vector<int32_t> moe_ids_;  // [n][n_expert_used] chosen experts, best first

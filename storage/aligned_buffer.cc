@@ -15,8 +15,6 @@ namespace {
 // Buffers of MiBs are touched once per use by a copy or a DMA. Backing them with transparent
 // huge pages turns 512 page faults per 2 MiB into one, which matters most in VMs where a fault
 // is expensive.
-constexpr size_t kHugePage = kHugePageBytes;
-
 // A fresh, 2 MiB-aligned mapping of BufferPool::kSlabBytes advised to use huge pages. Mapped
 // directly rather than through malloc, which may hand out recycled heap memory already backed by
 // small pages (its mmap threshold grows as large blocks are freed).
@@ -29,11 +27,11 @@ std::byte* MapSlab() {
 
 AlignedBuffer::AlignedBuffer(size_t size_bytes) {
   size_ = format::AlignUp(size_bytes == 0 ? 1 : size_bytes);
-  const size_t alignment = size_ >= kHugePage ? kHugePage : format::kIoAlignment;
+  const size_t alignment = size_ >= kHugePageBytes ? kHugePageBytes : format::kIoAlignment;
   void* p = nullptr;
   KV_CHECK_MSG(posix_memalign(&p, alignment, size_) == 0, "aligned allocation failed");
   data_ = static_cast<std::byte*>(p);
-  if (alignment == kHugePage) ::madvise(p, size_, MADV_HUGEPAGE);  // advisory; errors ignored
+  if (alignment == kHugePageBytes) ::madvise(p, size_, MADV_HUGEPAGE);  // advisory; errors ignored
 }
 
 AlignedBuffer::AlignedBuffer(std::byte* data, size_t size,
@@ -75,13 +73,13 @@ AlignedBuffer BufferPool::Get(size_t size_bytes) {
       cached_bytes_ -= b.size();
       return b;
     }
-    if (size >= kSlabMinBytes && size < kHugePage) return CarveLocked(size);
+    if (size >= kSlabMinBytes && size < kHugePageBytes) return CarveLocked(size);
   }
   return AlignedBuffer(size);
 }
 
 AlignedBuffer BufferPool::CarveLocked(size_t size) {
-  static_assert(kSlabBytes % kHugePage == 0 && kSlabBytes >= 2 * kHugePage);
+  static_assert(kSlabBytes % kHugePageBytes == 0 && kSlabBytes >= 2 * kHugePageBytes);
   if (!slab_ || slab_used_ + size > kSlabBytes) {
     // The previous slab lives on in the buffers carved from it; its unused tail (less than one
     // buffer) is lost until they are all gone.
