@@ -57,18 +57,20 @@ class CpuBackend final : public Backend {
     } else {
       act_.resize(x_stride * n_tok);
       uint8_t* dst = act_.data();
-      pool_.ParallelFor(n_tok, [&](int64_t t, int) {
-        k_.quantize_act(fmt, x + t * w.n_in, dst + t * x_stride, w.n_in);
-      });
+      ForRows(n_tok, w.n_in,
+              [&](int64_t t) { k_.quantize_act(fmt, x + t * w.n_in, dst + t * x_stride, w.n_in); });
       xa = dst;
     }
     const int n_out = static_cast<int>(w.n_out);
-    // Chunks of rows: enough chunks for load balance, multiples of 4 so tiles stay whole.
+    // Chunks of rows: enough chunks for load balance, multiples of 4 (8 for decode) so tiles stay
+    // whole. They are walked in order within each thread's contiguous share
+    // (ParallelForContiguous): a tile prefetches the rows after it, which are then this thread's
+    // next rows instead of another thread's (dynamic hand-out made every chunk start cold).
     int chunk = n_tok == 1 ? std::max(8, (n_out / (pool_.size() * 8)) & ~7)
                            : std::max(16, (n_out / (pool_.size() * 4)) & ~3);
     chunk = std::min(chunk, n_tok == 1 ? 256 : 128);
     const int n_chunks = (n_out + chunk - 1) / chunk;
-    pool_.ParallelFor(n_chunks, [&](int64_t c, int) {
+    pool_.ParallelForContiguous(n_chunks, [&](int64_t c, int) {
       const int r0 = static_cast<int>(c) * chunk;
       const int rows = std::min(chunk, n_out - r0);
       k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, rows, xa, x_stride, n_tok, w.n_in,
@@ -96,6 +98,7 @@ class CpuBackend final : public Backend {
     std::vector<Prep> prep(jobs.size());
     std::vector<Row> rows;
     size_t act_bytes = 0;
+    int64_t act_elems = 0;
     for (size_t i = 0; i < jobs.size(); ++i) {
       const MatMulJob& j = jobs[i];
       const ActFormat fmt = cpu::ActFormatFor(j.w->type);
@@ -119,12 +122,18 @@ class CpuBackend final : public Backend {
         rows.push_back({j.x + static_cast<size_t>(t) * j.w->n_in, act_bytes + t * prep[i].x_stride,
                         fmt, j.w->n_in});
       act_bytes += prep[i].x_stride * j.n_tok;
+      act_elems += j.w->n_in * j.n_tok;
     }
     if (batch_act_.size() < act_bytes) batch_act_.resize(act_bytes);
     uint8_t* act = batch_act_.data();
-    pool_.ParallelFor(static_cast<int64_t>(rows.size()), [&](int64_t r, int) {
+    const auto quantize = [&](int64_t r) {
       k_.quantize_act(rows[r].fmt, rows[r].x, act + rows[r].dst, rows[r].n);
-    });
+    };
+    if (act_elems < kMinParallelElems) {
+      for (size_t r = 0; r < rows.size(); ++r) quantize(static_cast<int64_t>(r));
+    } else {
+      pool_.ParallelFor(static_cast<int64_t>(rows.size()), [&](int64_t r, int) { quantize(r); });
+    }
     std::vector<std::pair<int, int>> tasks;  // (job, first row)
     for (size_t i = 0; i < jobs.size(); ++i) {
       prep[i].xa = prep[i].act_offset == SIZE_MAX ? reinterpret_cast<const uint8_t*>(jobs[i].x)
@@ -212,15 +221,17 @@ class CpuBackend final : public Backend {
     const int group = n_head / L.n_kv_heads;
     const int n_tiles = (n_tok + kAttnQueryTile - 1) / kAttnQueryTile;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    pool_.ParallelFor(static_cast<int64_t>(n_tiles) * L.n_kv_heads, [&](int64_t task, int thread) {
-      const int g = static_cast<int>(task % L.n_kv_heads);
-      const int tile = static_cast<int>(task / L.n_kv_heads);
-      const int t0 = tile * kAttnQueryTile;
-      const int nq = std::min(kAttnQueryTile, n_tok - t0);
-      AttentionTile(pool, seq, layer, pos0 + t0, nq, g, group, n_head, scale,
-                    q + static_cast<size_t>(t0) * n_head * hd,
-                    out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
-    });
+    // As AttentionBatch: each thread a contiguous run of tasks.
+    pool_.ParallelForContiguous(
+        static_cast<int64_t>(n_tiles) * L.n_kv_heads, [&](int64_t task, int thread) {
+          const int g = static_cast<int>(task % L.n_kv_heads);
+          const int tile = static_cast<int>(task / L.n_kv_heads);
+          const int t0 = tile * kAttnQueryTile;
+          const int nq = std::min(kAttnQueryTile, n_tok - t0);
+          AttentionTile(pool, seq, layer, pos0 + t0, nq, g, group, n_head, scale,
+                        q + static_cast<size_t>(t0) * n_head * hd,
+                        out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
+        });
   }
 
   // Tasks (job, query tile, kv head) of every job in one list: the same AttentionTile calls as
@@ -238,15 +249,20 @@ class CpuBackend final : public Backend {
         for (int g = 0; g < L.n_kv_heads; ++g)
           attn_tasks_.push_back({static_cast<int>(i), tile, g});
     }
-    pool_.ParallelFor(static_cast<int64_t>(attn_tasks_.size()), [&](int64_t task, int thread) {
-      const AttnTask& a = attn_tasks_[task];
-      const AttentionJob& j = jobs[a.job];
-      const int t0 = a.tile * kAttnQueryTile;
-      const int nq = std::min(kAttnQueryTile, j.n_tok - t0);
-      AttentionTile(pool, *j.seq, layer, j.pos0 + t0, nq, a.g, group, n_head, scale,
-                    j.q + static_cast<size_t>(t0) * n_head * hd,
-                    j.out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
-    });
+    // Each thread walks its own run of tasks (whole sequences at N decoding sequences) instead of
+    // taking the next (job, tile, head) in turn: with the two threads on neighbouring heads of
+    // one sequence, N = 8 decode steps at 256-384 positions were ~12 % slower (bench/batch_bench,
+    // docs/engine.md).
+    pool_.ParallelForContiguous(
+        static_cast<int64_t>(attn_tasks_.size()), [&](int64_t task, int thread) {
+          const AttnTask& a = attn_tasks_[task];
+          const AttentionJob& j = jobs[a.job];
+          const int t0 = a.tile * kAttnQueryTile;
+          const int nq = std::min(kAttnQueryTile, j.n_tok - t0);
+          AttentionTile(pool, *j.seq, layer, j.pos0 + t0, nq, a.g, group, n_head, scale,
+                        j.q + static_cast<size_t>(t0) * n_head * hd,
+                        j.out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
+        });
   }
 
   void SwiGlu(const float* gate, const float* up, int64_t n, float* out) override {

@@ -21,6 +21,7 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::thread::hardware_concurrency());
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
+  shares_ = std::vector<Cursor>(n_threads_);
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
 }
 
@@ -35,6 +36,19 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::RunTasks(int thread_index) {
+  if (contiguous_) {
+    // Own share first, then the others' in turn (fetch_add past the end is harmless: every
+    // taker compares with the share's end).
+    for (int k = 0; k < n_threads_; ++k) {
+      Cursor& c = shares_[(thread_index + k) % n_threads_];
+      for (;;) {
+        const int64_t i = c.next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= c.end) break;
+        (*fn_)(i, thread_index);
+      }
+    }
+    return;
+  }
   for (;;) {
     int64_t i = next_task_.fetch_add(1, std::memory_order_relaxed);
     if (i >= n_tasks_) break;
@@ -43,6 +57,16 @@ void ThreadPool::RunTasks(int thread_index) {
 }
 
 void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
+  Run(n_tasks, fn, false);
+}
+
+void ThreadPool::ParallelForContiguous(int64_t n_tasks,
+                                       const std::function<void(int64_t, int)>& fn) {
+  Run(n_tasks, fn, true);
+}
+
+void ThreadPool::Run(int64_t n_tasks, const std::function<void(int64_t, int)>& fn,
+                     bool contiguous) {
   if (n_tasks <= 0) return;
   if (n_threads_ == 1 || n_tasks == 1) {
     for (int64_t i = 0; i < n_tasks; ++i) fn(i, 0);
@@ -53,6 +77,13 @@ void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, 
     fn_ = &fn;
     n_tasks_ = n_tasks;
     next_task_.store(0, std::memory_order_relaxed);
+    contiguous_ = contiguous;
+    if (contiguous) {
+      for (int i = 0; i < n_threads_; ++i) {
+        shares_[i].next.store(n_tasks * i / n_threads_, std::memory_order_relaxed);
+        shares_[i].end = n_tasks * (i + 1) / n_threads_;
+      }
+    }
     active_.store(n_threads_ - 1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
   }
