@@ -214,28 +214,15 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // One job of AttentionBatch: the same tasks in the same order.
   void Attention(const KvPool& pool, const Sequence& seq, int layer, int pos0, int n_tok,
                  int n_head, const float* q, float* out) override {
-    const KvLayout& L = pool.layout();
-    const int hd = L.head_dim;
-    const int group = n_head / L.n_kv_heads;
-    const int n_tiles = (n_tok + kAttnQueryTile - 1) / kAttnQueryTile;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    // As AttentionBatch: each thread a contiguous run of tasks.
-    pool_.ParallelForContiguous(
-        static_cast<int64_t>(n_tiles) * L.n_kv_heads, [&](int64_t task, int thread) {
-          const int g = static_cast<int>(task % L.n_kv_heads);
-          const int tile = static_cast<int>(task / L.n_kv_heads);
-          const int t0 = tile * kAttnQueryTile;
-          const int nq = std::min(kAttnQueryTile, n_tok - t0);
-          AttentionTile(pool, seq, layer, pos0 + t0, nq, g, group, n_head, scale,
-                        q + static_cast<size_t>(t0) * n_head * hd,
-                        out + static_cast<size_t>(t0) * n_head * hd, scratch_[thread]);
-        });
+    const AttentionJob job{&seq, pos0, n_tok, q, out};
+    AttentionBatch(pool, layer, n_head, std::span<const AttentionJob>(&job, 1));
   }
 
-  // Tasks (job, query tile, kv head) of every job in one list: the same AttentionTile calls as
-  // Attention makes per job, so each out is the same.
+  // Tasks (job, query tile, kv head) of every job in one list. A job's out depends only on its
+  // own AttentionTile calls, so it is the same whatever else is in the batch.
   void AttentionBatch(const KvPool& pool, int layer, int n_head,
                       std::span<const AttentionJob> jobs) override {
     const KvLayout& L = pool.layout();
