@@ -24,16 +24,20 @@
 #include "engine/model/mkmodel.h"
 #include "engine/model/model.h"
 #include "engine/runner.h"
+#include "engine/sampling/sampler.h"
 
 namespace kvstash::bench {
 namespace {
-
-int Argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 
 // Aggregate decode tokens/s of n_seq sequences decoding together (median of reps).
 Result<double> MeasureBatchedDecode(engine::Runner& runner, int n_seq, int prompt, int decode,
                                     int reps) {
   const int V = runner.model().config().n_vocab;
+  // Next tokens come from the engine's greedy sampler, inside the timed loop, as the daemon's
+  // scheduler picks them at temperature 0.
+  engine::SamplerOptions greedy;
+  greedy.temperature = 0;
+  KV_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(greedy));
   std::vector<double> tps;
   for (int r = 0; r < reps; ++r) {
     std::vector<engine::Sequence> seqs(n_seq);
@@ -43,7 +47,7 @@ Result<double> MeasureBatchedDecode(engine::Runner& runner, int n_seq, int promp
       std::vector<float> l;
       const auto p = RandomTokens(prompt, V, 1000 + s);
       KV_RETURN_IF_ERROR(runner.Prefill(seqs[s], p, engine::LogitsMode::kLast, &l));
-      next[s] = Argmax(l.data(), V);
+      KV_ASSIGN_OR_RETURN(next[s], sampler.Sample(l));
     }
     std::vector<engine::BatchSegment> segs(n_seq);
     Stopwatch sw;
@@ -54,7 +58,9 @@ Result<double> MeasureBatchedDecode(engine::Runner& runner, int n_seq, int promp
                    logits[s].data()};
       }
       KV_RETURN_IF_ERROR(runner.Forward(segs));
-      for (int s = 0; s < n_seq; ++s) next[s] = Argmax(logits[s].data(), V);
+      for (int s = 0; s < n_seq; ++s) {
+        KV_ASSIGN_OR_RETURN(next[s], sampler.Sample(logits[s]));
+      }
     }
     tps.push_back(static_cast<double>(n_seq) * decode / sw.ElapsedMs() * 1e3);
     for (auto& s : seqs) runner.Release(s);

@@ -60,6 +60,9 @@ struct KernelTable {
   // for bit; the SIMD tables interleave rows so their dot-product chains overlap.
   void (*delta_rule_token)(float* s, int dv, int dk, const float* q, const float* k, const float* v,
                            float eg, float bt, float* o);
+  // Index of the first maximum of x[0..n) (ties: the lowest index), NaN skipped; -1 when no
+  // value is above -inf. Greedy sampling's argmax over a vocabulary-sized logits row.
+  int64_t (*argmax_f32)(const float* x, int64_t n);
 };
 
 // The best table for this CPU (can be forced with KVSTASH_CPU_KERNELS=scalar|avx2|avx512).

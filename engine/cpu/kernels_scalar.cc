@@ -319,10 +319,23 @@ void SwiGluScalar(const float* gate, const float* up, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+int64_t ArgmaxF32Scalar(const float* x, int64_t n) {
+  int64_t best = -1;
+  float best_value = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] > best_value) {  // strict: the lowest index among equal maxima; NaN never wins
+      best_value = x[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
 const KernelTable& ScalarKernels() {
   static const KernelTable table = {
-      "scalar",     QuantizeActScalar, GemmScalar,       F32ToF16Scalar, F16ToF32Scalar,
-      DotF32Scalar, AxpyF32Scalar,     AttnUpdateScalar, SwiGluScalar,   DeltaRuleTokenScalar};
+      "scalar",       QuantizeActScalar,    GemmScalar,     F32ToF16Scalar,
+      F16ToF32Scalar, DotF32Scalar,         AxpyF32Scalar,  AttnUpdateScalar,
+      SwiGluScalar,   DeltaRuleTokenScalar, ArgmaxF32Scalar};
   return table;
 }
 

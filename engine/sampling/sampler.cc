@@ -9,13 +9,16 @@
 // Cost per call is O(n_vocab) to copy and filter the row, plus a partial sort of the head: k
 // candidates for top-k, or for top-p without top-k a head that grows geometrically from 256
 // until it holds mass p (a full sort of the vocabulary only when the distribution is nearly
-// flat). Sample() keeps its vocabulary-sized buffers between calls.
+// flat). Sample() keeps its vocabulary-sized buffers between calls. Greedy without active
+// penalties is one SIMD argmax over the row (cpu kernel table) with no copy.
 #include "engine/sampling/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
+
+#include "engine/cpu/kernels.h"
 
 namespace kvstash::engine {
 namespace {
@@ -101,14 +104,28 @@ Status Sampler::BuildCandidates(std::span<const float> logits, std::vector<float
                                 std::vector<Candidate>* cands, bool* sorted) const {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   if (logits.empty()) return Status::InvalidArgument("sampler: empty logits row");
-  if (const auto it = std::find(logits.begin(), logits.end(), kInf); it != logits.end()) {
-    return Status::InvalidArgument("sampler: logit of token " +
-                                   std::to_string(it - logits.begin()) + " is +inf");
-  }
   const SamplerOptions& o = options_;
   std::vector<Candidate>& c = *cands;
   c.clear();
   *sorted = false;
+  if (o.temperature <= 0 && (window_.empty() || !PenaltiesActive(o))) {
+    // Greedy with nothing to penalize (the common decode step): one SIMD argmax over the row as
+    // given, no copy. Same answers as the loop below: ties go to the lowest id, NaN never wins,
+    // and a +inf anywhere is the first maximum, so the same error names the same token.
+    const int64_t best = cpu::Kernels().argmax_f32(logits.data(), std::ssize(logits));
+    if (best < 0) return Status::InvalidArgument("sampler: no finite logit");
+    if (logits[best] == kInf) {
+      return Status::InvalidArgument("sampler: logit of token " + std::to_string(best) +
+                                     " is +inf");
+    }
+    c.push_back({logits[best], static_cast<int32_t>(best)});
+    *sorted = true;
+    return Status::Ok();
+  }
+  if (const auto it = std::find(logits.begin(), logits.end(), kInf); it != logits.end()) {
+    return Status::InvalidArgument("sampler: logit of token " +
+                                   std::to_string(it - logits.begin()) + " is +inf");
+  }
   std::vector<float>& row = *scratch;
   row.assign(logits.begin(), logits.end());
   ApplyPenalties(row);

@@ -369,5 +369,72 @@ TEST(KernelTableTest, SimdTablesMatchScalarOnFp16Conversion) {
   EXPECT_NE(Kernels().name, nullptr);
 }
 
+// Every table's argmax equals the plain first-maximum loop (strict '>', NaN and -inf never win)
+// at every length 0-70 (the SIMD bodies and their tails), with ties, NaN, -inf, +inf and signed
+// zeros placed anywhere, and on a vocabulary-sized row.
+TEST(KernelTableTest, ArgmaxIsTheFirstMaximumOnEveryTable) {
+  auto reference = [](const std::vector<float>& x) {
+    int64_t best = -1;
+    float value = -INFINITY;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (x[i] > value) {
+        value = x[i];
+        best = static_cast<int64_t>(i);
+      }
+    }
+    return best;
+  };
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> pick(0, 9);
+  int checked = 0, none = 0;
+  for (int n = 0; n <= 70; ++n) {
+    for (int trial = 0; trial < 40; ++trial) {
+      std::vector<float> x(n);
+      for (float& v : x) {
+        switch (pick(rng)) {
+          case 0:
+            v = NAN;
+            break;
+          case 1:
+            v = -INFINITY;
+            break;
+          case 2:
+            v = 3.0f;
+            break;  // frequent ties at the top
+          case 3:
+            v = trial % 5 == 0 ? INFINITY : 1.0f;
+            break;
+          case 4:
+            v = -0.0f;
+            break;
+          case 5:
+            v = 0.0f;
+            break;
+          default:
+            v = std::normal_distribution<float>(0.0f, 2.0f)(rng);
+        }
+      }
+      if (trial % 7 == 0) {  // rows with no value above -inf
+        for (float& v : x) v = pick(rng) < 5 ? NAN : -INFINITY;
+      }
+      if (trial % 11 == 0) {  // all negative: a zero-filled tail would win if lanes leaked
+        for (float& v : x) v = -1.0f - static_cast<float>(pick(rng));
+      }
+      const int64_t want = reference(x);
+      none += want < 0;
+      for (const KernelTable* k : Tables()) {
+        ASSERT_EQ(k->argmax_f32(x.data(), n), want) << k->name << " n=" << n << " trial=" << trial;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(none, 0);
+  std::vector<float> row = RandomRow(rng, 151936, 4.0f);
+  row[100000] = 50.0f;
+  row[120000] = 50.0f;
+  for (const KernelTable* k : Tables()) EXPECT_EQ(k->argmax_f32(row.data(), 151936), 100000);
+  EXPECT_EQ(checked, 71 * 40);
+}
+
 }  // namespace
 }  // namespace kvstash::engine::cpu
