@@ -3,7 +3,8 @@
 // Work split: MatMul converts the activations once (parallel over tokens), then hands out
 // chunks of weight rows; each chunk walks all tokens in tiles so the chunk's rows stay in cache.
 // Attention hands out (kv head, tile of queries) pairs; each block of 64 keys is converted to f32
-// once per tile and used by every query head of the group (GQA) and every query in the tile.
+// once per tile (K transposed straight from the f16 page rows) and used by every query head of
+// the group (GQA) and every query in the tile.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,10 +28,10 @@ namespace {
 using cpu::ActFormat;
 using cpu::KernelTable;
 
-// Queries per attention task. Each task converts (f16 -> f32) and transposes every K/V page it
-// visits, so larger tiles share that work among more queries; a query's result does not depend on
-// its tile (tested). 64 still leaves n_kv_heads * n_tok / 64 tasks (64 at 512 tokens with 8 kv
-// heads) for the pool's dynamic hand-out.
+// Queries per attention task. Each task converts (f16 -> f32) every K/V page it visits (K
+// transposed on the way), so larger tiles share that work among more queries; a query's result does
+// not depend on its tile (tested). 64 still leaves n_kv_heads * n_tok / 64 tasks (64 at 512 tokens
+// with 8 kv heads) for the pool's dynamic hand-out.
 constexpr int kAttnQueryTile = 64;
 // Keys per online-softmax step: blocks of absolute positions [j * 64, (j + 1) * 64), gathered
 // from the sequence's pages. Every query sees the same block boundaries whatever tile, batch or
@@ -375,7 +376,8 @@ class CpuBackend final : public Backend {
   }
 
   struct Scratch {
-    std::vector<float> k, v;    // [kAttnKeyBlock][head_dim] converted rows of one key block
+    std::vector<float> k;       // [head_dim][kAttnKeyBlock + 16] K of one key block, transposed
+    std::vector<float> v;       // [kAttnKeyBlock][head_dim] V rows of one key block
     std::vector<float> scores;  // [kAttnKeyBlock]
     std::vector<float> acc;     // [nq * group][head_dim]
     std::vector<float> m, l;    // [nq * group] running max and sum
@@ -392,7 +394,10 @@ class CpuBackend final : public Backend {
     const KvLayout& L = pool.layout();
     const int hd = L.head_dim, bt = L.block_tokens;
     const int nqh = nq * group;
-    s.k.resize(static_cast<size_t>(kAttnKeyBlock) * hd);
+    // K of a key block transposed, [hd][ldk]: the 64 keys plus room for the zero columns that
+    // kv_rows_to_kt may write past a short run.
+    constexpr int ldk = kAttnKeyBlock + 16;
+    s.k.resize(static_cast<size_t>(ldk) * hd);
     s.v.resize(static_cast<size_t>(kAttnKeyBlock) * hd);
     s.scores.resize(kAttnKeyBlock);
     s.n_valid.resize(nqh);
@@ -410,29 +415,38 @@ class CpuBackend final : public Backend {
     const int last_pos = p0 + nq - 1;
     for (int k0 = 0; k0 <= last_pos; k0 += kAttnKeyBlock) {
       const int n = std::min(kAttnKeyBlock, last_pos + 1 - k0);
-      // Rows [k0, k0 + n) of head g, page by page (a head's rows are contiguous in a page).
+      // Keys [k0, k0 + n) of head g, page by page (a head's rows are contiguous in a page): K
+      // transposed straight from the page into s.k's columns (f16 widened in registers), V
+      // rows converted into s.v.
       for (int pos = k0; pos < k0 + n;) {
         const int slot = pos % bt;
         const int run = std::min(bt - slot, k0 + n - pos);
         const uint8_t* page = pool.page(seq.block_table[pos / bt]);
-        for (int kv = 0; kv < 2; ++kv) {
-          const size_t off = L.RowOffset(layer, kv, g, slot);
-          float* dst = (kv == 0 ? s.k.data() : s.v.data()) + static_cast<size_t>(pos - k0) * hd;
-          if (L.dtype == KvDtype::kF16) {
-            k_.f16_to_f32(reinterpret_cast<const uint16_t*>(page) + off, dst,
-                          static_cast<int64_t>(run) * hd);
-          } else {
-            std::memcpy(dst, reinterpret_cast<const float*>(page) + off, sizeof(float) * run * hd);
-          }
+        const size_t koff = L.RowOffset(layer, 0, g, slot), voff = L.RowOffset(layer, 1, g, slot);
+        float* kt = s.k.data() + (pos - k0);
+        float* vdst = s.v.data() + static_cast<size_t>(pos - k0) * hd;
+        if (L.dtype == KvDtype::kF16) {
+          const auto* page16 = reinterpret_cast<const uint16_t*>(page);
+          k_.kv_rows_to_kt(page16 + koff, nullptr, run, hd, kt, ldk);
+          k_.f16_to_f32(page16 + voff, vdst, static_cast<int64_t>(run) * hd);
+        } else {
+          const auto* page32 = reinterpret_cast<const float*>(page);
+          k_.kv_rows_to_kt(nullptr, page32 + koff, run, hd, kt, ldk);
+          std::memcpy(vdst, page32 + voff, sizeof(float) * run * hd);
         }
         pos += run;
+      }
+      // attn_update reads whole 16-key groups: the columns past the last key are zero.
+      if (const int n16 = (n + 15) & ~15; n16 > n) {
+        for (int d = 0; d < hd; ++d)
+          std::fill_n(s.k.data() + static_cast<size_t>(d) * ldk + n, n16 - n, 0.0f);
       }
       // Causal mask: query i (position p0 + i) sees the keys of this block up to its position.
       for (int i = 0; i < nq; ++i) {
         const int n_valid = std::clamp(p0 + i + 1 - k0, 0, n);
         for (int j = 0; j < group; ++j) s.n_valid[i * group + j] = n_valid;
       }
-      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), s.v.data(), n, hd, scale,
+      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), ldk, s.v.data(), n, hd, scale,
                      s.m.data(), s.l.data(), s.acc.data(), s.scores.data());
     }
     for (int i = 0; i < nq; ++i) {

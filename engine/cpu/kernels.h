@@ -41,16 +41,24 @@ struct KernelTable {
   // Converts n f32 values to f16 / from f16.
   void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
   void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
+  // K rows of a page (n_rows rows of hd, f16 in rows_f16 or else f32 in rows_f32) transposed
+  // into columns of kt: kt[d * ldk + s] = row s, dim d. May write up to 15 further columns as
+  // zero (whole register blocks): the caller leaves room and fills runs in column order.
+  void (*kv_rows_to_kt)(const uint16_t* rows_f16, const float* rows_f32, int n_rows, int hd,
+                        float* kt, int ldk);
   // sum_i a[i] * b[i] in f32 (n arbitrary).
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[i] += a * x[i].
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
-  // One step of online-softmax attention: nq query vectors q [nq][hd] against n keys/values
-  // k, v [n][hd] (f32), where query i sees only its first n_valid[i] keys. Updates the running
-  // max m [nq], sum l [nq] and unnormalized output acc [nq][hd]. scores: scratch of n floats.
-  // Each query's update depends only on its own inputs (tile-shape independent).
-  void (*attn_update)(const float* q, int nq, const int* n_valid, const float* k, const float* v,
-                      int n, int hd, float scale, float* m, float* l, float* acc, float* scores);
+  // One step of online-softmax attention: nq query vectors q [nq][hd] against n keys given
+  // transposed, kt [hd][ldk] (kt[d * ldk + s] = key s, dim d; ldk a multiple of 16, >= n, and
+  // columns n..ldk-1 zero), and values v [n][hd] (f32), where query i sees only its first
+  // n_valid[i] keys; n <= 64. Updates the running max m [nq], sum l [nq] and unnormalized
+  // output acc [nq][hd]. scores: scratch of n floats. Each query's update depends only on its
+  // own inputs (tile-shape independent).
+  void (*attn_update)(const float* q, int nq, const int* n_valid, const float* kt, int ldk,
+                      const float* v, int n, int hd, float scale, float* m, float* l, float* acc,
+                      float* scores);
   // out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] (out may alias gate).
   void (*swiglu)(const float* gate, const float* up, int64_t n, float* out);
   // One token of the gated delta rule for one value head (engine/backend.h GatedDeltaNet):

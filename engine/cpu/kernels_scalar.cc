@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "engine/cpu/fp16.h"
 #include "engine/cpu/kernels.h"
@@ -135,8 +136,15 @@ void DeltaRuleTokenScalar(float* s, int dv, int dk, const float* q, const float*
   }
 }
 
-void AttnUpdateScalar(const float* q, int nq, const int* n_valid, const float* k, const float* v,
-                      int n, int hd, float scale, float* m, float* l, float* acc, float* scores) {
+void AttnUpdateScalar(const float* q, int nq, const int* n_valid, const float* kt, int ldk,
+                      const float* v, int n, int hd, float scale, float* m, float* l, float* acc,
+                      float* scores) {
+  // K rows gathered back from kt ([hd][ldk]) so each score is DotF32Scalar of two rows.
+  thread_local std::vector<float> k_rows;
+  k_rows.resize(static_cast<size_t>(n) * hd);
+  for (int s = 0; s < n; ++s)
+    for (int d = 0; d < hd; ++d) k_rows[static_cast<size_t>(s) * hd + d] = kt[d * ldk + s];
+  const float* k = k_rows.data();
   for (int i = 0; i < nq; ++i) {
     const int nv = std::min(n, n_valid[i]);
     if (nv <= 0) continue;
@@ -319,6 +327,16 @@ void SwiGluScalar(const float* gate, const float* up, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+void KvRowsToKtScalar(const uint16_t* rows_f16, const float* rows_f32, int n_rows, int hd,
+                      float* kt, int ldk) {
+  for (int s = 0; s < n_rows; ++s)
+    for (int d = 0; d < hd; ++d) {
+      const size_t i = static_cast<size_t>(s) * hd + d;
+      kt[static_cast<size_t>(d) * ldk + s] =
+          rows_f16 != nullptr ? HalfToF32(rows_f16[i]) : rows_f32[i];
+    }
+}
+
 int64_t ArgmaxF32Scalar(const float* x, int64_t n) {
   int64_t best = -1;
   float best_value = -INFINITY;
@@ -332,10 +350,10 @@ int64_t ArgmaxF32Scalar(const float* x, int64_t n) {
 }
 
 const KernelTable& ScalarKernels() {
-  static const KernelTable table = {
-      "scalar",       QuantizeActScalar,    GemmScalar,     F32ToF16Scalar,
-      F16ToF32Scalar, DotF32Scalar,         AxpyF32Scalar,  AttnUpdateScalar,
-      SwiGluScalar,   DeltaRuleTokenScalar, ArgmaxF32Scalar};
+  static const KernelTable table = {"scalar",       QuantizeActScalar,    GemmScalar,
+                                    F32ToF16Scalar, F16ToF32Scalar,       KvRowsToKtScalar,
+                                    DotF32Scalar,   AxpyF32Scalar,        AttnUpdateScalar,
+                                    SwiGluScalar,   DeltaRuleTokenScalar, ArgmaxF32Scalar};
   return table;
 }
 

@@ -322,8 +322,14 @@ TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
           std::vector<float> scores(n);
           for (int page = 0; page < 2; ++page) {
             const int* valid = (page == 0 ? all_valid.data() : page1.data()) + q0;
-            kt->attn_update(q.data() + static_cast<size_t>(q0) * hd, qn, valid,
-                            k.data() + static_cast<size_t>(page) * n * hd,
+            // K transposed, [hd][ldk], columns past n zero.
+            const int ldk = (n + 15) / 16 * 16;
+            std::vector<float> ktr(static_cast<size_t>(hd) * ldk, 0.0f);
+            for (int s = 0; s < n; ++s)
+              for (int d = 0; d < hd; ++d)
+                ktr[static_cast<size_t>(d) * ldk + s] =
+                    k[(static_cast<size_t>(page) * n + s) * hd + d];
+            kt->attn_update(q.data() + static_cast<size_t>(q0) * hd, qn, valid, ktr.data(), ldk,
                             v.data() + static_cast<size_t>(page) * n * hd, n, hd, scale, m.data(),
                             l.data(), acc.data(), scores.data());
           }
@@ -367,6 +373,40 @@ TEST(KernelTableTest, SimdTablesMatchScalarOnFp16Conversion) {
     EXPECT_EQ(a, b) << k->name;
   }
   EXPECT_NE(Kernels().name, nullptr);
+}
+
+// kv_rows_to_kt writes row s, dim d of a page's K rows to kt[d * ldk + s], from f16 (exactly the
+// widened value) and from f32, on every table, for head sizes with and without a SIMD block and
+// runs of every length 1-33 placed at any column; it leaves columns before the run alone.
+TEST(KernelTableTest, KvRowsToKtTransposesExactly) {
+  std::mt19937 rng(5);
+  constexpr int ldk = 80;
+  for (int hd : {8, 16, 40, 64, 128}) {
+    for (int n_rows = 1; n_rows <= 33; ++n_rows) {
+      const int col = (n_rows * 7) % 30;
+      auto f = RandomRow(rng, int64_t{n_rows} * hd, 3.0f);
+      std::vector<uint16_t> h(f.size());
+      ScalarKernels().f32_to_f16(f.data(), h.data(), static_cast<int64_t>(f.size()));
+      std::vector<float> widened(h.size());
+      ScalarKernels().f16_to_f32(h.data(), widened.data(), static_cast<int64_t>(h.size()));
+      for (const KernelTable* k : Tables()) {
+        for (bool from_f16 : {true, false}) {
+          SCOPED_TRACE(std::string(k->name) + " hd " + std::to_string(hd) + " rows " +
+                       std::to_string(n_rows) + (from_f16 ? " f16" : " f32"));
+          std::vector<float> kt(static_cast<size_t>(hd) * ldk, -7.0f);
+          k->kv_rows_to_kt(from_f16 ? h.data() : nullptr, from_f16 ? nullptr : f.data(), n_rows, hd,
+                           kt.data() + col, ldk);
+          const std::vector<float>& src = from_f16 ? widened : f;
+          for (int d = 0; d < hd; ++d) {
+            for (int c = 0; c < col; ++c) ASSERT_EQ(kt[d * ldk + c], -7.0f);
+            for (int r = 0; r < n_rows; ++r) {
+              ASSERT_EQ(kt[d * ldk + col + r], src[r * hd + d]) << "row " << r << " dim " << d;
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 // Every table's argmax equals the plain first-maximum loop (strict '>', NaN and -inf never win)
