@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -31,41 +32,70 @@
 namespace kvstash::bench {
 namespace {
 
+// Sequences decoding greedily: each prefilled with its own random prompt (untimed), then stepped
+// one token at a time, several in one Forward when they step together. Next tokens come from the
+// engine's greedy sampler, inside the timed steps, as the daemon's scheduler picks them at
+// temperature 0.
+class Decoders {
+ public:
+  static Result<std::unique_ptr<Decoders>> Start(engine::Runner& runner, int n, int prompt) {
+    engine::SamplerOptions greedy;
+    greedy.temperature = 0;
+    KV_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(greedy));
+    auto d = std::unique_ptr<Decoders>(new Decoders(runner, std::move(sampler), n));
+    for (int s = 0; s < n; ++s) {
+      std::vector<float> l;
+      const auto p = RandomTokens(prompt, d->V_, 1000 + s);
+      KV_RETURN_IF_ERROR(runner.Prefill(d->seqs_[s], p, engine::LogitsMode::kLast, &l));
+      KV_ASSIGN_OR_RETURN(d->next_[s], d->sampler_.Sample(l));
+    }
+    return d;
+  }
+  ~Decoders() {
+    for (auto& s : seqs_) runner_.Release(s);
+  }
+  // One decode step of sequences [first, first + count).
+  Status Step(int first, int count) {
+    segs_.resize(count);
+    for (int i = 0; i < count; ++i) {
+      engine::Sequence& seq = seqs_[first + i];
+      KV_RETURN_IF_ERROR(runner_.Reserve(seq, seq.n_past() + 1));
+      segs_[i] = {&seq, std::span<const int32_t>(&next_[first + i], 1), engine::LogitsMode::kLast,
+                  logits_[first + i].data()};
+    }
+    KV_RETURN_IF_ERROR(runner_.Forward(segs_));
+    for (int i = 0; i < count; ++i) {
+      KV_ASSIGN_OR_RETURN(next_[first + i], sampler_.Sample(logits_[first + i]));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  Decoders(engine::Runner& runner, engine::Sampler sampler, int n)
+      : runner_(runner),
+        sampler_(std::move(sampler)),
+        V_(runner.model().config().n_vocab),
+        seqs_(n),
+        next_(n),
+        logits_(n, std::vector<float>(V_)) {}
+  engine::Runner& runner_;
+  engine::Sampler sampler_;
+  int V_;
+  std::vector<engine::Sequence> seqs_;
+  std::vector<int32_t> next_;
+  std::vector<std::vector<float>> logits_;
+  std::vector<engine::BatchSegment> segs_;
+};
+
 // Aggregate decode tokens/s of n_seq sequences decoding together (median of reps).
 Result<double> MeasureBatchedDecode(engine::Runner& runner, int n_seq, int prompt, int decode,
                                     int reps) {
-  const int V = runner.model().config().n_vocab;
-  // Next tokens come from the engine's greedy sampler, inside the timed loop, as the daemon's
-  // scheduler picks them at temperature 0.
-  engine::SamplerOptions greedy;
-  greedy.temperature = 0;
-  KV_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(greedy));
   std::vector<double> tps;
   for (int r = 0; r < reps; ++r) {
-    std::vector<engine::Sequence> seqs(n_seq);
-    std::vector<int32_t> next(n_seq);
-    std::vector<std::vector<float>> logits(n_seq, std::vector<float>(V));
-    for (int s = 0; s < n_seq; ++s) {
-      std::vector<float> l;
-      const auto p = RandomTokens(prompt, V, 1000 + s);
-      KV_RETURN_IF_ERROR(runner.Prefill(seqs[s], p, engine::LogitsMode::kLast, &l));
-      KV_ASSIGN_OR_RETURN(next[s], sampler.Sample(l));
-    }
-    std::vector<engine::BatchSegment> segs(n_seq);
+    KV_ASSIGN_OR_RETURN(auto dec, Decoders::Start(runner, n_seq, prompt));
     Stopwatch sw;
-    for (int step = 0; step < decode; ++step) {
-      for (int s = 0; s < n_seq; ++s) {
-        KV_RETURN_IF_ERROR(runner.Reserve(seqs[s], seqs[s].n_past() + 1));
-        segs[s] = {&seqs[s], std::span<const int32_t>(&next[s], 1), engine::LogitsMode::kLast,
-                   logits[s].data()};
-      }
-      KV_RETURN_IF_ERROR(runner.Forward(segs));
-      for (int s = 0; s < n_seq; ++s) {
-        KV_ASSIGN_OR_RETURN(next[s], sampler.Sample(logits[s]));
-      }
-    }
+    for (int step = 0; step < decode; ++step) KV_RETURN_IF_ERROR(dec->Step(0, n_seq));
     tps.push_back(static_cast<double>(n_seq) * decode / sw.ElapsedMs() * 1e3);
-    for (auto& s : seqs) runner.Release(s);
   }
   std::sort(tps.begin(), tps.end());
   return tps[tps.size() / 2];
@@ -110,37 +140,11 @@ struct PairedRates {
 Result<PairedRates> MeasurePaired(engine::Runner& runner, int n_seq, int prompt, int decode,
                                   int chunk) {
   const int V = runner.model().config().n_vocab;
-  engine::SamplerOptions greedy;
-  greedy.temperature = 0;
-  KV_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(greedy));
-  // Sequences 0..n_seq-1 decode together, n_seq decodes alone, n_seq + 1 is prefilled.
-  std::vector<engine::Sequence> seqs(n_seq + 2);
-  std::vector<int32_t> next(n_seq + 1);
-  std::vector<std::vector<float>> logits(n_seq + 1, std::vector<float>(V));
-  for (int s = 0; s <= n_seq; ++s) {
-    std::vector<float> l;
-    KV_RETURN_IF_ERROR(
-        runner.Prefill(seqs[s], RandomTokens(prompt, V, 1000 + s), engine::LogitsMode::kLast, &l));
-    KV_ASSIGN_OR_RETURN(next[s], sampler.Sample(l));
-  }
-  engine::Sequence& pre = seqs[n_seq + 1];
+  // Sequences 0..n_seq-1 decode together, n_seq decodes alone; `pre` is prefilled.
+  KV_ASSIGN_OR_RETURN(auto dec, Decoders::Start(runner, n_seq + 1, prompt));
+  engine::Sequence pre;
   const auto pre_tokens = RandomTokens(256, V, 7);
   std::vector<float> pre_logits(static_cast<size_t>(chunk) * V);
-  double ms[3] = {0, 0, 0};
-  auto decode_step = [&](int first, int count) -> Status {
-    std::vector<engine::BatchSegment> segs(count);
-    for (int i = 0; i < count; ++i) {
-      const int s = first + i;
-      KV_RETURN_IF_ERROR(runner.Reserve(seqs[s], seqs[s].n_past() + 1));
-      segs[i] = {&seqs[s], std::span<const int32_t>(&next[s], 1), engine::LogitsMode::kLast,
-                 logits[s].data()};
-    }
-    KV_RETURN_IF_ERROR(runner.Forward(segs));
-    for (int i = 0; i < count; ++i) {
-      KV_ASSIGN_OR_RETURN(next[first + i], sampler.Sample(logits[first + i]));
-    }
-    return Status::Ok();
-  };
   auto prefill_chunk = [&]() -> Status {
     if (pre.n_past() + chunk > 256) runner.Release(pre);
     const int at = pre.n_past();
@@ -149,17 +153,18 @@ Result<PairedRates> MeasurePaired(engine::Runner& runner, int n_seq, int prompt,
                              engine::LogitsMode::kAll, pre_logits.data()};
     return runner.Forward(std::span<const engine::BatchSegment>(&seg, 1));
   };
-  for (int round = 0; round < decode; ++round) {
-    for (int k = 0; k < 3; ++k) {
+  double ms[3] = {0, 0, 0};
+  Status st = Status::Ok();
+  for (int round = 0; round < decode && st.ok(); ++round) {
+    for (int k = 0; k < 3 && st.ok(); ++k) {
       const int which = round % 2 == 0 ? (round / 2 + k) % 3 : (round / 2 + 2 - k) % 3;
       Stopwatch sw;
-      if (which == 0) KV_RETURN_IF_ERROR(decode_step(0, n_seq));
-      if (which == 1) KV_RETURN_IF_ERROR(decode_step(n_seq, 1));
-      if (which == 2) KV_RETURN_IF_ERROR(prefill_chunk());
+      st = which == 0 ? dec->Step(0, n_seq) : which == 1 ? dec->Step(n_seq, 1) : prefill_chunk();
       ms[which] += sw.ElapsedMs();
     }
   }
-  for (auto& s : seqs) runner.Release(s);
+  runner.Release(pre);
+  KV_RETURN_IF_ERROR(st);
   return PairedRates{1e3 * n_seq * decode / ms[0], 1e3 * decode / ms[1],
                      1e3 * chunk * decode / ms[2]};
 }
