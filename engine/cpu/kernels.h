@@ -51,11 +51,12 @@ struct KernelTable {
   // y[i] += a * x[i].
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
   // One step of online-softmax attention: nq query vectors q [nq][hd] against n keys given
-  // transposed, kt [hd][ldk] (kt[d * ldk + s] = key s, dim d; ldk a multiple of 16, >= n, and
-  // columns n..ldk-1 zero), and values v [n][hd] (f32), where query i sees only its first
-  // n_valid[i] keys; n <= 64. Updates the running max m [nq], sum l [nq] and unnormalized
-  // output acc [nq][hd]. scores: scratch of n floats. Each query's update depends only on its
-  // own inputs (tile-shape independent).
+  // transposed, kt [hd][ldk] (kt[d * ldk + s] = key s, dim d; ldk >= n rounded up to 16, and
+  // the columns from n up to that rounding zero: they are read as whole 8- or 16-key groups),
+  // and values v [n][hd] (f32), where query i sees only its first n_valid[i] keys; n <= 64.
+  // Updates the running max m [nq], sum l [nq] and unnormalized output acc [nq][hd]. scores:
+  // scratch of n floats. Each query's update depends only on its own inputs (tile-shape
+  // independent).
   void (*attn_update)(const float* q, int nq, const int* n_valid, const float* kt, int ldk,
                       const float* v, int n, int hd, float scale, float* m, float* l, float* acc,
                       float* scores);
