@@ -108,18 +108,25 @@ Status Sampler::BuildCandidates(std::span<const float> logits, std::vector<float
   std::vector<Candidate>& c = *cands;
   c.clear();
   *sorted = false;
+  // Greedy: one SIMD argmax (ties go to the lowest id, NaN never wins) leaves one candidate.
+  auto greedy = [&](std::span<const float> r) -> int64_t {
+    const int64_t best = cpu::Kernels().argmax_f32(r.data(), std::ssize(r));
+    if (best >= 0) {
+      c.push_back({r[best], static_cast<int32_t>(best)});
+      *sorted = true;
+    }
+    return best;
+  };
   if (o.temperature <= 0 && (window_.empty() || !PenaltiesActive(o))) {
-    // Greedy with nothing to penalize (the common decode step): one SIMD argmax over the row as
-    // given, no copy. Same answers as the loop below: ties go to the lowest id, NaN never wins,
-    // and a +inf anywhere is the first maximum, so the same error names the same token.
-    const int64_t best = cpu::Kernels().argmax_f32(logits.data(), std::ssize(logits));
+    // Nothing to penalize (the common decode step): the row as given, no copy. A +inf anywhere
+    // is the first maximum, so the error below names the same token as the check further down.
+    const int64_t best = greedy(logits);
     if (best < 0) return Status::InvalidArgument("sampler: no finite logit");
     if (logits[best] == kInf) {
+      c.clear();
       return Status::InvalidArgument("sampler: logit of token " + std::to_string(best) +
                                      " is +inf");
     }
-    c.push_back({logits[best], static_cast<int32_t>(best)});
-    *sorted = true;
     return Status::Ok();
   }
   if (const auto it = std::find(logits.begin(), logits.end(), kInf); it != logits.end()) {
@@ -131,18 +138,7 @@ Status Sampler::BuildCandidates(std::span<const float> logits, std::vector<float
   ApplyPenalties(row);
 
   if (o.temperature <= 0) {
-    // Greedy: strict '>' keeps the lowest id among equal maxima; NaN never compares greater.
-    int32_t best = -1;
-    float best_logit = -kInf;
-    for (size_t i = 0; i < row.size(); ++i) {
-      if (row[i] > best_logit) {
-        best_logit = row[i];
-        best = static_cast<int32_t>(i);
-      }
-    }
-    if (best < 0) return Status::InvalidArgument("sampler: no finite logit");
-    c.push_back({best_logit, best});
-    *sorted = true;
+    if (greedy(row) < 0) return Status::InvalidArgument("sampler: no finite logit");
     return Status::Ok();
   }
 
