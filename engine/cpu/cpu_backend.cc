@@ -2,10 +2,11 @@
 //
 // Work split: MatMul converts the activations once (parallel over tokens), then hands out
 // chunks of weight rows; each chunk walks all tokens in tiles so the chunk's rows stay in cache.
-// Attention hands out (kv head, tile of queries) pairs; each block of 64 keys is converted to f32
-// once per tile (K transposed straight from the f16 page rows) and used by every query head of
-// the group (GQA) and every query in the tile.
+// Attention hands out (kv head, tile of queries) pairs; each block of 64 keys is requested from
+// memory at once, its K transposed to f32 once per tile (straight from the f16 page rows) and used
+// by every query head of the group (GQA) and every query in the tile; V is read in place.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -376,13 +377,14 @@ class CpuBackend final : public Backend {
   }
 
   struct Scratch {
-    std::vector<float> k;       // [head_dim][kAttnKeyBlock + 16] K of one key block, transposed
-    std::vector<float> v;       // [kAttnKeyBlock][head_dim] V rows of one key block
-    std::vector<float> scores;  // [kAttnKeyBlock]
-    std::vector<float> acc;     // [nq * group][head_dim]
-    std::vector<float> m, l;    // [nq * group] running max and sum
-    std::vector<float> q;       // [nq * group][head_dim] the tile's queries, gathered
-    std::vector<int> n_valid;   // [nq * group] keys of the current page each query sees
+    std::vector<float> k;  // [head_dim][kAttnKeyBlock + 16] K of one key block, transposed
+    std::array<const uint16_t*, kAttnKeyBlock> v16;  // its V rows in the pages, when f16
+    std::array<const float*, kAttnKeyBlock> v32;     // or f32
+    std::vector<float> scores;                       // [kAttnKeyBlock]
+    std::vector<float> acc;                          // [nq * group][head_dim]
+    std::vector<float> m, l;                         // [nq * group] running max and sum
+    std::vector<float> q;      // [nq * group][head_dim] the tile's queries, gathered
+    std::vector<int> n_valid;  // [nq * group] keys of the current page each query sees
   };
 
   // Online-softmax attention for nq consecutive queries (absolute positions p0..p0+nq-1) and the
@@ -398,7 +400,6 @@ class CpuBackend final : public Backend {
     // kv_rows_to_kt may write past a short run.
     constexpr int ldk = kAttnKeyBlock + 16;
     s.k.resize(static_cast<size_t>(ldk) * hd);
-    s.v.resize(static_cast<size_t>(kAttnKeyBlock) * hd);
     s.scores.resize(kAttnKeyBlock);
     s.n_valid.resize(nqh);
     // Gather the group's query heads into [nq * group][hd] once per tile.
@@ -415,24 +416,42 @@ class CpuBackend final : public Backend {
     const int last_pos = p0 + nq - 1;
     for (int k0 = 0; k0 <= last_pos; k0 += kAttnKeyBlock) {
       const int n = std::min(kAttnKeyBlock, last_pos + 1 - k0);
-      // Keys [k0, k0 + n) of head g, page by page (a head's rows are contiguous in a page): K
-      // transposed straight from the page into s.k's columns (f16 widened in registers), V
-      // rows converted into s.v.
+      // Keys [k0, k0 + n) of head g, page by page (a head's rows are contiguous in a page). First
+      // every K and V line of the block is requested, so the misses of all its pages overlap
+      // (decode reads each sequence's KV from DRAM once per step); then K is transposed straight
+      // from the page into s.k's columns (f16 widened in registers) and attn_update reads the V
+      // rows in place.
+      const bool f16 = L.dtype == KvDtype::kF16;
+      const size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
+      for (int pos = k0; pos < k0 + n;) {
+        const int slot = pos % bt;
+        const int run = std::min(bt - slot, k0 + n - pos);
+        const uint8_t* page = pool.page(seq.block_table[pos / bt]);
+        for (int kv = 0; kv < 2; ++kv) {
+          const uint8_t* rows = page + elem * L.RowOffset(layer, kv, g, slot);
+          for (size_t b = 0; b < elem * run * hd; b += 64) __builtin_prefetch(rows + b);
+        }
+        pos += run;
+      }
       for (int pos = k0; pos < k0 + n;) {
         const int slot = pos % bt;
         const int run = std::min(bt - slot, k0 + n - pos);
         const uint8_t* page = pool.page(seq.block_table[pos / bt]);
         const size_t koff = L.RowOffset(layer, 0, g, slot), voff = L.RowOffset(layer, 1, g, slot);
         float* kt = s.k.data() + (pos - k0);
-        float* vdst = s.v.data() + static_cast<size_t>(pos - k0) * hd;
-        if (L.dtype == KvDtype::kF16) {
-          const auto* page16 = reinterpret_cast<const uint16_t*>(page);
-          k_.kv_rows_to_kt(page16 + koff, nullptr, run, hd, kt, ldk);
-          k_.f16_to_f32(page16 + voff, vdst, static_cast<int64_t>(run) * hd);
+        for (int r = 0; r < run; ++r) {
+          const size_t row = voff + static_cast<size_t>(r) * hd;
+          if (f16) {
+            s.v16[pos - k0 + r] = reinterpret_cast<const uint16_t*>(page) + row;
+          } else {
+            s.v32[pos - k0 + r] = reinterpret_cast<const float*>(page) + row;
+          }
+        }
+        if (f16) {
+          k_.kv_rows_to_kt(reinterpret_cast<const uint16_t*>(page) + koff, nullptr, run, hd, kt,
+                           ldk);
         } else {
-          const auto* page32 = reinterpret_cast<const float*>(page);
-          k_.kv_rows_to_kt(nullptr, page32 + koff, run, hd, kt, ldk);
-          std::memcpy(vdst, page32 + voff, sizeof(float) * run * hd);
+          k_.kv_rows_to_kt(nullptr, reinterpret_cast<const float*>(page) + koff, run, hd, kt, ldk);
         }
         pos += run;
       }
@@ -446,7 +465,9 @@ class CpuBackend final : public Backend {
         const int n_valid = std::clamp(p0 + i + 1 - k0, 0, n);
         for (int j = 0; j < group; ++j) s.n_valid[i * group + j] = n_valid;
       }
-      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), ldk, s.v.data(), n, hd, scale,
+      const cpu::AttnValues v =
+          f16 ? cpu::AttnValues{s.v16.data(), nullptr} : cpu::AttnValues{nullptr, s.v32.data()};
+      k_.attn_update(s.q.data(), nqh, s.n_valid.data(), s.k.data(), ldk, v, n, hd, scale,
                      s.m.data(), s.l.data(), s.acc.data(), s.scores.data());
     }
     for (int i = 0; i < nq; ++i) {

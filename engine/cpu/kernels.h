@@ -29,6 +29,13 @@ ActFormat ActFormatFor(GgmlType weight_type);
 // Bytes of one converted activation row of n elements.
 size_t ActRowBytes(ActFormat f, int64_t n);
 
+// The value rows of one attn_update call: row s at f16[s] (widened as it is read) or at f32[s];
+// exactly one of the two is set. Rows come one by one because a key block spans pages.
+struct AttnValues {
+  const uint16_t* const* f16 = nullptr;
+  const float* const* f32 = nullptr;
+};
+
 struct KernelTable {
   const char* name;
   // Converts one f32 row of n elements into `fmt` at dst.
@@ -53,12 +60,13 @@ struct KernelTable {
   // One step of online-softmax attention: nq query vectors q [nq][hd] against n keys given
   // transposed, kt [hd][ldk] (kt[d * ldk + s] = key s, dim d; ldk >= n rounded up to 16, and
   // the columns from n up to that rounding zero: they are read as whole 8- or 16-key groups),
-  // and values v [n][hd] (f32), where query i sees only its first n_valid[i] keys; n <= 64.
-  // Updates the running max m [nq], sum l [nq] and unnormalized output acc [nq][hd]. scores:
-  // scratch of n floats. Each query's update depends only on its own inputs (tile-shape
-  // independent).
+  // and n value rows of hd (f32 or f16, the same result either way), where query i sees only its
+  // first n_valid[i] keys; n <= 64. Updates the running max m [nq], sum l [nq] and unnormalized
+  // output acc [nq][hd]. scores: scratch of n floats. Each query's update depends only on its
+  // own inputs (tile-shape independent). f16 rows are widened in registers when the queries
+  // take one pass over V (few queries: decode) and into a scratch copy once otherwise.
   void (*attn_update)(const float* q, int nq, const int* n_valid, const float* kt, int ldk,
-                      const float* v, int n, int hd, float scale, float* m, float* l, float* acc,
+                      AttnValues v, int n, int hd, float scale, float* m, float* l, float* acc,
                       float* scores);
   // out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] (out may alias gate).
   void (*swiglu)(const float* gate, const float* up, int64_t n, float* out);

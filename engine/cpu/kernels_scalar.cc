@@ -137,8 +137,20 @@ void DeltaRuleTokenScalar(float* s, int dv, int dk, const float* q, const float*
 }
 
 void AttnUpdateScalar(const float* q, int nq, const int* n_valid, const float* kt, int ldk,
-                      const float* v, int n, int hd, float scale, float* m, float* l, float* acc,
+                      AttnValues v, int n, int hd, float scale, float* m, float* l, float* acc,
                       float* scores) {
+  // f16 value rows widened once into a scratch copy.
+  thread_local std::vector<float> v_wide;
+  thread_local std::vector<const float*> v_rows;
+  if (v.f16 != nullptr) {
+    v_wide.resize(static_cast<size_t>(n) * hd);
+    v_rows.resize(n);
+    for (int s = 0; s < n; ++s) {
+      F16ToF32Scalar(v.f16[s], v_wide.data() + static_cast<size_t>(s) * hd, hd);
+      v_rows[s] = v_wide.data() + static_cast<size_t>(s) * hd;
+    }
+    v.f32 = v_rows.data();
+  }
   // K rows gathered back from kt ([hd][ldk]) so each score is DotF32Scalar of two rows.
   thread_local std::vector<float> k_rows;
   k_rows.resize(static_cast<size_t>(n) * hd);
@@ -162,7 +174,7 @@ void AttnUpdateScalar(const float* q, int nq, const int* n_valid, const float* k
     for (int s = 0; s < nv; ++s) {
       const float p = std::exp(scores[s] - m_new);
       lsum += p;
-      AxpyF32Scalar(p, v + static_cast<size_t>(s) * hd, a, hd);
+      AxpyF32Scalar(p, v.f32[s], a, hd);
     }
     m[i] = m_new;
     l[i] = lsum;

@@ -297,8 +297,10 @@ TEST(KernelTableTest, SwiGluMatchesDefinition) {
   }
 }
 
-// Two pages of online-softmax updates against a direct softmax in double; and each query's result
-// is bit-identical whether it is updated alone or together with others (tile independence).
+// Two pages of online-softmax updates against a direct softmax in double; each query's result is
+// bit-identical whether it is updated alone or together with others (tile independence), and
+// whether the value rows are given as f16 or as the same values in f32 (1 query: widened in
+// registers; 7: widened into a copy first).
 TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
   std::mt19937 rng(11);
   for (int hd : {64, 40, 128}) {
@@ -307,6 +309,10 @@ TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
       auto q = RandomRow(rng, int64_t{nq} * hd, 1.0f);
       auto k = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
       auto v = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
+      // V exactly representable in f16, so both forms hold the same values.
+      std::vector<uint16_t> v16(v.size());
+      ScalarKernels().f32_to_f16(v.data(), v16.data(), static_cast<int64_t>(v.size()));
+      ScalarKernels().f16_to_f32(v16.data(), v.data(), static_cast<int64_t>(v.size()));
       // Query i sees all of page 0 and (i * 3) % (n + 1) keys of page 1 (0 included).
       std::vector<int> all_valid(nq, n), page1(nq);
       for (int i = 0; i < nq; ++i) page1[i] = (i * 3) % (n + 1);
@@ -314,7 +320,7 @@ TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
       for (const KernelTable* kt : Tables()) {
         SCOPED_TRACE(std::string(kt->name) + " hd " + std::to_string(hd) + " n " +
                      std::to_string(n));
-        auto run = [&](int q0, int qn, std::vector<float>& acc, std::vector<float>& m,
+        auto run = [&](int q0, int qn, bool f16, std::vector<float>& acc, std::vector<float>& m,
                        std::vector<float>& l) {
           acc.assign(static_cast<size_t>(qn) * hd, 0.0f);
           m.assign(qn, -INFINITY);
@@ -329,13 +335,27 @@ TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
               for (int d = 0; d < hd; ++d)
                 ktr[static_cast<size_t>(d) * ldk + s] =
                     k[(static_cast<size_t>(page) * n + s) * hd + d];
+            // V rows in reverse memory order: the kernel follows the row pointers.
+            std::vector<const float*> rows32(n);
+            std::vector<const uint16_t*> rows16(n);
+            for (int s = 0; s < n; ++s) {
+              const size_t at = (static_cast<size_t>(page) * n + (n - 1 - s)) * hd;
+              rows32[n - 1 - s] = v.data() + at;
+              rows16[n - 1 - s] = v16.data() + at;
+            }
+            const AttnValues vals =
+                f16 ? AttnValues{rows16.data(), nullptr} : AttnValues{nullptr, rows32.data()};
             kt->attn_update(q.data() + static_cast<size_t>(q0) * hd, qn, valid, ktr.data(), ldk,
-                            v.data() + static_cast<size_t>(page) * n * hd, n, hd, scale, m.data(),
-                            l.data(), acc.data(), scores.data());
+                            vals, n, hd, scale, m.data(), l.data(), acc.data(), scores.data());
           }
         };
         std::vector<float> acc, m, l;
-        run(0, nq, acc, m, l);
+        run(0, nq, false, acc, m, l);
+        std::vector<float> acc16, m16, l16;
+        run(0, nq, true, acc16, m16, l16);
+        EXPECT_EQ(acc16, acc);
+        EXPECT_EQ(m16, m);
+        EXPECT_EQ(l16, l);
         for (int i = 0; i < nq; ++i) {
           const int keys = n + page1[i];
           std::vector<double> w(keys);
@@ -352,11 +372,14 @@ TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
             for (int s = 0; s < keys; ++s) ref += w[s] / sum * v[s * hd + d];
             EXPECT_NEAR(acc[i * hd + d] / l[i], ref, 2e-5) << "query " << i << " dim " << d;
           }
-          std::vector<float> acc1, m1, l1;
-          run(i, 1, acc1, m1, l1);
-          EXPECT_EQ(0, std::memcmp(acc1.data(), acc.data() + i * hd, hd * sizeof(float)));
-          EXPECT_EQ(m1[0], m[i]);
-          EXPECT_EQ(l1[0], l[i]);
+          for (bool f16 : {false, true}) {
+            std::vector<float> acc1, m1, l1;
+            run(i, 1, f16, acc1, m1, l1);
+            EXPECT_EQ(0, std::memcmp(acc1.data(), acc.data() + i * hd, hd * sizeof(float)))
+                << "query " << i << (f16 ? " f16" : " f32") << " values";
+            EXPECT_EQ(m1[0], m[i]);
+            EXPECT_EQ(l1[0], l[i]);
+          }
         }
       }
     }
