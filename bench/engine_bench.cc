@@ -7,6 +7,11 @@
 // Rows: one per (preset, weight type, threads, test), tests pp<N> (prefill N tokens into an
 // empty context) and tg<N> (decode N tokens one at a time from an empty context), as
 // llama-bench defines them, so the ratio column compares like with like.
+//
+// With --rounds R (> 1) each (preset, type, threads) is measured R times, kvstash and llama-bench
+// taking turns (ABBA order), and a row's ratio is the median of the R per-round ratios: both
+// sides of a ratio ran within the same minute, so a slow spell of a shared host hits both (this
+// VM's whole runs of one binary spread 15-30 %).
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -38,7 +43,16 @@ struct Row {
   double tokens_per_s = 0;
   double peer_tokens_per_s = 0;  // 0 when not measured
   double peak_rss_mb = 0;
+  // With --rounds > 1: the median and range of the per-round ratios (tokens_per_s and
+  // peer_tokens_per_s are then the medians of the rounds).
+  double ratio = 0, ratio_min = 0, ratio_max = 0;
 };
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 double PeakRssMb() {
   rusage ru{};
@@ -173,6 +187,7 @@ int Main(int argc, char** argv) {
   std::vector<int> prompts = {128, 512, 2048};
   int decode = 64;
   int reps = 2;
+  int rounds = 1;
   std::string llama_bench;
   std::string llama_load_mode;
   bool json = false;
@@ -194,6 +209,12 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--decode", decode, "Tokens to decode (tg test)")->capture_default_str();
   app.add_option("--reps", reps, "Repetitions per test (median reported)")->capture_default_str();
+  app.add_option("--rounds", rounds,
+                 "With --llama-bench: measure each model/type/thread count this many times, "
+                 "kvstash and llama-bench taking turns (ABBA), and report the median of the "
+                 "per-round ratios with their range (pairs the two against a noisy host)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
   app.add_option("--llama-bench", llama_bench,
                  "Path of llama.cpp's llama-bench: measure it on the same files in this run");
   app.add_option("--llama-load-mode", llama_load_mode,
@@ -234,31 +255,57 @@ int Main(int argc, char** argv) {
         return 1;
       }
       for (int t : threads) {
-        std::map<std::string, double> peer;
-        if (!llama_bench.empty())
-          peer = RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode, depth);
-        for (int n : prompts) {
-          std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
-                       n);
-          auto tps = MeasurePrefill(**model, t, depth, n, n >= 2048 ? 1 : reps);
-          if (!tps.ok()) {
-            std::fprintf(stderr, "engine_bench: %s\n", tps.status().ToString().c_str());
+        // Per test name: kvstash's and llama-bench's rate in each round.
+        std::map<std::string, std::vector<double>> ours, peer;
+        std::vector<std::string> order;
+        auto measure_ours = [&]() -> Status {
+          for (int n : prompts) {
+            std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
+                         n);
+            KV_ASSIGN_OR_RETURN(double tps,
+                                MeasurePrefill(**model, t, depth, n, n >= 2048 ? 1 : reps));
+            ours[TestName("pp", n, depth)].push_back(tps);
+          }
+          std::fprintf(stderr, "engine_bench: %s %s t=%d tg%d\n", preset.c_str(), type.c_str(), t,
+                       decode);
+          KV_ASSIGN_OR_RETURN(double tps, MeasureDecode(**model, t, depth, decode, reps));
+          ours[TestName("tg", decode, depth)].push_back(tps);
+          return Status::Ok();
+        };
+        auto measure_peer = [&]() {
+          if (llama_bench.empty()) return;
+          for (const auto& [test, tps] :
+               RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode, depth))
+            peer[test].push_back(tps);
+        };
+        for (int r = 0; r < rounds; ++r) {
+          if (rounds > 1)
+            std::fprintf(stderr, "engine_bench: %s %s t=%d round %d/%d\n", preset.c_str(),
+                         type.c_str(), t, r + 1, rounds);
+          // ABBA: the peer first in rounds 0, 3, 4, 7, ...
+          const bool peer_first = (r % 4 == 0 || r % 4 == 3);
+          if (peer_first) measure_peer();
+          if (Status st = measure_ours(); !st.ok()) {
+            std::fprintf(stderr, "engine_bench: %s\n", st.ToString().c_str());
             return 1;
           }
-          const std::string test = TestName("pp", n, depth);
-          rows.push_back(
-              {preset, type, test, t, *tps, peer.count(test) ? peer[test] : 0.0, PeakRssMb()});
+          if (!peer_first) measure_peer();
         }
-        std::fprintf(stderr, "engine_bench: %s %s t=%d tg%d\n", preset.c_str(), type.c_str(), t,
-                     decode);
-        auto tps = MeasureDecode(**model, t, depth, decode, reps);
-        if (!tps.ok()) {
-          std::fprintf(stderr, "engine_bench: %s\n", tps.status().ToString().c_str());
-          return 1;
+        for (int n : prompts) order.push_back(TestName("pp", n, depth));
+        order.push_back(TestName("tg", decode, depth));
+        for (const std::string& test : order) {
+          Row row{preset, type, test, t, Median(ours[test]), 0.0, PeakRssMb()};
+          const std::vector<double>& p = peer[test];
+          if (p.size() == ours[test].size()) {
+            std::vector<double> ratios;
+            for (size_t i = 0; i < p.size(); ++i) ratios.push_back(ours[test][i] / p[i]);
+            row.peer_tokens_per_s = Median(p);
+            row.ratio = Median(ratios);
+            row.ratio_min = *std::min_element(ratios.begin(), ratios.end());
+            row.ratio_max = *std::max_element(ratios.begin(), ratios.end());
+          }
+          rows.push_back(row);
         }
-        const std::string test = TestName("tg", decode, depth);
-        rows.push_back(
-            {preset, type, test, t, *tps, peer.count(test) ? peer[test] : 0.0, PeakRssMb()});
       }
     }
   }
@@ -276,25 +323,36 @@ int Main(int argc, char** argv) {
           {"peak_rss_mb", r.peak_rss_mb}};
       if (r.peer_tokens_per_s > 0) {
         o["llama_cpp_tokens_per_s"] = r.peer_tokens_per_s;
-        o["ratio_to_llama_cpp"] = r.tokens_per_s / r.peer_tokens_per_s;
+        o["ratio_to_llama_cpp"] = r.ratio;
+        if (rounds > 1) {
+          o["rounds"] = rounds;
+          o["ratio_min"] = r.ratio_min;
+          o["ratio_max"] = r.ratio_max;
+        }
       }
       j["rows"].push_back(o);
     }
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
+  const bool ranges = rounds > 1 && !llama_bench.empty();
   std::printf(
       "| model | type | threads | test | kvstash tok/s | llama.cpp tok/s | ratio | peak RSS MiB "
-      "|\n");
-  std::printf("|---|---|---:|---|---:|---:|---:|---:|\n");
+      "|%s\n",
+      ranges ? " ratio per round, min-max |" : "");
+  std::printf("|---|---|---:|---|---:|---:|---:|---:|%s\n", ranges ? "---|" : "");
   for (const Row& r : rows) {
-    char peer[32] = "-", ratio[32] = "-";
+    char peer[32] = "-", ratio[32] = "-", range[48] = "";
     if (r.peer_tokens_per_s > 0) {
       std::snprintf(peer, sizeof(peer), "%.1f", r.peer_tokens_per_s);
-      std::snprintf(ratio, sizeof(ratio), "%.2f", r.tokens_per_s / r.peer_tokens_per_s);
+      std::snprintf(ratio, sizeof(ratio), "%.2f", r.ratio);
+      if (ranges) std::snprintf(range, sizeof(range), " %.2f-%.2f |", r.ratio_min, r.ratio_max);
+    } else if (ranges) {
+      std::snprintf(range, sizeof(range), " - |");
     }
-    std::printf("| %s | %s | %d | %s | %.1f | %s | %s | %.0f |\n", r.preset.c_str(), r.type.c_str(),
-                r.threads, r.test.c_str(), r.tokens_per_s, peer, ratio, r.peak_rss_mb);
+    std::printf("| %s | %s | %d | %s | %.1f | %s | %s | %.0f |%s\n", r.preset.c_str(),
+                r.type.c_str(), r.threads, r.test.c_str(), r.tokens_per_s, peer, ratio,
+                r.peak_rss_mb, range);
   }
   return 0;
 }
