@@ -17,6 +17,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -212,7 +213,8 @@ int Main(int argc, char** argv) {
   app.add_option("--rounds", rounds,
                  "With --llama-bench: measure each model/type/thread count this many times, "
                  "kvstash and llama-bench taking turns (ABBA), and report the median of the "
-                 "per-round ratios with their range (pairs the two against a noisy host)")
+                 "per-round ratios with their range (pairs the two against a noisy host; an even "
+                 "count balances who goes first)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100));
   app.add_option("--llama-bench", llama_bench,
@@ -255,9 +257,13 @@ int Main(int argc, char** argv) {
         return 1;
       }
       for (int t : threads) {
-        // Per test name: kvstash's and llama-bench's rate in each round.
+        // Per test name: kvstash's and llama-bench's rate in each round (NaN: llama-bench gave
+        // none that round), and the peak RSS after the test's first round.
         std::map<std::string, std::vector<double>> ours, peer;
+        std::map<std::string, double> rss;
         std::vector<std::string> order;
+        for (int n : prompts) order.push_back(TestName("pp", n, depth));
+        order.push_back(TestName("tg", decode, depth));
         auto measure_ours = [&]() -> Status {
           for (int n : prompts) {
             std::fprintf(stderr, "engine_bench: %s %s t=%d pp%d\n", preset.c_str(), type.c_str(), t,
@@ -265,18 +271,24 @@ int Main(int argc, char** argv) {
             KV_ASSIGN_OR_RETURN(double tps,
                                 MeasurePrefill(**model, t, depth, n, n >= 2048 ? 1 : reps));
             ours[TestName("pp", n, depth)].push_back(tps);
+            rss.emplace(TestName("pp", n, depth), PeakRssMb());
           }
           std::fprintf(stderr, "engine_bench: %s %s t=%d tg%d\n", preset.c_str(), type.c_str(), t,
                        decode);
           KV_ASSIGN_OR_RETURN(double tps, MeasureDecode(**model, t, depth, decode, reps));
           ours[TestName("tg", decode, depth)].push_back(tps);
+          rss.emplace(TestName("tg", decode, depth), PeakRssMb());
           return Status::Ok();
         };
         auto measure_peer = [&]() {
           if (llama_bench.empty()) return;
-          for (const auto& [test, tps] :
-               RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode, depth))
-            peer[test].push_back(tps);
+          auto got =
+              RunLlamaBench(llama_bench, path, t, prompts, decode, reps, llama_load_mode, depth);
+          for (const std::string& test : order) {
+            const bool ok = got.count(test) != 0 && got[test] > 0;
+            if (!ok) std::fprintf(stderr, "  peer: no %s result this round\n", test.c_str());
+            peer[test].push_back(ok ? got[test] : std::nan(""));
+          }
         };
         for (int r = 0; r < rounds; ++r) {
           if (rounds > 1)
@@ -291,14 +303,16 @@ int Main(int argc, char** argv) {
           }
           if (!peer_first) measure_peer();
         }
-        for (int n : prompts) order.push_back(TestName("pp", n, depth));
-        order.push_back(TestName("tg", decode, depth));
         for (const std::string& test : order) {
-          Row row{preset, type, test, t, Median(ours[test]), 0.0, PeakRssMb()};
-          const std::vector<double>& p = peer[test];
-          if (p.size() == ours[test].size()) {
-            std::vector<double> ratios;
-            for (size_t i = 0; i < p.size(); ++i) ratios.push_back(ours[test][i] / p[i]);
+          Row row{preset, type, test, t, Median(ours[test]), 0.0, rss[test]};
+          // Ratios of the rounds where llama-bench gave a result.
+          std::vector<double> p, ratios;
+          for (size_t i = 0; i < peer[test].size(); ++i) {
+            if (std::isnan(peer[test][i])) continue;
+            p.push_back(peer[test][i]);
+            ratios.push_back(ours[test][i] / peer[test][i]);
+          }
+          if (!p.empty()) {
             row.peer_tokens_per_s = Median(p);
             row.ratio = Median(ratios);
             row.ratio_min = *std::min_element(ratios.begin(), ratios.end());

@@ -419,8 +419,9 @@ class CpuBackend final : public Backend {
       // Keys [k0, k0 + n) of head g, page by page (a head's rows are contiguous in a page). First
       // every K and V line of the block is requested, so the misses of all its pages overlap
       // (decode reads each sequence's KV from DRAM once per step); then K is transposed straight
-      // from the page into s.k's columns (f16 widened in registers) and attn_update reads the V
-      // rows in place.
+      // from the page into s.k's columns (f16 widened in registers) and attn_update is given
+      // the V rows where they are (it reads them in place, or widens f16 rows once when the
+      // group's queries need several passes over V).
       const bool f16 = L.dtype == KvDtype::kF16;
       const size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
       for (int pos = k0; pos < k0 + n;) {
@@ -428,8 +429,12 @@ class CpuBackend final : public Backend {
         const int run = std::min(bt - slot, k0 + n - pos);
         const uint8_t* page = pool.page(seq.block_table[pos / bt]);
         for (int kv = 0; kv < 2; ++kv) {
-          const uint8_t* rows = page + elem * L.RowOffset(layer, kv, g, slot);
-          for (size_t b = 0; b < elem * run * hd; b += 64) __builtin_prefetch(rows + b);
+          // Whole lines from the one holding the first byte to the one holding the last.
+          const auto first =
+              reinterpret_cast<uintptr_t>(page + elem * L.RowOffset(layer, kv, g, slot));
+          const uintptr_t end = first + elem * run * hd;
+          for (uintptr_t b = first & ~uintptr_t{63}; b < end; b += 64)
+            __builtin_prefetch(reinterpret_cast<const void*>(b));
         }
         pos += run;
       }

@@ -335,13 +335,19 @@ TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
               for (int d = 0; d < hd; ++d)
                 ktr[static_cast<size_t>(d) * ldk + s] =
                     k[(static_cast<size_t>(page) * n + s) * hd + d];
-            // V rows in reverse memory order: the kernel follows the row pointers.
+            // The page's V rows stored in reverse order: row s at slot n - 1 - s, so only a
+            // kernel that follows the row pointers reads the right values.
+            std::vector<float> rev32(static_cast<size_t>(n) * hd);
+            std::vector<uint16_t> rev16(rev32.size());
             std::vector<const float*> rows32(n);
             std::vector<const uint16_t*> rows16(n);
             for (int s = 0; s < n; ++s) {
-              const size_t at = (static_cast<size_t>(page) * n + (n - 1 - s)) * hd;
-              rows32[n - 1 - s] = v.data() + at;
-              rows16[n - 1 - s] = v16.data() + at;
+              const size_t from = (static_cast<size_t>(page) * n + s) * hd;
+              const size_t to = static_cast<size_t>(n - 1 - s) * hd;
+              std::copy_n(v.data() + from, hd, rev32.data() + to);
+              std::copy_n(v16.data() + from, hd, rev16.data() + to);
+              rows32[s] = rev32.data() + to;
+              rows16[s] = rev16.data() + to;
             }
             const AttnValues vals =
                 f16 ? AttnValues{rows16.data(), nullptr} : AttnValues{nullptr, rows32.data()};
