@@ -5,6 +5,7 @@
 #define KV_X86_RM 4
 #define KV_X86_DECODE_RM 16
 #define KV_X86_DECODE_RM_KQUANT 8
+#define KV_X86_DECODE_RM_FLOAT 1
 // GCC 12's 512-bit insert/extract intrinsics pass _mm256_undefined_*() as their unused merge
 // source, which -Wuninitialized reports at every use (a GCC bug, fixed in later releases).
 #pragma GCC diagnostic ignored "-Wuninitialized"
