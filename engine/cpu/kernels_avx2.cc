@@ -3,7 +3,7 @@
 #define KV_X86_NAME "avx2"
 #define KV_X86_VNNI 0
 #define KV_X86_RM 2
-#define KV_X86_DECODE_RM 8
+#define KV_X86_DECODE_RM 4
 #define KV_X86_DECODE_RM_KQUANT 8
 #define KV_X86_DECODE_RM_FLOAT 8
 #include "engine/cpu/kernels_x86.inc"
