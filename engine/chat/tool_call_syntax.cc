@@ -33,6 +33,13 @@ CallMatch Invalid() { return CallMatch{Scan::kInvalid, 0, {}}; }
 // A match that did not complete: kNeedMore or kInvalid.
 CallMatch Pending(Scan scan) { return CallMatch{scan, 0, {}}; }
 
+// Whether `text` is one complete JSON value. nlohmann's lexer takes a NUL byte for the end of its
+// input (for C strings), so on its own it would accept "42\0junk" as 42; a raw NUL cannot be part
+// of JSON text anywhere (strings must escape it), so text holding one is rejected first.
+bool AcceptJson(std::string_view text) {
+  return text.find('\0') == std::string_view::npos && json::accept(text);
+}
+
 size_t SkipWs(std::string_view s, size_t i) {
   while (i < s.size() && IsJsonWs(s[i])) ++i;
   return i;
@@ -139,7 +146,7 @@ void SetJsonArguments(std::string_view raw, ToolCall* call) {
     std::string inner;
     if (DecodeJsonString(raw, &inner)) {
       std::string_view t = TrimWs(inner);
-      if (!t.empty() && t.front() == '{' && json::accept(t)) {
+      if (!t.empty() && t.front() == '{' && AcceptJson(t)) {
         call->arguments = std::string(t);
         return;
       }
@@ -149,7 +156,7 @@ void SetJsonArguments(std::string_view raw, ToolCall* call) {
     return;
   }
   call->arguments = std::string(raw);
-  if (!json::accept(raw)) {
+  if (!AcceptJson(raw)) {
     call->error = "arguments are not valid JSON";
   } else if (raw.front() != '{') {
     call->error = "arguments are not a JSON object";
@@ -225,7 +232,7 @@ std::string XmlValueToJson(std::string_view value, const std::vector<std::string
                            std::string_view param, std::string* error) {
   if (types == nullptr || types->empty() || Contains(*types, "string")) return QuoteJson(value);
   std::string_view t = TrimWs(value);
-  bool valid = !t.empty() && json::accept(t);
+  bool valid = !t.empty() && AcceptJson(t);
   bool known_type = false;
   for (const std::string& type : *types) {
     bool ok = false;
@@ -452,7 +459,9 @@ Scan ScanBalanced(std::string_view s, size_t pos, size_t* end) {
 }
 
 bool DecodeJsonString(std::string_view token, std::string* out) {
-  if (token.size() < 2 || token.front() != '"') return false;
+  if (token.size() < 2 || token.front() != '"' || token.find('\0') != std::string_view::npos) {
+    return false;  // see AcceptJson()
+  }
   json j = json::parse(token, nullptr, /*allow_exceptions=*/false);
   if (!j.is_string()) return false;
   *out = j.get<std::string>();

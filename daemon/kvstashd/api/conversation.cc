@@ -16,11 +16,20 @@ namespace {
 
 using OJson = nlohmann::ordered_json;
 
+// `arguments` parsed as JSON, or a discarded value when it is not JSON. A NUL byte (from a
+// "\u0000" in the request) makes it not JSON: nlohmann's lexer would stop there and accept
+// '{"a": 1}\0junk' as {"a": 1}.
+template <typename J>
+J ParseArguments(const std::string& arguments) {
+  if (arguments.find('\0') != std::string::npos) return J(J::value_t::discarded);
+  return J::parse(arguments, nullptr, /*allow_exceptions=*/false);
+}
+
 // A tool call's arguments as the template sees them: the parsed object in the client's key
 // order, or the text itself when it is not JSON (templates that print strings verbatim then
 // still reproduce it).
 OJson ArgumentsValue(const std::string& arguments) {
-  OJson v = OJson::parse(arguments, nullptr, /*allow_exceptions=*/false);
+  OJson v = ParseArguments<OJson>(arguments);
   if (v.is_discarded()) return OJson(arguments);
   return v;
 }
@@ -28,7 +37,7 @@ OJson ArgumentsValue(const std::string& arguments) {
 // Canonical text of a tool call's arguments for the replay key: parsed and re-serialized with
 // sorted keys, so spacing and key order do not matter.
 std::string CanonicalArguments(const std::string& arguments) {
-  nlohmann::json v = nlohmann::json::parse(arguments, nullptr, /*allow_exceptions=*/false);
+  auto v = ParseArguments<nlohmann::json>(arguments);
   if (v.is_discarded()) return arguments;
   return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

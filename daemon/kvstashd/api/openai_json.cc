@@ -104,6 +104,11 @@ Json ParseBodyObject(std::string_view body) {
   if (const size_t bad = FindInvalidUtf8(body); bad != std::string_view::npos) {
     Fail("", "the request body is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   }
+  // nlohmann's lexer takes a NUL for the end of its input, so "{...}\0junk" would parse; a raw
+  // NUL cannot be part of JSON text (strings must escape it).
+  if (const size_t nul = body.find('\0'); nul != std::string_view::npos) {
+    Fail("", "the request body is not valid JSON: a NUL byte at " + std::to_string(nul));
+  }
   if (MaxDepth(body) > kMaxJsonDepth) {
     Fail("", "the request body nests arrays/objects deeper than " + std::to_string(kMaxJsonDepth));
   }

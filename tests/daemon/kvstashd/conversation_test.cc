@@ -44,6 +44,10 @@ TEST(ConversationTest, ReplayKeyIgnoresArgumentSpacingKeyOrderAndEdgeWhitespace)
   b.tool_calls[0].arguments = R"({"a":[1,2],"b":1})";
   b.content = "Done!";
   EXPECT_NE(TokenReplay::KeyOf(a), TokenReplay::KeyOf(b));
+  // Arguments with a NUL after the object (a "\u0000" in the request) are not that object.
+  b.content = "Done.";
+  b.tool_calls[0].arguments = R"({"a":[1,2],"b":1})" + std::string(1, '\0') + "junk";
+  EXPECT_NE(TokenReplay::KeyOf(a), TokenReplay::KeyOf(b));
 }
 
 TEST(ConversationTest, ReplayStoreIsABoundedLru) {

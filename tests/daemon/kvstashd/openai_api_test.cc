@@ -264,7 +264,9 @@ TEST(OpenAiChatParse, MalformedBodiesAre400NotCrashes) {
       "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}",
       R"({"temperature":1e400,"messages":[{"role":"user","content":"x"}]})",
       R"({"temperature":NaN,"messages":[{"role":"user","content":"x"}]})",
-      std::string("{\"messages\":[{\"role\":\"user\",\"content\":\"a\0b\"}]}", 40),
+      R"({"messages":[{"role":"user","content":"a)" + std::string(1, '\0') + R"(b"}]})",
+      // A whole object, then a NUL and junk: nlohmann alone stops at the NUL and accepts it.
+      R"({"messages":[{"role":"user","content":"ab"}]})" + std::string(1, '\0') + "junk",
   };
   for (const std::string& b : bodies) {
     const ApiError e = ChatError(b);

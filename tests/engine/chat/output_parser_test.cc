@@ -377,6 +377,32 @@ TEST(OutputParserTest, QwenXmlValueThatDoesNotFitItsTypeIsReported) {
             "boolean value");
 }
 
+// nlohmann's lexer stops at a NUL byte (the end of a C string), so "3\0x" would pass as the
+// integer 3 and the arguments would carry the raw NUL: invalid JSON with no error. A value with a
+// NUL in it is not JSON; it is reported and kept as a string (found by fuzz.output_parser).
+TEST(OutputParserTest, QwenXmlValueWithANulByteAfterJsonIsReported) {
+  using namespace std::string_literals;
+  ParsedOutput p = ParseEverySplit(
+      "<tool_call>\n<function=get_weather>\n<parameter=days>\n3\0x\n</parameter>\n"
+      "<parameter=opts>\n{\"k\": [1]}\n\0\0\n</parameter>\n</function>\n</tool_call>"s,
+      Opts(ToolCallFormat::kQwenXml, false, &Tools()));
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_TRUE(json::accept(p.calls[0].arguments_json)) << p.calls[0].arguments_json;
+  EXPECT_EQ(json::parse(p.calls[0].arguments_json),
+            json({{"days", "3\0x"s}, {"opts", "{\"k\": [1]}\n\0\0"s}}));
+  EXPECT_EQ(p.calls[0].error,
+            "parameter \"days\" is not a valid integer value; parameter \"opts\" is not a valid "
+            "object value");
+}
+
+TEST(OutputParserTest, HermesDoubleEncodedArgumentsWithANulAreReported) {
+  ParsedOutput p =
+      ParseEverySplit(R"(<tool_call>{"name": "f", "arguments": "{\"a\": 1}\u0000x"}</tool_call>)",
+                      Opts(ToolCallFormat::kHermesJson));
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(p.calls[0].error, "arguments are a JSON string, not an object");
+}
+
 TEST(OutputParserTest, QwenXmlReasoningThenParallelCalls) {
   // Qwen3.5's generation prompt ends with "<think>\n".
   ParsedOutput p = ParseEverySplit(
