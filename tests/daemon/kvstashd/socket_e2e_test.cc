@@ -112,14 +112,28 @@ TEST_F(SocketE2eTest, EveryRequestTypeRoundTrips) {
   ASSERT_TRUE(restored.ok()) << restored.status().ToString();
   ASSERT_TRUE(restored->usage.has_value());
   EXPECT_EQ(restored->usage->prompt_tokens, saved->prompt_tokens);
-  EXPECT_GE(restored->usage->cached_tokens, saved->prompt_tokens - 1);
+  // The session's full blocks are still in device memory; its partial tail is on disk, and the
+  // cache's cost model may judge recomputing those few tokens of this tiny model cheaper than a
+  // disk read (it does on fast machines). So either the tail is loaded (every position but the
+  // last) or exactly the tail is recomputed (the full blocks).
+  const int full = saved->prompt_tokens / 16 * 16;
+  const int tail = saved->prompt_tokens - 1 - full;
+  ASSERT_GT(tail, 0) << "the session needs a partial tail block";
+  const protocol::Usage& ru = *restored->usage;
+  if (ru.disk_tokens > 0) {
+    EXPECT_EQ(ru.cached_tokens, saved->prompt_tokens - 1);
+    EXPECT_EQ(ru.disk_tokens, tail);
+  } else {
+    EXPECT_EQ(ru.cached_tokens, full);
+  }
+  EXPECT_EQ(ru.device_tokens, full);
   auto on = Greedy(" The end.", 4);
   on.session = "story";
   on.session_mode = protocol::SessionMode::kAppend;
   auto cont = c->Generate(on);
   ASSERT_TRUE(cont.ok()) << cont.status().ToString();
   EXPECT_GT(cont->usage.prompt_tokens, saved->prompt_tokens);
-  EXPECT_GE(cont->usage.cached_tokens, saved->prompt_tokens - 1);
+  EXPECT_GE(cont->usage.cached_tokens, full);
   EXPECT_TRUE(c->SessionDelete("story").ok());
   EXPECT_EQ(c->SessionDelete("story").code(), StatusCode::kNotFound);
   EXPECT_EQ(c->SessionRestore({"story", ""}).status().code(), StatusCode::kNotFound);
