@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/cpu/kernels.h"
+#include "engine/cpu/repack.h"
 #include "engine/gguf/ggml_types.h"
 #include "engine/gguf/quant.h"
 
@@ -32,6 +33,16 @@ std::vector<std::string> Split(const std::string& s) {
   std::stringstream ss(s);
   for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
   return out;
+}
+
+// n bytes in 2 MiB pages (best effort).
+std::unique_ptr<uint8_t, decltype(&std::free)> HugeAlloc(size_t n) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t alloc = (n + kHuge - 1) / kHuge * kHuge;
+  std::unique_ptr<uint8_t, decltype(&std::free)> m(
+      static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc)), &std::free);
+  (void)madvise(m.get(), alloc, MADV_HUGEPAGE);
+  return m;
 }
 
 int Main(int argc, char** argv) {
@@ -63,11 +74,7 @@ int Main(int argc, char** argv) {
   // Weights in 2 MiB pages, as Model::Load's `ram` mode reads them (with 4 KiB pages a decode
   // stream over more than the L3 is dominated by TLB misses).
   const size_t w_bytes = row_bytes * rows;
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t w_alloc = (w_bytes + kHuge - 1) / kHuge * kHuge;
-  std::unique_ptr<uint8_t, decltype(&std::free)> w_mem(
-      static_cast<uint8_t*>(std::aligned_alloc(kHuge, w_alloc)), &std::free);
-  (void)madvise(w_mem.get(), w_alloc, MADV_HUGEPAGE);  // best effort
+  auto w_mem = HugeAlloc(w_bytes);
   std::span<uint8_t> w(w_mem.get(), w_bytes);
   std::vector<float> v(cols);
   for (int r = 0; r < rows; ++r) {
@@ -81,6 +88,8 @@ int Main(int argc, char** argv) {
   const size_t xs = engine::cpu::ActRowBytes(fmt, cols);
   std::printf(
       "| table | type | rows x cols | tokens | ms/call | GMAC/s |\n|---|---|---|---:|---:|---:|\n");
+  std::unique_ptr<uint8_t, decltype(&std::free)> packed(nullptr, &std::free);
+  size_t packed_bytes = 0;
   for (const std::string& tn : Split(tables)) {
     const engine::cpu::KernelTable* k = nullptr;
     for (const auto* c : {&engine::cpu::ScalarKernels(), engine::cpu::Avx2Kernels(),
@@ -107,17 +116,36 @@ int Main(int argc, char** argv) {
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
         return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
       };
-      double best = 1e30;
-      for (int rep = 0; rep < reps; ++rep) {
-        const double t0 = now_s();
-        for (int r0 = 0; r0 < rows; r0 += chunk) {
-          k->gemm(type, w.data() + r0 * row_bytes, row_bytes, std::min(chunk, rows - r0), x.data(),
-                  xs, nt, cols, y.data() + r0, rows);
+      auto report = [&](const std::string& label, const auto& call) {
+        double best = 1e30;
+        for (int rep = 0; rep < reps; ++rep) {
+          const double t0 = now_s();
+          for (int r0 = 0; r0 < rows; r0 += chunk) call(r0, std::min(chunk, rows - r0));
+          best = std::min(best, now_s() - t0);
         }
-        best = std::min(best, now_s() - t0);
+        std::printf("| %s | %s | %d x %d | %d | %.3f | %.2f |\n", label.c_str(), type_name.c_str(),
+                    rows, cols, nt, best * 1e3,
+                    static_cast<double>(rows) * cols * nt / best * 1e-9);
+      };
+      report(k->name, [&](int r0, int n) {
+        k->gemm(type, w.data() + r0 * row_bytes, row_bytes, n, x.data(), xs, nt, cols,
+                y.data() + r0, rows);
+      });
+      // The table's repacked layout of this type, as the CPU backend uses it (engine/cpu/repack.h).
+      const int group = k->repack_rows != nullptr ? k->repack_rows(type, cols) : 0;
+      if (group > 0 && rows % group == 0 && chunk % group == 0) {
+        if (!packed) {
+          packed_bytes = engine::cpu::RepackedBytes(type, rows, cols);
+          packed = HugeAlloc(packed_bytes);
+          engine::cpu::RepackWeights(type, w.data(), row_bytes, cols, 0, rows / group,
+                                     packed.get());
+        }
+        const size_t per_row = packed_bytes / rows;
+        report(std::string(k->name) + " repacked", [&](int r0, int n) {
+          k->gemm_repacked(type, packed.get() + r0 * per_row, n, x.data(), xs, nt, cols,
+                           y.data() + r0, rows);
+        });
       }
-      std::printf("| %s | %s | %d x %d | %d | %.3f | %.2f |\n", k->name, type_name.c_str(), rows,
-                  cols, nt, best * 1e3, static_cast<double>(rows) * cols * nt / best * 1e-9);
     }
   }
   return 0;

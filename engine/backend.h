@@ -14,6 +14,9 @@
 #include "engine/model/model.h"
 
 namespace kvstash::engine {
+namespace cpu {
+struct KernelTable;
+}
 
 struct RopeParams {
   int n_rot = 0;
@@ -113,9 +116,20 @@ class Backend {
 
   // Token embedding rows: out[t] = row tokens[t] of w, dequantized.
   virtual Status Embed(const WeightMatrix& w, std::span<const int32_t> tokens, float* out) = 0;
+
+  // Called once with the model before the first forward pass: a backend may prepare copies of
+  // its weights in the layout its kernels compute fastest from (the CPU backend's repacked
+  // Q4_K, engine/cpu/repack.h). Results must not depend on it beyond float rounding.
+  virtual void PrepareWeights(const Model& /*model*/) {}
+  // Bytes of the copies PrepareWeights made (0: the weights are used as the file has them).
+  virtual size_t prepared_weight_bytes() const { return 0; }
 };
 
-// The CPU backend with n_threads workers (0 = all cores).
-std::unique_ptr<Backend> CreateCpuBackend(int n_threads);
+// The CPU backend with n_threads workers (0 = all cores). repack_weights: let PrepareWeights
+// repack the matrices the kernel table has a faster layout for (it also skips them when their
+// copy would not fit in half of MemAvailable, or when KVSTASH_CPU_REPACK=0 is set).
+// table: a kernel table to use instead of the best one for this CPU (cpu::Kernels()).
+std::unique_ptr<Backend> CreateCpuBackend(int n_threads, bool repack_weights = true,
+                                          const cpu::KernelTable* table = nullptr);
 
 }  // namespace kvstash::engine

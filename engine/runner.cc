@@ -17,7 +17,8 @@ Result<std::unique_ptr<Runner>> Runner::Create(const Model& model, const RunnerO
   }
   if (o.n_batch < 1) o.n_batch = 256;
   auto r = std::unique_ptr<Runner>(new Runner(model, o));
-  r->backend_ = CreateCpuBackend(o.n_threads);
+  r->backend_ = CreateCpuBackend(o.n_threads, o.repack_weights);
+  r->backend_->PrepareWeights(model);
   // The pages hold the attention layers only (all layers but the DeltaNet ones).
   KvLayout layout{o.kv_dtype, c.n_kv_layers, c.n_head_kv, c.head_dim, o.block_tokens};
   const int pages = o.n_pages > 0 ? o.n_pages : (o.n_ctx + o.block_tokens - 1) / o.block_tokens;

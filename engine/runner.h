@@ -40,6 +40,10 @@ struct RunnerOptions {
   // chunked form over chunks of N tokens for segments longer than one token (agrees to float
   // rounding only; the split changes the rounding).
   int deltanet_chunk_tokens = 0;
+  // CPU backend: compute from repacked copies of the weights its kernel table has a faster
+  // layout for (AVX2: Q4_K, engine/cpu/repack.h). Costs their size in memory again (the file's
+  // bytes stay for the embedding lookup); KVSTASH_CPU_REPACK=0 turns it off too.
+  bool repack_weights = true;
 };
 
 enum class LogitsMode { kNone, kLast, kAll };

@@ -5,21 +5,30 @@
 // Attention hands out (kv head, tile of queries) pairs; each block of 64 keys is requested from
 // memory at once, its K transposed to f32 once per tile (straight from the f16 page rows) and used
 // by every query head of the group (GQA) and every query in the tile; V is read in place.
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "base/check.h"
+#include "base/clock.h"
+#include "base/logging.h"
 #include "engine/backend.h"
 #include "engine/cpu/deltanet.h"
 #include "engine/cpu/fp16.h"
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/moe.h"
+#include "engine/cpu/repack.h"
 #include "engine/cpu/thread_pool.h"
 #include "engine/gguf/quant.h"
 
@@ -44,7 +53,8 @@ constexpr int kMaxRopePairs = 512;
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int n_threads) : pool_(n_threads), k_(cpu::Kernels()) {
+  CpuBackend(int n_threads, bool repack_weights, const KernelTable& table)
+      : pool_(n_threads), k_(table), repack_weights_(repack_weights) {
     scratch_.resize(pool_.size());
   }
   const char* name() const override { return k_.name; }
@@ -64,19 +74,20 @@ class CpuBackend final : public Backend {
       xa = dst;
     }
     const int n_out = static_cast<int>(w.n_out);
-    // Chunks of rows: enough chunks for load balance, multiples of 4 (8 for decode) so tiles stay
-    // whole. They are walked in order within each thread's contiguous share
-    // (ParallelForContiguous): a tile prefetches the rows after it, which are then this thread's
-    // next rows instead of another thread's (dynamic hand-out made every chunk start cold).
+    const Repacked* rp = FindRepacked(w);
+    // Chunks of rows: enough chunks for load balance, multiples of 4 (8 for decode and for
+    // repacked rows, whose groups are 8) so tiles stay whole. They are walked in order within
+    // each thread's contiguous share (ParallelForContiguous): a tile prefetches the rows after
+    // it, which are then this thread's next rows instead of another thread's (dynamic hand-out
+    // made every chunk start cold).
     int chunk = n_tok == 1 ? std::max(8, (n_out / (pool_.size() * 8)) & ~7)
-                           : std::max(16, (n_out / (pool_.size() * 4)) & ~3);
+                           : std::max(16, (n_out / (pool_.size() * 4)) & (rp ? ~7 : ~3));
     chunk = std::min(chunk, n_tok == 1 ? 256 : 128);
     const int n_chunks = (n_out + chunk - 1) / chunk;
     pool_.ParallelForContiguous(n_chunks, [&](int64_t c, int) {
       const int r0 = static_cast<int>(c) * chunk;
       const int rows = std::min(chunk, n_out - r0);
-      k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, rows, xa, x_stride, n_tok, w.n_in,
-              y + r0, w.n_out);
+      Gemm(w, rp, r0, rows, xa, x_stride, n_tok, y + r0);
     });
   }
 
@@ -85,7 +96,7 @@ class CpuBackend final : public Backend {
   // move on to the next expert instead of waiting at a barrier after each. Chunking never changes
   // a (row, token) value (kernels.h), so each y equals MatMul's.
   void MatMulBatch(std::span<const MatMulJob> jobs) override {
-    constexpr int kBatchChunkRows = 64;
+    constexpr int kBatchChunkRows = 64;  // a multiple of every repacked group
     struct Prep {
       const uint8_t* xa;
       size_t x_stride;
@@ -148,8 +159,7 @@ class CpuBackend final : public Backend {
       const MatMulJob& j = jobs[i];
       const WeightMatrix& w = *j.w;
       const int n_rows = static_cast<int>(std::min<int64_t>(kBatchChunkRows, w.n_out - r0));
-      k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, n_rows, prep[i].xa, prep[i].x_stride,
-              j.n_tok, w.n_in, j.y + r0, w.n_out);
+      Gemm(w, FindRepacked(w), r0, n_rows, prep[i].xa, prep[i].x_stride, j.n_tok, j.y + r0);
     });
   }
 
@@ -330,7 +340,100 @@ class CpuBackend final : public Backend {
     return Status::Ok();
   }
 
+  // Repacks every matrix of the model the kernel table has a faster layout for, into one
+  // allocation in 2 MiB pages (weight streams in decode need them as Model::Load's `ram` mode
+  // does), groups spread over the threads.
+  void PrepareWeights(const Model& model) override {
+    if (!repack_weights_ || k_.repack_rows == nullptr || !repacked_.empty()) return;
+    if (const char* env = std::getenv("KVSTASH_CPU_REPACK"); env && std::string(env) == "0") return;
+    std::vector<const WeightMatrix*> mats;
+    auto add = [&](const WeightMatrix& w) {
+      if (w.data == nullptr || w.n_out <= 0) return;
+      const int g = k_.repack_rows(w.type, w.n_in);
+      if (g <= 0 || w.n_out % g != 0 || repacked_.count(w.data)) return;
+      repacked_[w.data] = Repacked{};
+      mats.push_back(&w);
+    };
+    for (const LayerWeights& l : model.layers()) {
+      for (const WeightMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ssm_qkv, &l.ssm_z, &l.ssm_beta,
+                                    &l.ssm_alpha, &l.ssm_out, &l.w_gate, &l.w_up, &l.w_down,
+                                    &l.ffn_router, &l.shexp_gate, &l.shexp_up, &l.shexp_down}) {
+        add(*w);
+      }
+      for (const auto* v : {&l.exp_gate, &l.exp_up, &l.exp_down})
+        for (const WeightMatrix& w : *v) add(w);
+    }
+    add(model.output());
+    if (mats.empty()) return;
+    size_t total = 0;
+    std::vector<size_t> offset;
+    for (const WeightMatrix* w : mats) {
+      offset.push_back(total);
+      total += (cpu::RepackedBytes(w->type, w->n_out, w->n_in) + 63) & ~size_t{63};
+    }
+    const uint64_t avail = MemAvailableBytes();
+    if (avail > 0 && total > avail / 2) {
+      DefaultLogger()->warn(
+          "cpu: not repacking {} weight matrices for the {} kernels: their copy ({} MiB) would "
+          "not fit in half of the available memory ({} MiB); decode is slower without it",
+          mats.size(), k_.name, total >> 20, avail >> 20);
+      repacked_.clear();
+      return;
+    }
+    Stopwatch watch;
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t alloc = (total + kHuge - 1) / kHuge * kHuge;
+    repack_mem_.reset(static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc)));
+    KV_CHECK(repack_mem_ != nullptr);
+    (void)madvise(repack_mem_.get(), alloc, MADV_HUGEPAGE);  // best effort
+    // Tasks of up to 64 groups, every matrix's.
+    std::vector<std::array<int64_t, 3>> tasks;  // (matrix, first group, end group)
+    for (size_t i = 0; i < mats.size(); ++i) {
+      const WeightMatrix& w = *mats[i];
+      const int64_t groups = w.n_out / k_.repack_rows(w.type, w.n_in);
+      for (int64_t g = 0; g < groups; g += 64)
+        tasks.push_back({static_cast<int64_t>(i), g, std::min(groups, g + 64)});
+      repacked_[w.data] = Repacked{repack_mem_.get() + offset[i],
+                                   cpu::RepackedBytes(w.type, w.n_out, w.n_in) / w.n_out};
+    }
+    pool_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t, int) {
+      const auto [i, g0, g1] = tasks[t];
+      const WeightMatrix& w = *mats[i];
+      cpu::RepackWeights(w.type, w.data, w.row_bytes, w.n_in, g0, g1,
+                         repack_mem_.get() + offset[i]);
+    });
+    repacked_bytes_ = total;
+    DefaultLogger()->info(
+        "cpu: repacked {} weight matrices ({} MiB) for the {} kernels in {:.0f} ms", mats.size(),
+        total >> 20, k_.name, watch.ElapsedMs());
+  }
+
+  size_t prepared_weight_bytes() const override { return repacked_bytes_; }
+
  private:
+  // A matrix's repacked copy (PrepareWeights): row r0's group at data + r0 * row_bytes.
+  struct Repacked {
+    const uint8_t* data = nullptr;
+    size_t row_bytes = 0;
+  };
+  const Repacked* FindRepacked(const WeightMatrix& w) const {
+    if (repacked_.empty()) return nullptr;
+    auto it = repacked_.find(w.data);
+    return it == repacked_.end() ? nullptr : &it->second;
+  }
+  // Rows [r0, r0 + rows) of w (r0 and rows multiples of the group when repacked) for n_tok
+  // converted activation rows; y: row r0's column of the output.
+  void Gemm(const WeightMatrix& w, const Repacked* rp, int r0, int rows, const uint8_t* xa,
+            size_t x_stride, int n_tok, float* y) {
+    if (rp != nullptr) {
+      k_.gemm_repacked(w.type, rp->data + r0 * rp->row_bytes, rows, xa, x_stride, n_tok, w.n_in, y,
+                       w.n_out);
+    } else {
+      k_.gemm(w.type, w.data + r0 * w.row_bytes, w.row_bytes, rows, xa, x_stride, n_tok, w.n_in, y,
+              w.n_out);
+    }
+  }
+
   // Element-wise work is split into chunks of at least kMinParallelElems elements; smaller jobs
   // run on the calling thread (a pool round trip costs more than they do).
   static constexpr int64_t kMinParallelElems = 16384;
@@ -488,6 +591,13 @@ class CpuBackend final : public Backend {
 
   cpu::ThreadPool pool_;
   const KernelTable& k_;
+  const bool repack_weights_;
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, FreeDeleter> repack_mem_;       // every repacked copy
+  std::unordered_map<const uint8_t*, Repacked> repacked_;  // by the file's bytes of the matrix
+  size_t repacked_bytes_ = 0;
   std::vector<uint8_t> act_;
   std::vector<int32_t> rope_pos_;  // RopeTable's positions and frequencies, and its table
   std::vector<float> rope_freq_, rope_table_;
@@ -504,8 +614,10 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> CreateCpuBackend(int n_threads) {
-  return std::make_unique<CpuBackend>(n_threads);
+std::unique_ptr<Backend> CreateCpuBackend(int n_threads, bool repack_weights,
+                                          const cpu::KernelTable* table) {
+  return std::make_unique<CpuBackend>(n_threads, repack_weights,
+                                      table != nullptr ? *table : cpu::Kernels());
 }
 
 }  // namespace kvstash::engine

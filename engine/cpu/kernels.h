@@ -81,6 +81,13 @@ struct KernelTable {
   // Index of the first maximum of x[0..n) (ties: the lowest index), NaN skipped; -1 when no
   // value is above -inf. Greedy sampling's argmax over a vocabulary-sized logits row.
   int64_t (*argmax_f32)(const float* x, int64_t n);
+  // Repacked weights (engine/cpu/repack.h); both nullptr where the table computes every type
+  // from the file's row-major layout. repack_rows: the rows of one repacked group for `type`
+  // with rows of n elements, 0 when that type is used as it is. gemm_repacked: as gemm, over
+  // n_rows rows (a multiple of the group) repacked by RepackWeights, w their first group.
+  int (*repack_rows)(GgmlType type, int64_t n);
+  void (*gemm_repacked)(GgmlType type, const uint8_t* w, int n_rows, const uint8_t* x,
+                        size_t x_stride, int n_tok, int64_t n, float* y, size_t ldy);
 };
 
 // The best table for this CPU (can be forced with KVSTASH_CPU_KERNELS=scalar|avx2|avx512).

@@ -362,10 +362,20 @@ int64_t ArgmaxF32Scalar(const float* x, int64_t n) {
 }
 
 const KernelTable& ScalarKernels() {
-  static const KernelTable table = {"scalar",       QuantizeActScalar,    GemmScalar,
-                                    F32ToF16Scalar, F16ToF32Scalar,       KvRowsToKtScalar,
-                                    DotF32Scalar,   AxpyF32Scalar,        AttnUpdateScalar,
-                                    SwiGluScalar,   DeltaRuleTokenScalar, ArgmaxF32Scalar};
+  static const KernelTable table = {"scalar",
+                                    QuantizeActScalar,
+                                    GemmScalar,
+                                    F32ToF16Scalar,
+                                    F16ToF32Scalar,
+                                    KvRowsToKtScalar,
+                                    DotF32Scalar,
+                                    AxpyF32Scalar,
+                                    AttnUpdateScalar,
+                                    SwiGluScalar,
+                                    DeltaRuleTokenScalar,
+                                    ArgmaxF32Scalar,
+                                    nullptr,
+                                    nullptr};
   return table;
 }
 

@@ -106,8 +106,6 @@ Result<WeightMemory> ParseWeightMemory(const std::string& name) {
                                  "' (expected auto, ram or mmap)");
 }
 
-namespace {
-
 uint64_t MemAvailableBytes() {
   std::FILE* f = std::fopen("/proc/meminfo", "r");
   if (f == nullptr) return 0;
@@ -119,6 +117,8 @@ uint64_t MemAvailableBytes() {
   std::fclose(f);
   return kb * 1024;
 }
+
+namespace {
 
 // Reads the whole file into anonymous memory, asking for transparent huge pages. nullptr (and
 // the mapping undone) when memory or the read fails; the caller then maps the file instead.

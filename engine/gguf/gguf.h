@@ -82,6 +82,8 @@ enum class WeightMemory : uint8_t {
   kAuto,  // kRam when the file fits in half of MemAvailable, else kMmap
 };
 const char* WeightMemoryName(WeightMemory m);
+// MemAvailable of /proc/meminfo in bytes (0 when unknown).
+uint64_t MemAvailableBytes();
 Result<WeightMemory> ParseWeightMemory(const std::string& name);  // auto | ram | mmap
 
 class GgufFile {

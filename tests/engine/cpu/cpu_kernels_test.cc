@@ -9,6 +9,7 @@
 #include <random>
 
 #include "engine/cpu/kernels.h"
+#include "engine/cpu/repack.h"
 #include "engine/gguf/quant.h"
 
 namespace kvstash::engine::cpu {
@@ -197,6 +198,91 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelTest,
                                            GgmlType::kQ3_K, GgmlType::kQ5_K, GgmlType::kIQ4_NL,
                                            GgmlType::kIQ4_XS),
                          [](const auto& info) { return std::string(Traits(info.param).name); });
+
+// Repacked Q4_K (engine/cpu/repack.h): the layout round-trips to the file's bytes; the scalar
+// reference over it equals the dequantized dot product; every table that repacks Q4_K gives
+// the reference's bits for every token count and offset and any first group (the decode and
+// prefill tiles and a thread's row chunk), and agrees with its own row-major gemm to rounding.
+TEST(KernelTableTest, RepackedQ4KGivesTheReferenceBitsForEveryTileAndChunk) {
+  const GgmlType type = GgmlType::kQ4_K;
+  const int64_t n = 768, nb = n / kQK_K;
+  const int rows = 24, toks = 11;
+  std::mt19937 rng(23);
+  const size_t row_bytes = RowBytes(type, n);
+  std::vector<uint8_t> w(row_bytes * rows);
+  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
+  for (int r = 0; r < rows; ++r) {
+    auto v = RandomRow(rng, n, r % 7 == 0 ? 3.0f : 0.05f);
+    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
+    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
+  }
+  std::vector<uint8_t> packed(RepackedBytes(type, rows, n));
+  ASSERT_EQ(packed.size(), rows / 8 * nb * sizeof(BlockQ4Kx8));
+  RepackWeights(type, w.data(), row_bytes, n, 0, rows / 8, packed.data());
+  const auto* blocks = reinterpret_cast<const BlockQ4Kx8*>(packed.data());
+  for (int r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < nb; ++b) {
+      BlockQ4_K back;
+      UnrepackQ4Kx8(blocks[r / 8 * nb + b], r % 8, &back);
+      ASSERT_EQ(std::memcmp(&back, w.data() + r * row_bytes + b * sizeof(BlockQ4_K), sizeof back),
+                0)
+          << "row " << r << " block " << b;
+    }
+  }
+  const ActFormat fmt = ActFormatFor(type);
+  const size_t xs = ActRowBytes(fmt, n);
+  std::vector<uint8_t> x(xs * toks);
+  std::vector<std::vector<float>> xf;
+  for (int t = 0; t < toks; ++t) {
+    auto v = RandomRow(rng, n, t % 4 == 0 ? 40.0f : 1.0f);
+    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
+    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
+  }
+  std::vector<float> ref(static_cast<size_t>(toks) * rows);
+  for (int g = 0; g < rows / 8; ++g)
+    GemvQ4Kx8Scalar(blocks + g * nb, nb, x.data(), xs, toks, ref.data() + 8 * g, rows);
+  std::vector<double> mag(ref.size());
+  for (int t = 0; t < toks; ++t) {
+    for (int r = 0; r < rows; ++r) {
+      double dot = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        dot += double{wf[r][i]} * xf[t][i];
+        mag[t * rows + r] += std::fabs(double{wf[r][i]} * xf[t][i]);
+      }
+      ASSERT_NEAR(ref[t * rows + r], dot, 1e-5 * mag[t * rows + r] + 1e-6)
+          << "row " << r << " tok " << t;
+    }
+  }
+  int repacking = 0;
+  for (const KernelTable* k : Tables()) {
+    if (k->repack_rows == nullptr || k->repack_rows(type, n) == 0) continue;
+    SCOPED_TRACE(k->name);
+    ++repacking;
+    ASSERT_EQ(k->repack_rows(type, n), 8);
+    EXPECT_EQ(k->repack_rows(type, n + 32), 0);  // not whole super-blocks
+    std::vector<float> rowmajor(static_cast<size_t>(toks) * rows);
+    k->gemm(type, w.data(), row_bytes, rows, x.data(), xs, toks, n, rowmajor.data(), rows);
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(rowmajor[i], ref[i], 1e-5 * mag[i] + 1e-6) << i;
+    for (int g0 = 0; g0 < 2; ++g0) {
+      const int n_rows = rows - 8 * g0;
+      for (int t0 = 0; t0 < 3; ++t0) {
+        for (int nt = 1; t0 + nt <= toks; ++nt) {
+          std::vector<float> y(static_cast<size_t>(nt) * n_rows, NAN);
+          k->gemm_repacked(type, packed.data() + g0 * nb * sizeof(BlockQ4Kx8), n_rows,
+                           x.data() + t0 * xs, xs, nt, n, y.data(), n_rows);
+          for (int t = 0; t < nt; ++t) {
+            for (int r = 0; r < n_rows; ++r) {
+              ASSERT_EQ(y[t * n_rows + r], ref[(t0 + t) * rows + 8 * g0 + r])
+                  << "first group " << g0 << " tokens [" << t0 << ", " << t0 + nt << ") row " << r;
+            }
+          }
+        }
+      }
+    }
+  }
+  if (repacking == 0) std::printf("no kernel table on this CPU repacks Q4_K: reference only\n");
+}
 
 TEST(KernelTableTest, SimdTablesQuantizeActivationsExactlyAsScalar) {
   std::mt19937 rng(7);
