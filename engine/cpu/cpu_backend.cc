@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -334,8 +335,14 @@ class CpuBackend final : public Backend {
         return Status::InvalidArgument("token id " + std::to_string(tokens[t]) +
                                        " out of range [0, " + std::to_string(w.n_out) + ")");
       }
-      KV_RETURN_IF_ERROR(
-          DequantizeRow(w.type, w.data + tokens[t] * w.row_bytes, out + t * w.n_in, w.n_in));
+      const uint8_t* row = w.data + tokens[t] * w.row_bytes;
+      if (const Repacked* rp = FindRepacked(w)) {
+        // From the copy: PrepareWeights gave the file's pages back.
+        embed_row_.resize(w.row_bytes);
+        cpu::UnrepackRow(w.type, rp->data, w.n_in, tokens[t], embed_row_.data());
+        row = embed_row_.data();
+      }
+      KV_RETURN_IF_ERROR(DequantizeRow(w.type, row, out + t * w.n_in, w.n_in));
     }
     return Status::Ok();
   }
@@ -396,16 +403,38 @@ class CpuBackend final : public Backend {
       repacked_[w.data] = Repacked{repack_mem_.get() + offset[i],
                                    cpu::RepackedBytes(w.type, w.n_out, w.n_in) / w.n_out};
     }
+    // Nothing reads the file's bytes of a repacked matrix any more (Embed of a tied output
+    // matrix reads the copy too): its memory is given back as soon as its last task ends, so
+    // the peak stays near the file's size instead of the file and the whole copy.
+    std::vector<std::atomic<int>> left(mats.size());
+    for (const auto& t : tasks) left[t[0]].fetch_add(1, std::memory_order_relaxed);
     pool_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t, int) {
       const auto [i, g0, g1] = tasks[t];
       const WeightMatrix& w = *mats[i];
       cpu::RepackWeights(w.type, w.data, w.row_bytes, w.n_in, g0, g1,
                          repack_mem_.get() + offset[i]);
+      if (left[i].fetch_sub(1, std::memory_order_acq_rel) == 1)
+        model.gguf().ReleaseResident(w.data, w.row_bytes * w.n_out);
     });
     repacked_bytes_ = total;
+    // Then whole contiguous runs (the pages that two neighbouring matrices share; the experts
+    // of a MoE tensor are one run).
+    std::vector<std::pair<const uint8_t*, size_t>> runs;
+    for (const WeightMatrix* w : mats) runs.emplace_back(w->data, w->row_bytes * w->n_out);
+    std::sort(runs.begin(), runs.end());
+    size_t released = 0;
+    for (size_t i = 0; i < runs.size();) {
+      const uint8_t* begin = runs[i].first;
+      const uint8_t* end = begin + runs[i].second;
+      for (++i; i < runs.size() && runs[i].first <= end; ++i)
+        end = std::max(end, runs[i].first + runs[i].second);
+      if (model.gguf().ReleaseResident(begin, static_cast<size_t>(end - begin)))
+        released += static_cast<size_t>(end - begin);
+    }
     DefaultLogger()->info(
-        "cpu: repacked {} weight matrices ({} MiB) for the {} kernels in {:.0f} ms", mats.size(),
-        total >> 20, k_.name, watch.ElapsedMs());
+        "cpu: repacked {} weight matrices ({} MiB) for the {} kernels in {:.0f} ms ({} MiB of "
+        "the file's pages given back)",
+        mats.size(), total >> 20, k_.name, watch.ElapsedMs(), released >> 20);
   }
 
   size_t prepared_weight_bytes() const override { return repacked_bytes_; }
@@ -598,6 +627,7 @@ class CpuBackend final : public Backend {
   std::unique_ptr<uint8_t, FreeDeleter> repack_mem_;       // every repacked copy
   std::unordered_map<const uint8_t*, Repacked> repacked_;  // by the file's bytes of the matrix
   size_t repacked_bytes_ = 0;
+  std::vector<uint8_t> embed_row_;  // Embed's row of a repacked matrix
   std::vector<uint8_t> act_;
   std::vector<int32_t> rope_pos_;  // RopeTable's positions and frequencies, and its table
   std::vector<float> rope_freq_, rope_table_;

@@ -67,6 +67,16 @@ void RepackWeights(GgmlType type, const uint8_t* w, size_t w_stride, int64_t n, 
   RepackQ4Kx8(w, w_stride, n / kQK_K, g0, g1, reinterpret_cast<BlockQ4Kx8*>(dst));
 }
 
+void UnrepackRow(GgmlType type, const uint8_t* packed, int64_t n, int64_t row, uint8_t* out) {
+  KV_CHECK(type == GgmlType::kQ4_K);
+  const int64_t nb = n / kQK_K;
+  const auto* group = reinterpret_cast<const BlockQ4Kx8*>(packed) + row / kQ4Kx8Rows * nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    UnrepackQ4Kx8(group[b], static_cast<int>(row % kQ4Kx8Rows),
+                  reinterpret_cast<BlockQ4_K*>(out) + b);
+  }
+}
+
 void GemvQ4Kx8Scalar(const BlockQ4Kx8* w, int64_t nb, const uint8_t* x, size_t x_stride, int n_tok,
                      float* y, size_t ldy) {
   for (int t = 0; t < n_tok; ++t) {

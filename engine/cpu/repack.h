@@ -47,6 +47,8 @@ void UnrepackQ4Kx8(const BlockQ4Kx8& in, int r, BlockQ4_K* out);
 size_t RepackedBytes(GgmlType type, int64_t n_rows, int64_t n);
 void RepackWeights(GgmlType type, const uint8_t* w, size_t w_stride, int64_t n, int64_t g0,
                    int64_t g1, uint8_t* dst);
+// Row `row` of a repacked matrix (packed: its first group) back in the file's layout at out.
+void UnrepackRow(GgmlType type, const uint8_t* packed, int64_t n, int64_t row, uint8_t* out);
 
 // The reference product over a repacked group (scalar, the same arithmetic per (row, token)
 // as the SIMD tiles: the exact integer sums of a block, then per block

@@ -84,6 +84,24 @@ size_t GgufScalarSize(GgufValueType t) {
 
 GgufFile::~GgufFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool GgufFile::ReleaseResident(const uint8_t* p, size_t n) const {
+  if (map_ == nullptr || fd_ < 0) return false;
+  const auto* base = static_cast<const uint8_t*>(map_);
+  if (p < base || n > bytes_.size() || static_cast<size_t>(p - base) > bytes_.size() - n) {
+    return false;
+  }
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t lo = (static_cast<size_t>(p - base) + page - 1) / page * page;
+  const size_t hi = static_cast<size_t>(p - base + n) / page * page;
+  if (hi <= lo) return false;
+  auto* at = const_cast<uint8_t*>(base) + lo;
+  if (memory_ == WeightMemory::kMmap) return madvise(at, hi - lo, MADV_DONTNEED) == 0;
+  // `ram`: file offset o is at base + o, so the file's pages land on the copy's own bytes.
+  return mmap(at, hi - lo, PROT_READ, MAP_SHARED | MAP_FIXED, fd_, static_cast<off_t>(lo)) !=
+         MAP_FAILED;
 }
 
 const char* WeightMemoryName(WeightMemory m) {
@@ -186,7 +204,7 @@ Result<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path, Weight
     file->memory_ = WeightMemory::kMmap;
     file->bytes_ = std::span<const uint8_t>(static_cast<const uint8_t*>(m), size);
   }
-  ::close(fd);
+  file->fd_ = fd;  // kept for ReleaseResident; closed with the file
   Status s = file->Parse();
   if (!s.ok()) return s.WithContext(path);
   return file;

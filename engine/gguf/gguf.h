@@ -105,6 +105,11 @@ class GgufFile {
   // kMmap or kRam: where the bytes ended up.
   WeightMemory memory() const { return memory_; }
   std::span<const uint8_t> bytes() const { return bytes_; }
+  // Gives back the memory of the whole pages inside [p, p + n) (bytes of this file), for tensors
+  // a backend computes from a copy of its own: later reads still see the file's bytes, paged in
+  // from the file again (`ram`: the file is mapped over those pages of the copy; `mmap`: they
+  // are dropped from the mapping). False when nothing was given back (bytes not from a file).
+  bool ReleaseResident(const uint8_t* p, size_t n) const;
   uint64_t data_offset() const { return data_offset_; }
 
   const std::map<std::string, GgufValue, std::less<>>& metadata() const { return kv_; }
@@ -129,6 +134,7 @@ class GgufFile {
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
+  int fd_ = -1;  // the open file (ReleaseResident maps from it)
   WeightMemory memory_ = WeightMemory::kMmap;
   std::span<const uint8_t> bytes_;
   uint32_t version_ = 0;
