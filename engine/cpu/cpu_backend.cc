@@ -354,10 +354,15 @@ class CpuBackend final : public Backend {
     if (!repack_weights_ || k_.repack_rows == nullptr || !repacked_.empty()) return;
     if (const char* env = std::getenv("KVSTASH_CPU_REPACK"); env && std::string(env) == "0") return;
     std::vector<const WeightMatrix*> mats;
+    std::vector<std::pair<const uint8_t*, const uint8_t*>> kept;  // matrices read as they are
     auto add = [&](const WeightMatrix& w) {
       if (w.data == nullptr || w.n_out <= 0) return;
       const int g = k_.repack_rows(w.type, w.n_in);
-      if (g <= 0 || w.n_out % g != 0 || repacked_.count(w.data)) return;
+      if (g <= 0 || w.n_out % g != 0) {
+        kept.emplace_back(w.data, w.data + w.row_bytes * w.n_out);
+        return;
+      }
+      if (repacked_.count(w.data)) return;
       repacked_[w.data] = Repacked{};
       mats.push_back(&w);
     };
@@ -371,7 +376,11 @@ class CpuBackend final : public Backend {
         for (const WeightMatrix& w : *v) add(w);
     }
     add(model.output());
+    if (model.token_embd().data != model.output().data) add(model.token_embd());
     if (mats.empty()) return;
+    // In file order: the tasks below then repack (and give back) the file front to back.
+    std::sort(mats.begin(), mats.end(),
+              [](const WeightMatrix* a, const WeightMatrix* b) { return a->data < b->data; });
     size_t total = 0;
     std::vector<size_t> offset;
     for (const WeightMatrix* w : mats) {
@@ -404,8 +413,22 @@ class CpuBackend final : public Backend {
                                    cpu::RepackedBytes(w.type, w.n_out, w.n_in) / w.n_out};
     }
     // Nothing reads the file's bytes of a repacked matrix any more (Embed of a tied output
-    // matrix reads the copy too): its memory is given back as soon as its last task ends, so
-    // the peak stays near the file's size instead of the file and the whole copy.
+    // matrix reads the copy too), so they are given back in runs of repacked matrices with no
+    // matrix still read from the file between them (the bytes between, norms and metadata, are
+    // copied at load; the experts of a MoE tensor are one run): as each matrix is done, its
+    // run up to it, so the peak stays near the file's size instead of the file and the whole
+    // copy. Given-back pages still read as the file, so a matrix whose pages go early
+    // (out-of-order completion) is still repacked right.
+    auto end_of = [](const WeightMatrix* w) { return w->data + w->row_bytes * w->n_out; };
+    std::sort(kept.begin(), kept.end());
+    auto kept_between = [&](const uint8_t* a, const uint8_t* b) {  // a kept matrix in [a, b)?
+      auto it = std::upper_bound(kept.begin(), kept.end(), std::make_pair(a, a));
+      if (it != kept.begin() && std::prev(it)->second > a) return true;
+      return it != kept.end() && it->first < b;
+    };
+    std::vector<size_t> run_of(mats.size());  // index of the run's first matrix
+    for (size_t i = 1; i < mats.size(); ++i)
+      run_of[i] = kept_between(end_of(mats[i - 1]), mats[i]->data) ? i : run_of[i - 1];
     std::vector<std::atomic<int>> left(mats.size());
     for (const auto& t : tasks) left[t[0]].fetch_add(1, std::memory_order_relaxed);
     pool_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t, int) {
@@ -413,23 +436,18 @@ class CpuBackend final : public Backend {
       const WeightMatrix& w = *mats[i];
       cpu::RepackWeights(w.type, w.data, w.row_bytes, w.n_in, g0, g1,
                          repack_mem_.get() + offset[i]);
-      if (left[i].fetch_sub(1, std::memory_order_acq_rel) == 1)
-        model.gguf().ReleaseResident(w.data, w.row_bytes * w.n_out);
+      if (left[i].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        const uint8_t* begin = mats[run_of[i]]->data;
+        model.gguf().ReleaseResident(begin, static_cast<size_t>(end_of(&w) - begin));
+      }
     });
     repacked_bytes_ = total;
-    // Then whole contiguous runs (the pages that two neighbouring matrices share; the experts
-    // of a MoE tensor are one run).
-    std::vector<std::pair<const uint8_t*, size_t>> runs;
-    for (const WeightMatrix* w : mats) runs.emplace_back(w->data, w->row_bytes * w->n_out);
-    std::sort(runs.begin(), runs.end());
-    size_t released = 0;
-    for (size_t i = 0; i < runs.size();) {
-      const uint8_t* begin = runs[i].first;
-      const uint8_t* end = begin + runs[i].second;
-      for (++i; i < runs.size() && runs[i].first <= end; ++i)
-        end = std::max(end, runs[i].first + runs[i].second);
-      if (model.gguf().ReleaseResident(begin, static_cast<size_t>(end - begin)))
-        released += static_cast<size_t>(end - begin);
+    size_t released = 0;  // the whole runs, once more (and counted)
+    for (size_t i = 0; i < mats.size(); ++i) {
+      if (i + 1 < mats.size() && run_of[i + 1] == run_of[i]) continue;
+      const uint8_t* begin = mats[run_of[i]]->data;
+      const size_t n = static_cast<size_t>(end_of(mats[i]) - begin);
+      if (model.gguf().ReleaseResident(begin, n)) released += n;
     }
     DefaultLogger()->info(
         "cpu: repacked {} weight matrices ({} MiB) for the {} kernels in {:.0f} ms ({} MiB of "

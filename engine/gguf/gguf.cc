@@ -93,7 +93,10 @@ bool GgufFile::ReleaseResident(const uint8_t* p, size_t n) const {
   if (p < base || n > bytes_.size() || static_cast<size_t>(p - base) > bytes_.size() - n) {
     return false;
   }
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // `ram`: whole 2 MiB pages only, so no huge page that also holds bytes still in use is split
+  // (the rest of it would be read through 4 KiB pages from then on).
+  const size_t page =
+      memory_ == WeightMemory::kRam ? size_t{2} << 20 : static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t lo = (static_cast<size_t>(p - base) + page - 1) / page * page;
   const size_t hi = static_cast<size_t>(p - base + n) / page * page;
   if (hi <= lo) return false;
