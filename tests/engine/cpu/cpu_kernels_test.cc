@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 
 #include "engine/cpu/kernels.h"
@@ -37,6 +38,48 @@ std::vector<float> DequantAct(ActFormat f, const uint8_t* a, int64_t n) {
   return out;
 }
 
+// Random weight rows quantized to `type` (row r drawn with standard deviation scale(r)) and their
+// dequantized values.
+struct Weights {
+  size_t row_bytes = 0;
+  std::vector<uint8_t> bytes;
+  std::vector<std::vector<float>> f;
+};
+Weights RandomWeights(std::mt19937& rng, GgmlType type, int rows, int64_t n,
+                      const std::function<float(int)>& scale) {
+  Weights w;
+  w.row_bytes = RowBytes(type, n);
+  w.bytes.resize(w.row_bytes * rows);
+  w.f.assign(rows, std::vector<float>(n));
+  for (int r = 0; r < rows; ++r) {
+    auto v = RandomRow(rng, n, scale(r));
+    EXPECT_TRUE(QuantizeRow(type, v.data(), w.bytes.data() + r * w.row_bytes, n).ok());
+    EXPECT_TRUE(DequantizeRow(type, w.bytes.data() + r * w.row_bytes, w.f[r].data(), n).ok());
+  }
+  return w;
+}
+
+// Random activation rows (token t drawn with standard deviation scale(t)) converted as the
+// kernels take them for weights of `type`, and the values the kernels see.
+struct Acts {
+  size_t stride = 0;
+  std::vector<uint8_t> bytes;
+  std::vector<std::vector<float>> f;
+};
+Acts RandomActs(std::mt19937& rng, GgmlType type, int toks, int64_t n,
+                const std::function<float(int)>& scale) {
+  const ActFormat fmt = ActFormatFor(type);
+  Acts a;
+  a.stride = ActRowBytes(fmt, n);
+  a.bytes.resize(a.stride * toks);
+  for (int t = 0; t < toks; ++t) {
+    auto v = RandomRow(rng, n, scale(t));
+    ScalarKernels().quantize_act(fmt, v.data(), a.bytes.data() + t * a.stride, n);
+    a.f.push_back(DequantAct(fmt, a.bytes.data() + t * a.stride, n));
+  }
+  return a;
+}
+
 std::vector<const KernelTable*> Tables() {
   std::vector<const KernelTable*> t = {&ScalarKernels()};
   if (Avx2Kernels()) t.push_back(Avx2Kernels());
@@ -52,23 +95,13 @@ TEST_P(KernelTest, GemmEqualsDequantizedDotForEveryTileShape) {
       Traits(type).block_elems == 256 ? 512 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
   const int rows = 7, toks = 6;  // odd sizes exercise every tile remainder
   std::mt19937 rng(42);
-  const size_t row_bytes = RowBytes(type, n);
-  std::vector<uint8_t> w(row_bytes * rows);
-  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
-  for (int r = 0; r < rows; ++r) {
-    auto v = RandomRow(rng, n, 0.05f);
-    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
-    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
-  }
-  const ActFormat fmt = ActFormatFor(type);
-  const size_t xs = ActRowBytes(fmt, n);
-  std::vector<uint8_t> x(xs * toks);
-  std::vector<std::vector<float>> xf;
-  for (int t = 0; t < toks; ++t) {
-    auto v = RandomRow(rng, n, 1.0f);
-    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
-    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
-  }
+  const Weights wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
+  const Acts act = RandomActs(rng, type, toks, n, [](int) { return 1.0f; });
+  const size_t row_bytes = wt.row_bytes, xs = act.stride;
+  const std::vector<uint8_t>& w = wt.bytes;
+  const std::vector<uint8_t>& x = act.bytes;
+  const auto& wf = wt.f;
+  const auto& xf = act.f;
   for (const KernelTable* k : Tables()) {
     SCOPED_TRACE(k->name);
     for (int nt : {1, toks}) {
@@ -104,23 +137,13 @@ TEST_P(KernelTest, EveryTokenCountAndOffsetGivesTheSameBits) {
       Traits(type).block_elems == 256 ? 768 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
   const int rows = 9, toks = 19;
   std::mt19937 rng(5);
-  const size_t row_bytes = RowBytes(type, n);
-  std::vector<uint8_t> w(row_bytes * rows);
-  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
-  for (int r = 0; r < rows; ++r) {
-    auto v = RandomRow(rng, n, 0.05f);
-    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
-    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
-  }
-  const ActFormat fmt = ActFormatFor(type);
-  const size_t xs = ActRowBytes(fmt, n);
-  std::vector<uint8_t> x(xs * toks);
-  std::vector<std::vector<float>> xf;
-  for (int t = 0; t < toks; ++t) {
-    auto v = RandomRow(rng, n, t % 5 == 0 ? 30.0f : 1.0f);
-    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
-    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
-  }
+  const Weights wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
+  const Acts act = RandomActs(rng, type, toks, n, [](int t) { return t % 5 == 0 ? 30.0f : 1.0f; });
+  const size_t row_bytes = wt.row_bytes, xs = act.stride;
+  const std::vector<uint8_t>& w = wt.bytes;
+  const std::vector<uint8_t>& x = act.bytes;
+  const auto& wf = wt.f;
+  const auto& xf = act.f;
   for (const KernelTable* k : Tables()) {
     SCOPED_TRACE(k->name);
     std::vector<float> all(static_cast<size_t>(toks) * rows);
@@ -161,19 +184,11 @@ TEST_P(KernelTest, DecodeRowTilesGiveTheSameBitsAsOneRowAndPrefill) {
       Traits(type).block_elems == 256 ? 512 : 256 + (Traits(type).block_elems == 1 ? 5 : 0);
   const int rows = 37, toks = 5;
   std::mt19937 rng(11);
-  const size_t row_bytes = RowBytes(type, n);
-  std::vector<uint8_t> w(row_bytes * rows);
-  for (int r = 0; r < rows; ++r) {
-    auto v = RandomRow(rng, n, 0.05f);
-    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
-  }
-  const ActFormat fmt = ActFormatFor(type);
-  const size_t xs = ActRowBytes(fmt, n);
-  std::vector<uint8_t> x(xs * toks);
-  for (int t = 0; t < toks; ++t) {
-    auto v = RandomRow(rng, n, 1.0f);
-    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
-  }
+  const Weights wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
+  const Acts act = RandomActs(rng, type, toks, n, [](int) { return 1.0f; });
+  const size_t row_bytes = wt.row_bytes, xs = act.stride;
+  const std::vector<uint8_t>& w = wt.bytes;
+  const std::vector<uint8_t>& x = act.bytes;
   for (const KernelTable* k : Tables()) {
     SCOPED_TRACE(k->name);
     std::vector<float> prefill(static_cast<size_t>(toks) * rows);
@@ -208,14 +223,11 @@ TEST(KernelTableTest, RepackedQ4KGivesTheReferenceBitsForEveryTileAndChunk) {
   const int64_t n = 768, nb = n / kQK_K;
   const int rows = 24, toks = 11;
   std::mt19937 rng(23);
-  const size_t row_bytes = RowBytes(type, n);
-  std::vector<uint8_t> w(row_bytes * rows);
-  std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
-  for (int r = 0; r < rows; ++r) {
-    auto v = RandomRow(rng, n, r % 7 == 0 ? 3.0f : 0.05f);
-    ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
-    ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
-  }
+  const Weights wt =
+      RandomWeights(rng, type, rows, n, [](int r) { return r % 7 == 0 ? 3.0f : 0.05f; });
+  const size_t row_bytes = wt.row_bytes;
+  const std::vector<uint8_t>& w = wt.bytes;
+  const auto& wf = wt.f;
   std::vector<uint8_t> packed(RepackedBytes(type, rows, n));
   ASSERT_EQ(packed.size(), rows / 8 * nb * sizeof(BlockQ4Kx8));
   RepackWeights(type, w.data(), row_bytes, n, 0, rows / 8, packed.data());
@@ -229,15 +241,10 @@ TEST(KernelTableTest, RepackedQ4KGivesTheReferenceBitsForEveryTileAndChunk) {
           << "row " << r << " block " << b;
     }
   }
-  const ActFormat fmt = ActFormatFor(type);
-  const size_t xs = ActRowBytes(fmt, n);
-  std::vector<uint8_t> x(xs * toks);
-  std::vector<std::vector<float>> xf;
-  for (int t = 0; t < toks; ++t) {
-    auto v = RandomRow(rng, n, t % 4 == 0 ? 40.0f : 1.0f);
-    ScalarKernels().quantize_act(fmt, v.data(), x.data() + t * xs, n);
-    xf.push_back(DequantAct(fmt, x.data() + t * xs, n));
-  }
+  const Acts act = RandomActs(rng, type, toks, n, [](int t) { return t % 4 == 0 ? 40.0f : 1.0f; });
+  const size_t xs = act.stride;
+  const std::vector<uint8_t>& x = act.bytes;
+  const auto& xf = act.f;
   std::vector<float> ref(static_cast<size_t>(toks) * rows);
   for (int g = 0; g < rows / 8; ++g)
     GemvQ4Kx8Scalar(blocks + g * nb, nb, x.data(), xs, toks, ref.data() + 8 * g, rows);
