@@ -38,46 +38,52 @@ std::vector<float> DequantAct(ActFormat f, const uint8_t* a, int64_t n) {
   return out;
 }
 
-// Random weight rows quantized to `type` (row r drawn with standard deviation scale(r)) and their
-// dequantized values.
-struct Weights {
-  size_t row_bytes = 0;
-  std::vector<uint8_t> bytes;
-  std::vector<std::vector<float>> f;
-};
-Weights RandomWeights(std::mt19937& rng, GgmlType type, int rows, int64_t n,
-                      const std::function<float(int)>& scale) {
-  Weights w;
-  w.row_bytes = RowBytes(type, n);
-  w.bytes.resize(w.row_bytes * rows);
-  w.f.assign(rows, std::vector<float>(n));
-  for (int r = 0; r < rows; ++r) {
-    auto v = RandomRow(rng, n, scale(r));
-    EXPECT_TRUE(QuantizeRow(type, v.data(), w.bytes.data() + r * w.row_bytes, n).ok());
-    EXPECT_TRUE(DequantizeRow(type, w.bytes.data() + r * w.row_bytes, w.f[r].data(), n).ok());
-  }
-  return w;
-}
-
-// Random activation rows (token t drawn with standard deviation scale(t)) converted as the
-// kernels take them for weights of `type`, and the values the kernels see.
-struct Acts {
+// Random rows in a kernel's input format (`stride` bytes apart) and the values they hold.
+struct Rows {
   size_t stride = 0;
   std::vector<uint8_t> bytes;
   std::vector<std::vector<float>> f;
 };
-Acts RandomActs(std::mt19937& rng, GgmlType type, int toks, int64_t n,
+
+// count rows of n values, row i drawn with standard deviation scale(i), each converted by
+// convert(values, dst) (stride bytes) and read back by read(src, values).
+Rows RandomRows(std::mt19937& rng, int count, int64_t n, size_t stride,
+                const std::function<float(int)>& scale,
+                const std::function<void(const float*, uint8_t*)>& convert,
+                const std::function<void(const uint8_t*, float*)>& read) {
+  Rows out;
+  out.stride = stride;
+  out.bytes.resize(stride * count);
+  out.f.assign(count, std::vector<float>(n));
+  for (int i = 0; i < count; ++i) {
+    auto v = RandomRow(rng, n, scale(i));
+    convert(v.data(), out.bytes.data() + i * stride);
+    read(out.bytes.data() + i * stride, out.f[i].data());
+  }
+  return out;
+}
+
+// Weight rows quantized to `type`, and their dequantized values.
+Rows RandomWeights(std::mt19937& rng, GgmlType type, int rows, int64_t n,
+                   const std::function<float(int)>& scale) {
+  return RandomRows(
+      rng, rows, n, RowBytes(type, n), scale,
+      [&](const float* v, uint8_t* dst) { EXPECT_TRUE(QuantizeRow(type, v, dst, n).ok()); },
+      [&](const uint8_t* src, float* f) { EXPECT_TRUE(DequantizeRow(type, src, f, n).ok()); });
+}
+
+// Activation rows converted as the kernels take them for weights of `type`, and the values the
+// kernels see.
+Rows RandomActs(std::mt19937& rng, GgmlType type, int toks, int64_t n,
                 const std::function<float(int)>& scale) {
   const ActFormat fmt = ActFormatFor(type);
-  Acts a;
-  a.stride = ActRowBytes(fmt, n);
-  a.bytes.resize(a.stride * toks);
-  for (int t = 0; t < toks; ++t) {
-    auto v = RandomRow(rng, n, scale(t));
-    ScalarKernels().quantize_act(fmt, v.data(), a.bytes.data() + t * a.stride, n);
-    a.f.push_back(DequantAct(fmt, a.bytes.data() + t * a.stride, n));
-  }
-  return a;
+  return RandomRows(
+      rng, toks, n, ActRowBytes(fmt, n), scale,
+      [&](const float* v, uint8_t* dst) { ScalarKernels().quantize_act(fmt, v, dst, n); },
+      [&](const uint8_t* src, float* f) {
+        const std::vector<float> d = DequantAct(fmt, src, n);
+        std::copy(d.begin(), d.end(), f);
+      });
 }
 
 std::vector<const KernelTable*> Tables() {
@@ -95,9 +101,9 @@ TEST_P(KernelTest, GemmEqualsDequantizedDotForEveryTileShape) {
       Traits(type).block_elems == 256 ? 512 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
   const int rows = 7, toks = 6;  // odd sizes exercise every tile remainder
   std::mt19937 rng(42);
-  const Weights wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
-  const Acts act = RandomActs(rng, type, toks, n, [](int) { return 1.0f; });
-  const size_t row_bytes = wt.row_bytes, xs = act.stride;
+  const Rows wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
+  const Rows act = RandomActs(rng, type, toks, n, [](int) { return 1.0f; });
+  const size_t row_bytes = wt.stride, xs = act.stride;
   const std::vector<uint8_t>& w = wt.bytes;
   const std::vector<uint8_t>& x = act.bytes;
   const auto& wf = wt.f;
@@ -137,9 +143,9 @@ TEST_P(KernelTest, EveryTokenCountAndOffsetGivesTheSameBits) {
       Traits(type).block_elems == 256 ? 768 : 200 + (Traits(type).block_elems == 1 ? 3 : 24);
   const int rows = 9, toks = 19;
   std::mt19937 rng(5);
-  const Weights wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
-  const Acts act = RandomActs(rng, type, toks, n, [](int t) { return t % 5 == 0 ? 30.0f : 1.0f; });
-  const size_t row_bytes = wt.row_bytes, xs = act.stride;
+  const Rows wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
+  const Rows act = RandomActs(rng, type, toks, n, [](int t) { return t % 5 == 0 ? 30.0f : 1.0f; });
+  const size_t row_bytes = wt.stride, xs = act.stride;
   const std::vector<uint8_t>& w = wt.bytes;
   const std::vector<uint8_t>& x = act.bytes;
   const auto& wf = wt.f;
@@ -184,9 +190,9 @@ TEST_P(KernelTest, DecodeRowTilesGiveTheSameBitsAsOneRowAndPrefill) {
       Traits(type).block_elems == 256 ? 512 : 256 + (Traits(type).block_elems == 1 ? 5 : 0);
   const int rows = 37, toks = 5;
   std::mt19937 rng(11);
-  const Weights wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
-  const Acts act = RandomActs(rng, type, toks, n, [](int) { return 1.0f; });
-  const size_t row_bytes = wt.row_bytes, xs = act.stride;
+  const Rows wt = RandomWeights(rng, type, rows, n, [](int) { return 0.05f; });
+  const Rows act = RandomActs(rng, type, toks, n, [](int) { return 1.0f; });
+  const size_t row_bytes = wt.stride, xs = act.stride;
   const std::vector<uint8_t>& w = wt.bytes;
   const std::vector<uint8_t>& x = act.bytes;
   for (const KernelTable* k : Tables()) {
@@ -223,9 +229,9 @@ TEST(KernelTableTest, RepackedQ4KGivesTheReferenceBitsForEveryTileAndChunk) {
   const int64_t n = 768, nb = n / kQK_K;
   const int rows = 24, toks = 11;
   std::mt19937 rng(23);
-  const Weights wt =
+  const Rows wt =
       RandomWeights(rng, type, rows, n, [](int r) { return r % 7 == 0 ? 3.0f : 0.05f; });
-  const size_t row_bytes = wt.row_bytes;
+  const size_t row_bytes = wt.stride;
   const std::vector<uint8_t>& w = wt.bytes;
   const auto& wf = wt.f;
   std::vector<uint8_t> packed(RepackedBytes(type, rows, n));
@@ -241,7 +247,7 @@ TEST(KernelTableTest, RepackedQ4KGivesTheReferenceBitsForEveryTileAndChunk) {
           << "row " << r << " block " << b;
     }
   }
-  const Acts act = RandomActs(rng, type, toks, n, [](int t) { return t % 4 == 0 ? 40.0f : 1.0f; });
+  const Rows act = RandomActs(rng, type, toks, n, [](int t) { return t % 4 == 0 ? 40.0f : 1.0f; });
   const size_t xs = act.stride;
   const std::vector<uint8_t>& x = act.bytes;
   const auto& xf = act.f;
