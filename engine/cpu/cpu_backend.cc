@@ -376,7 +376,10 @@ class CpuBackend final : public Backend {
         for (const WeightMatrix& w : *v) add(w);
     }
     add(model.output());
-    if (model.token_embd().data != model.output().data) add(model.token_embd());
+    const WeightMatrix& embd = model.token_embd();
+    if (embd.data != nullptr && embd.data != model.output().data) {
+      kept.emplace_back(embd.data, embd.data + embd.row_bytes * embd.n_out);  // Embed reads it
+    }
     if (mats.empty()) return;
     // In file order: the tasks below then repack (and give back) the file front to back.
     std::sort(mats.begin(), mats.end(),
@@ -400,7 +403,12 @@ class CpuBackend final : public Backend {
     constexpr size_t kHuge = size_t{2} << 20;
     const size_t alloc = (total + kHuge - 1) / kHuge * kHuge;
     repack_mem_.reset(static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc)));
-    KV_CHECK(repack_mem_ != nullptr);
+    if (repack_mem_ == nullptr) {
+      DefaultLogger()->warn("cpu: not repacking weight matrices: cannot allocate {} MiB",
+                            alloc >> 20);
+      repacked_.clear();
+      return;
+    }
     (void)madvise(repack_mem_.get(), alloc, MADV_HUGEPAGE);  // best effort
     // Tasks of up to 64 groups, every matrix's.
     std::vector<std::array<int64_t, 3>> tasks;  // (matrix, first group, end group)
@@ -409,8 +417,9 @@ class CpuBackend final : public Backend {
       const int64_t groups = w.n_out / k_.repack_rows(w.type, w.n_in);
       for (int64_t g = 0; g < groups; g += 64)
         tasks.push_back({static_cast<int64_t>(i), g, std::min(groups, g + 64)});
-      repacked_[w.data] = Repacked{repack_mem_.get() + offset[i],
-                                   cpu::RepackedBytes(w.type, w.n_out, w.n_in) / w.n_out};
+      repacked_[w.data] =
+          Repacked{repack_mem_.get() + offset[i],
+                   cpu::RepackedBytes(w.type, w.n_out, w.n_in) / w.n_out, w.type, w.n_in, w.n_out};
     }
     // Nothing reads the file's bytes of a repacked matrix any more (Embed of a tied output
     // matrix reads the copy too), so they are given back in runs of repacked matrices with no
@@ -462,11 +471,15 @@ class CpuBackend final : public Backend {
   struct Repacked {
     const uint8_t* data = nullptr;
     size_t row_bytes = 0;
+    GgmlType type = GgmlType::kF32;  // the matrix it copies (another view of the same bytes
+    int64_t n_in = 0, n_out = 0;     // with another shape is computed from the file's rows)
   };
   const Repacked* FindRepacked(const WeightMatrix& w) const {
     if (repacked_.empty()) return nullptr;
     auto it = repacked_.find(w.data);
-    return it == repacked_.end() ? nullptr : &it->second;
+    if (it == repacked_.end()) return nullptr;
+    const Repacked& r = it->second;
+    return r.type == w.type && r.n_in == w.n_in && r.n_out == w.n_out ? &r : nullptr;
   }
   // Rows [r0, r0 + rows) of w (r0 and rows multiples of the group when repacked) for n_tok
   // converted activation rows; y: row r0's column of the output.
