@@ -154,7 +154,9 @@ TEST(WeightMemoryTest, ReleasedPagesStillReadAsTheFile) {
       auto runner = testutil::MakeRunner(**model, KvDtype::kF32, 16);
       Sequence seq;
       ASSERT_TRUE(runner->Prefill(seq, ids, LogitsMode::kAll, &out[i]).ok());
-      if (i == 0) EXPECT_TRUE(g.ReleaseResident(g.bytes().data(), g.bytes().size()));
+      if (i == 0) {
+        EXPECT_TRUE(g.ReleaseResident(g.bytes().data(), g.bytes().size()));
+      }
     }
     EXPECT_EQ(out[0], out[1]);
     EXPECT_EQ(0, std::memcmp(g.bytes().data(), file.data(), file.size()));
