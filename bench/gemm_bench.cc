@@ -5,8 +5,6 @@
 // best of --reps timings, in ms per call and in billions of multiply-adds per second.
 //
 //   gemm_bench --type q4_k --rows 3072 --cols 1024 --tokens 1,8,16,512 --tables avx2,avx512-vnni
-#include <sys/mman.h>
-
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -23,6 +21,7 @@
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/repack.h"
 #include "engine/gguf/ggml_types.h"
+#include "engine/gguf/gguf.h"
 #include "engine/gguf/quant.h"
 
 namespace kvstash::bench {
@@ -33,16 +32,6 @@ std::vector<std::string> Split(const std::string& s) {
   std::stringstream ss(s);
   for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
   return out;
-}
-
-// n bytes in 2 MiB pages (best effort).
-std::unique_ptr<uint8_t, decltype(&std::free)> HugeAlloc(size_t n) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t alloc = (n + kHuge - 1) / kHuge * kHuge;
-  std::unique_ptr<uint8_t, decltype(&std::free)> m(
-      static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc)), &std::free);
-  (void)madvise(m.get(), alloc, MADV_HUGEPAGE);
-  return m;
 }
 
 int Main(int argc, char** argv) {
@@ -74,7 +63,7 @@ int Main(int argc, char** argv) {
   // Weights in 2 MiB pages, as Model::Load's `ram` mode reads them (with 4 KiB pages a decode
   // stream over more than the L3 is dominated by TLB misses).
   const size_t w_bytes = row_bytes * rows;
-  auto w_mem = HugeAlloc(w_bytes);
+  engine::HugePages w_mem = engine::MapHugePages(w_bytes);
   std::span<uint8_t> w(w_mem.get(), w_bytes);
   std::vector<float> v(cols);
   for (int r = 0; r < rows; ++r) {
@@ -88,7 +77,7 @@ int Main(int argc, char** argv) {
   const size_t xs = engine::cpu::ActRowBytes(fmt, cols);
   std::printf(
       "| table | type | rows x cols | tokens | ms/call | GMAC/s |\n|---|---|---|---:|---:|---:|\n");
-  std::unique_ptr<uint8_t, decltype(&std::free)> packed(nullptr, &std::free);
+  engine::HugePages packed;
   size_t packed_bytes = 0;
   for (const std::string& tn : Split(tables)) {
     const engine::cpu::KernelTable* k = nullptr;
@@ -136,7 +125,7 @@ int Main(int argc, char** argv) {
       if (group > 0 && rows % group == 0 && chunk % group == 0) {
         if (!packed) {
           packed_bytes = engine::cpu::RepackedBytes(type, rows, cols);
-          packed = HugeAlloc(packed_bytes);
+          packed = engine::MapHugePages(packed_bytes);
           engine::cpu::RepackWeights(type, w.data(), row_bytes, cols, 0, rows / group,
                                      packed.get());
         }

@@ -5,7 +5,6 @@
 // Attention hands out (kv head, tile of queries) pairs; each block of 64 keys is requested from
 // memory at once, its K transposed to f32 once per tile (straight from the f16 page rows) and used
 // by every query head of the group (GQA) and every query in the tile; V is read in place.
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <array>
@@ -102,6 +101,7 @@ class CpuBackend final : public Backend {
       const uint8_t* xa;
       size_t x_stride;
       size_t act_offset;  // into batch_act_, or SIZE_MAX when x is used as is (f32)
+      const Repacked* rp;
     };
     struct Row {  // one activation row to convert
       const float* x;
@@ -118,6 +118,7 @@ class CpuBackend final : public Backend {
       const ActFormat fmt = cpu::ActFormatFor(j.w->type);
       prep[i].x_stride = cpu::ActRowBytes(fmt, j.w->n_in);
       prep[i].act_offset = SIZE_MAX;
+      prep[i].rp = FindRepacked(*j.w);
       if (fmt == ActFormat::kF32) continue;
       size_t shared = SIZE_MAX;
       // Only the last two jobs are looked at: the callers put the products of one x together.
@@ -160,7 +161,7 @@ class CpuBackend final : public Backend {
       const MatMulJob& j = jobs[i];
       const WeightMatrix& w = *j.w;
       const int n_rows = static_cast<int>(std::min<int64_t>(kBatchChunkRows, w.n_out - r0));
-      Gemm(w, FindRepacked(w), r0, n_rows, prep[i].xa, prep[i].x_stride, j.n_tok, j.y + r0);
+      Gemm(w, prep[i].rp, r0, n_rows, prep[i].xa, prep[i].x_stride, j.n_tok, j.y + r0);
     });
   }
 
@@ -400,16 +401,13 @@ class CpuBackend final : public Backend {
       return;
     }
     Stopwatch watch;
-    constexpr size_t kHuge = size_t{2} << 20;
-    const size_t alloc = (total + kHuge - 1) / kHuge * kHuge;
-    repack_mem_.reset(static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc)));
+    repack_mem_ = MapHugePages(total);
     if (repack_mem_ == nullptr) {
       DefaultLogger()->warn("cpu: not repacking weight matrices: cannot allocate {} MiB",
-                            alloc >> 20);
+                            total >> 20);
       repacked_.clear();
       return;
     }
-    (void)madvise(repack_mem_.get(), alloc, MADV_HUGEPAGE);  // best effort
     // Tasks of up to 64 groups, every matrix's.
     std::vector<std::array<int64_t, 3>> tasks;  // (matrix, first group, end group)
     for (size_t i = 0; i < mats.size(); ++i) {
@@ -652,10 +650,7 @@ class CpuBackend final : public Backend {
   cpu::ThreadPool pool_;
   const KernelTable& k_;
   const bool repack_weights_;
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, FreeDeleter> repack_mem_;       // every repacked copy
+  HugePages repack_mem_;                                   // every repacked copy
   std::unordered_map<const uint8_t*, Repacked> repacked_;  // by the file's bytes of the matrix
   size_t repacked_bytes_ = 0;
   std::vector<uint8_t> embed_row_;  // Embed's row of a repacked matrix

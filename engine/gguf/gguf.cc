@@ -139,29 +139,45 @@ uint64_t MemAvailableBytes() {
   return kb * 1024;
 }
 
+void HugePagesUnmap::operator()(uint8_t* p) const {
+  if (p != nullptr) munmap(p, len);
+}
+
+HugePages MapHugePages(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t len = std::max<size_t>(1, (bytes + kHuge - 1) / kHuge) * kHuge;
+  // One huge page more than needed, then the head and tail cut so the block starts on a 2 MiB
+  // boundary: mmap alone aligns to 4 KiB, and the partial huge pages at both ends would be
+  // 4 KiB ones (and a release of whole 2 MiB pages, GgufFile::ReleaseResident, would split them).
+  void* m = mmap(nullptr, len + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return HugePages(nullptr, HugePagesUnmap{});
+  auto* base = static_cast<uint8_t*>(m);
+  auto* start = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base) + kHuge - 1) &
+                                           ~uintptr_t{kHuge - 1});
+  if (start > base) munmap(base, static_cast<size_t>(start - base));
+  uint8_t* end = base + len + kHuge;
+  if (end > start + len) munmap(start + len, static_cast<size_t>(end - (start + len)));
+  (void)madvise(start, len, MADV_HUGEPAGE);
+  return HugePages(start, HugePagesUnmap{len});
+}
+
 namespace {
 
-// Reads the whole file into anonymous memory, asking for transparent huge pages. nullptr (and
-// the mapping undone) when memory or the read fails; the caller then maps the file instead.
+// Reads the whole file into anonymous memory in huge pages (MapHugePages). nullptr (and the
+// mapping undone) when memory or the read fails; the caller then maps the file instead.
 void* ReadIntoHugePages(int fd, size_t size, size_t* mapped) {
-  constexpr size_t kHuge = 2u << 20;
-  const size_t len = (size + kHuge - 1) & ~(kHuge - 1);
-  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) return nullptr;
-  (void)madvise(m, len, MADV_HUGEPAGE);  // best effort: THP may be disabled
+  HugePages m = MapHugePages(size);
+  if (m == nullptr) return nullptr;
   size_t done = 0;
   while (done < size) {
-    const ssize_t n = ::pread(fd, static_cast<char*>(m) + done, size - done, done);
+    const ssize_t n = ::pread(fd, m.get() + done, size - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      munmap(m, len);
-      return nullptr;
-    }
+    if (n <= 0) return nullptr;
     done += static_cast<size_t>(n);
   }
-  (void)mprotect(m, len, PROT_READ);
-  *mapped = len;
-  return m;
+  *mapped = m.get_deleter().len;
+  (void)mprotect(m.get(), *mapped, PROT_READ);
+  return m.release();
 }
 
 }  // namespace

@@ -84,6 +84,17 @@ enum class WeightMemory : uint8_t {
 const char* WeightMemoryName(WeightMemory m);
 // MemAvailable of /proc/meminfo in bytes (0 when unknown).
 uint64_t MemAvailableBytes();
+
+// Anonymous, zero-filled memory for weights that decode streams (the `ram` weights, a kernel
+// table's repacked copies): at least `bytes`, starting on a 2 MiB boundary and rounded up to
+// whole 2 MiB pages, with transparent huge pages asked for (best effort: THP may be disabled).
+// nullptr when it cannot be mapped.
+struct HugePagesUnmap {
+  size_t len = 0;  // the mapped length
+  void operator()(uint8_t* p) const;
+};
+using HugePages = std::unique_ptr<uint8_t, HugePagesUnmap>;
+HugePages MapHugePages(size_t bytes);
 Result<WeightMemory> ParseWeightMemory(const std::string& name);  // auto | ram | mmap
 
 class GgufFile {

@@ -2,6 +2,7 @@
 // shared/models/MANIFEST.md): 256 greedy ids from BOS, and logits at positions 0..2.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -129,6 +130,26 @@ TEST(WeightMemoryTest, RamAndMmapGiveIdenticalLogits) {
   EXPECT_FALSE(ParseWeightMemory("disk").ok());
   auto missing = Model::Load("/nonexistent.gguf", WeightMemory::kRam);
   EXPECT_FALSE(missing.ok());
+}
+
+// Huge-page memory (the `ram` weights and the repacked copies): on a 2 MiB boundary, whole 2 MiB
+// pages, zero-filled and writable, unmapped by its deleter.
+TEST(WeightMemoryTest, HugePagesStartOnA2MiBBoundaryInWholePages) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  for (size_t bytes : {size_t{0}, size_t{1}, kHuge, kHuge + 4096, 5 * kHuge - 1}) {
+    SCOPED_TRACE(bytes);
+    HugePages m = MapHugePages(bytes);
+    ASSERT_NE(m, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(m.get()) % kHuge, 0u);
+    const size_t len = m.get_deleter().len;
+    EXPECT_EQ(len % kHuge, 0u);
+    EXPECT_GE(len, std::max<size_t>(bytes, 1));
+    EXPECT_LT(len, std::max<size_t>(bytes, 1) + kHuge);
+    EXPECT_EQ(m.get()[0], 0);
+    EXPECT_EQ(m.get()[len - 1], 0);
+    m.get()[len - 1] = 7;
+    EXPECT_EQ(m.get()[len - 1], 7);
+  }
 }
 
 // The pages a backend gives back (it computes from a copy of its own) read as the file's bytes
