@@ -436,8 +436,10 @@ class CpuBackend final : public Backend {
     std::vector<size_t> run_of(mats.size());  // index of the run's first matrix
     for (size_t i = 1; i < mats.size(); ++i)
       run_of[i] = kept_between(end_of(mats[i - 1]), mats[i]->data) ? i : run_of[i - 1];
+    // The release by a run's last matrix covers the whole run, whatever finished before it.
     std::vector<std::atomic<int>> left(mats.size());
     for (const auto& t : tasks) left[t[0]].fetch_add(1, std::memory_order_relaxed);
+    std::atomic<size_t> released{0};
     pool_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t, int) {
       const auto [i, g0, g1] = tasks[t];
       const WeightMatrix& w = *mats[i];
@@ -445,21 +447,18 @@ class CpuBackend final : public Backend {
                          repack_mem_.get() + offset[i]);
       if (left[i].fetch_sub(1, std::memory_order_acq_rel) == 1) {
         const uint8_t* begin = mats[run_of[i]]->data;
-        model.gguf().ReleaseResident(begin, static_cast<size_t>(end_of(&w) - begin));
+        const size_t n = static_cast<size_t>(end_of(&w) - begin);
+        const bool last_of_run =
+            static_cast<size_t>(i) + 1 == mats.size() || run_of[i + 1] != run_of[i];
+        if (model.gguf().ReleaseResident(begin, n) && last_of_run)
+          released.fetch_add(n, std::memory_order_relaxed);
       }
     });
     repacked_bytes_ = total;
-    size_t released = 0;  // the whole runs, once more (and counted)
-    for (size_t i = 0; i < mats.size(); ++i) {
-      if (i + 1 < mats.size() && run_of[i + 1] == run_of[i]) continue;
-      const uint8_t* begin = mats[run_of[i]]->data;
-      const size_t n = static_cast<size_t>(end_of(mats[i]) - begin);
-      if (model.gguf().ReleaseResident(begin, n)) released += n;
-    }
     DefaultLogger()->info(
         "cpu: repacked {} weight matrices ({} MiB) for the {} kernels in {:.0f} ms ({} MiB of "
         "the file's pages given back)",
-        mats.size(), total >> 20, k_.name, watch.ElapsedMs(), released >> 20);
+        mats.size(), total >> 20, k_.name, watch.ElapsedMs(), released.load() >> 20);
   }
 
   size_t prepared_weight_bytes() const override { return repacked_bytes_; }
