@@ -319,60 +319,63 @@ TEST(KernelTableTest, SimdTablesQuantizeActivationsExactlyAsScalar) {
 // Float weights have their own prefill tiles (RM x RN with token and row tails of every size,
 // 512-bit on the AVX-512 table). Whatever the row/token counts of a call and wherever the row
 // chunk starts, each (row, token) value is bit-identical to a 1 x 1 call (the decode path), and
-// close to the f64 dot product. n = 1024 + 13 covers the vector body and the scalar k tail.
+// close to the f64 dot product. n = 1024 + 13 covers the vector body and the scalar k tail;
+// 8 * 5 + 3 and 13 short rows (an odd count of 8-lane chunks, one chunk, less than one 16-lane
+// vector).
 TEST(KernelTableTest, FloatGemmResultIndependentOfTileShapeAndTokenCount) {
   std::mt19937 rng(5);
-  const int64_t n = 1024 + 13;
   const int rows = 19, toks = 15;
-  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16}) {
-    const size_t row_bytes = RowBytes(type, n);
-    std::vector<uint8_t> w(row_bytes * rows);
-    std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
-    for (int r = 0; r < rows; ++r) {
-      auto v = RandomRow(rng, n, 0.05f);
-      ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
-      ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
-    }
-    std::vector<float> x;
-    for (int t = 0; t < toks; ++t) {
-      auto v = RandomRow(rng, n, 1.0f);
-      x.insert(x.end(), v.begin(), v.end());
-    }
-    const auto* xb = reinterpret_cast<const uint8_t*>(x.data());
-    const size_t xs = n * sizeof(float);
-    for (const KernelTable* k : Tables()) {
-      SCOPED_TRACE(std::string(k->name) + " " + std::string(Traits(type).name));
-      std::vector<float> single(static_cast<size_t>(toks) * rows);
-      for (int t = 0; t < toks; ++t) {
-        for (int r = 0; r < rows; ++r) {
-          k->gemm(type, w.data() + r * row_bytes, row_bytes, 1, xb + t * xs, xs, 1, n,
-                  &single[t * rows + r], rows);
-          double ref = 0, mag = 0;
-          for (int64_t i = 0; i < n; ++i) {
-            ref += double{wf[r][i]} * x[t * n + i];
-            mag += std::fabs(double{wf[r][i]} * x[t * n + i]);
-          }
-          EXPECT_NEAR(single[t * rows + r], ref, 1e-5 * mag) << "row " << r << " tok " << t;
-        }
+  for (const int64_t n : {int64_t{1024 + 13}, int64_t{8 * 5 + 3}, int64_t{13}})
+    for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16}) {
+      SCOPED_TRACE("n " + std::to_string(n));
+      const size_t row_bytes = RowBytes(type, n);
+      std::vector<uint8_t> w(row_bytes * rows);
+      std::vector<std::vector<float>> wf(rows, std::vector<float>(n));
+      for (int r = 0; r < rows; ++r) {
+        auto v = RandomRow(rng, n, 0.05f);
+        ASSERT_TRUE(QuantizeRow(type, v.data(), w.data() + r * row_bytes, n).ok());
+        ASSERT_TRUE(DequantizeRow(type, w.data() + r * row_bytes, wf[r].data(), n).ok());
       }
-      // Every token count 2..toks, and row ranges starting at 0 and 3 (a chunk boundary that is
-      // not a multiple of any tile height).
-      for (int nt = 2; nt <= toks; ++nt) {
-        for (int r0 : {0, 3}) {
-          const int nr = rows - r0;
-          std::vector<float> y(static_cast<size_t>(nt) * rows, NAN);
-          k->gemm(type, w.data() + r0 * row_bytes, row_bytes, nr, xb, xs, nt, n, y.data() + r0,
-                  rows);
-          for (int t = 0; t < nt; ++t) {
-            for (int r = r0; r < rows; ++r) {
-              ASSERT_EQ(y[t * rows + r], single[t * rows + r])
-                  << "n_tok " << nt << " rows from " << r0 << ": row " << r << " tok " << t;
+      std::vector<float> x;
+      for (int t = 0; t < toks; ++t) {
+        auto v = RandomRow(rng, n, 1.0f);
+        x.insert(x.end(), v.begin(), v.end());
+      }
+      const auto* xb = reinterpret_cast<const uint8_t*>(x.data());
+      const size_t xs = n * sizeof(float);
+      for (const KernelTable* k : Tables()) {
+        SCOPED_TRACE(std::string(k->name) + " " + std::string(Traits(type).name));
+        std::vector<float> single(static_cast<size_t>(toks) * rows);
+        for (int t = 0; t < toks; ++t) {
+          for (int r = 0; r < rows; ++r) {
+            k->gemm(type, w.data() + r * row_bytes, row_bytes, 1, xb + t * xs, xs, 1, n,
+                    &single[t * rows + r], rows);
+            double ref = 0, mag = 0;
+            for (int64_t i = 0; i < n; ++i) {
+              ref += double{wf[r][i]} * x[t * n + i];
+              mag += std::fabs(double{wf[r][i]} * x[t * n + i]);
+            }
+            EXPECT_NEAR(single[t * rows + r], ref, 1e-5 * mag) << "row " << r << " tok " << t;
+          }
+        }
+        // Every token count 2..toks, and row ranges starting at 0 and 3 (a chunk boundary that is
+        // not a multiple of any tile height).
+        for (int nt = 2; nt <= toks; ++nt) {
+          for (int r0 : {0, 3}) {
+            const int nr = rows - r0;
+            std::vector<float> y(static_cast<size_t>(nt) * rows, NAN);
+            k->gemm(type, w.data() + r0 * row_bytes, row_bytes, nr, xb, xs, nt, n, y.data() + r0,
+                    rows);
+            for (int t = 0; t < nt; ++t) {
+              for (int r = r0; r < rows; ++r) {
+                ASSERT_EQ(y[t * rows + r], single[t * rows + r])
+                    << "n_tok " << nt << " rows from " << r0 << ": row " << r << " tok " << t;
+              }
             }
           }
         }
       }
     }
-  }
 }
 
 TEST(KernelTableTest, SwiGluMatchesDefinition) {
