@@ -5,9 +5,16 @@
 // best of --reps timings, in ms per call and in billions of multiply-adds per second.
 //
 //   gemm_bench --type q4_k --rows 3072 --cols 1024 --tokens 1,8,16,512 --tables avx2,avx512-vnni
+//
+// With --attention it times the table's attn_update instead: one KV head's causal prefill
+// attention over --tokens positions, walked as CpuBackend::AttentionTile walks it (query tiles of
+// 64 positions x --group query heads, key blocks of 64, f16 value rows), in GFLOP/s of the
+// useful work (4 * head_dim per visible (query, key) pair).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -18,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cpu/fp16.h"
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/repack.h"
 #include "engine/gguf/ggml_types.h"
@@ -32,6 +40,70 @@ std::vector<std::string> Split(const std::string& s) {
   std::stringstream ss(s);
   for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
   return out;
+}
+
+double NowSeconds(bool cpu_time) {
+  if (!cpu_time)
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// --attention: one KV head of a causal prefill over nt positions per table, as AttentionTile
+// calls attn_update (the keys' transpose is done once up front: it is not what is timed).
+void BenchAttention(const std::vector<const engine::cpu::KernelTable*>& tables,
+                    const std::vector<int>& token_counts, int hd, int group, int reps,
+                    bool cpu_time) {
+  constexpr int kTile = 64, kBlock = 64, ldk = kBlock + 16;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::printf(
+      "| table | head_dim | group | tokens | ms/head | GFLOP/s "
+      "|\n|---|---:|---:|---:|---:|---:|\n");
+  for (const int nt : token_counts) {
+    const int n_blocks = (nt + kBlock - 1) / kBlock;
+    std::vector<float> q(static_cast<size_t>(nt) * group * hd),
+        kt(static_cast<size_t>(n_blocks) * hd * ldk, 0.0f);
+    std::vector<uint16_t> v16(static_cast<size_t>(nt) * hd);
+    for (auto& e : q) e = nd(rng);
+    for (int b = 0; b < n_blocks; ++b)
+      for (int d = 0; d < hd; ++d)
+        for (int s = 0; s < std::min(kBlock, nt - b * kBlock); ++s)
+          kt[(static_cast<size_t>(b) * hd + d) * ldk + s] = nd(rng);
+    for (auto& e : v16) e = engine::cpu::F32ToHalf(nd(rng));
+    std::vector<const uint16_t*> vrows(nt);
+    for (int s = 0; s < nt; ++s) vrows[s] = v16.data() + static_cast<size_t>(s) * hd;
+    double pairs = 0;
+    for (int i = 0; i < nt; ++i) pairs += static_cast<double>(i + 1) * group;
+    for (const auto* k : tables) {
+      std::vector<float> m(kTile * group), l(kTile * group),
+          acc(static_cast<size_t>(kTile) * group * hd), scores(kBlock);
+      std::vector<int> n_valid(kTile * group);
+      double best = 1e30;
+      for (int rep = 0; rep < reps; ++rep) {
+        const double t0 = NowSeconds(cpu_time);
+        for (int p0 = 0; p0 < nt; p0 += kTile) {
+          const int nq = std::min(kTile, nt - p0), nqh = nq * group;
+          std::fill(m.begin(), m.end(), -INFINITY);
+          std::fill(l.begin(), l.end(), 0.0f);
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          for (int k0 = 0; k0 < p0 + nq; k0 += kBlock) {
+            const int n = std::min(kBlock, p0 + nq - k0);
+            for (int i = 0; i < nqh; ++i) n_valid[i] = std::clamp(p0 + i / group + 1 - k0, 0, n);
+            k->attn_update(q.data() + static_cast<size_t>(p0) * group * hd, nqh, n_valid.data(),
+                           kt.data() + static_cast<size_t>(k0 / kBlock) * hd * ldk, ldk,
+                           engine::cpu::AttnValues{vrows.data() + k0, nullptr}, n, hd, 0.088f,
+                           m.data(), l.data(), acc.data(), scores.data());
+          }
+        }
+        best = std::min(best, NowSeconds(cpu_time) - t0);
+      }
+      std::printf("| %s | %d | %d | %d | %.3f | %.2f |\n", k->name, hd, group, nt, best * 1e3,
+                  pairs * 4 * hd / best * 1e-9);
+    }
+  }
 }
 
 int Main(int argc, char** argv) {
@@ -49,7 +121,41 @@ int Main(int argc, char** argv) {
   app.add_flag("--cpu-time", cpu_time,
                "time with this thread's CPU clock instead of the wall clock (on a shared machine "
                "other jobs then cost only their cache and memory-bandwidth effects)");
+  bool attention = false;
+  int head_dim = 128, group = 2;
+  app.add_flag("--attention", attention,
+               "time the tables' causal prefill attention (attn_update) of one KV head over "
+               "--tokens positions instead of a matrix product");
+  app.add_option("--head-dim", head_dim, "--attention: head dimension");
+  app.add_option("--group", group, "--attention: query heads per KV head");
   CLI11_PARSE(app, argc, argv);
+
+  std::vector<const engine::cpu::KernelTable*> picked;
+  for (const std::string& tn : Split(tables)) {
+    const engine::cpu::KernelTable* k = nullptr;
+    for (const auto* c : {&engine::cpu::ScalarKernels(), engine::cpu::Avx2Kernels(),
+                          engine::cpu::Avx512Kernels()}) {
+      if (c != nullptr && tn == c->name) k = c;
+    }
+    if (k == nullptr) {
+      std::fprintf(stderr, "gemm_bench: table %s not available\n", tn.c_str());
+      continue;
+    }
+    picked.push_back(k);
+  }
+  if (attention) {
+    std::vector<int> counts;
+    for (const std::string& ts : Split(tokens)) counts.push_back(std::atoi(ts.c_str()));
+    if (head_dim < 8 || head_dim > 256 || group < 1 ||
+        std::any_of(counts.begin(), counts.end(), [](int c) { return c < 1; })) {
+      std::fprintf(stderr,
+                   "gemm_bench: --attention needs --head-dim in [8, 256], --group >= 1 and "
+                   "positive --tokens\n");
+      return 2;
+    }
+    BenchAttention(picked, counts, head_dim, group, reps, cpu_time);
+    return 0;
+  }
 
   const std::optional<engine::GgmlType> parsed = engine::ParseGgmlType(type_name);
   if (!parsed) {
@@ -79,16 +185,7 @@ int Main(int argc, char** argv) {
       "| table | type | rows x cols | tokens | ms/call | GMAC/s |\n|---|---|---|---:|---:|---:|\n");
   engine::HugePages packed;
   size_t packed_bytes = 0;
-  for (const std::string& tn : Split(tables)) {
-    const engine::cpu::KernelTable* k = nullptr;
-    for (const auto* c : {&engine::cpu::ScalarKernels(), engine::cpu::Avx2Kernels(),
-                          engine::cpu::Avx512Kernels()}) {
-      if (c != nullptr && tn == c->name) k = c;
-    }
-    if (k == nullptr) {
-      std::fprintf(stderr, "gemm_bench: table %s not available\n", tn.c_str());
-      continue;
-    }
+  for (const engine::cpu::KernelTable* k : picked) {
     for (const std::string& ts : Split(tokens)) {
       const int nt = std::stoi(ts);
       std::vector<uint8_t> x(xs * nt);
@@ -97,14 +194,7 @@ int Main(int argc, char** argv) {
         k->quantize_act(fmt, v.data(), x.data() + t * xs, cols);
       }
       std::vector<float> y(static_cast<size_t>(nt) * rows);
-      auto now_s = [cpu_time] {
-        if (!cpu_time)
-          return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-              .count();
-        timespec ts;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-        return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-      };
+      auto now_s = [cpu_time] { return NowSeconds(cpu_time); };
       auto report = [&](const std::string& label, const auto& call) {
         double best = 1e30;
         for (int rep = 0; rep < reps; ++rep) {
