@@ -64,7 +64,7 @@ struct KernelTable {
   // first n_valid[i] keys; n <= 64. Updates the running max m [nq], sum l [nq] and unnormalized
   // output acc [nq][hd]. scores: scratch of n floats. Each query's update depends only on its
   // own inputs (tile-shape independent). f16 rows are widened in registers when the queries
-  // take one pass over V (at most 4: a decode step of a GQA group up to 4) and into a scratch
+  // take one pass over V (at most 6: a decode step of a GQA group up to 6) and into a scratch
   // copy once otherwise.
   void (*attn_update)(const float* q, int nq, const int* n_valid, const float* kt, int ldk,
                       AttnValues v, int n, int hd, float scale, float* m, float* l, float* acc,

@@ -401,13 +401,13 @@ TEST(KernelTableTest, SwiGluMatchesDefinition) {
 
 // Two pages of online-softmax updates against a direct softmax in double; each query's result is
 // bit-identical whether it is updated alone or together with others (tile independence), and
-// whether the value rows are given as f16 or as the same values in f32 (1 query: widened in
-// registers; 7: widened into a copy first).
+// whether the value rows are given as f16 or as the same values in f32 (up to 6 queries, one
+// block: widened in registers; more: widened into a copy first). 7-11 queries: a block of 6
+// then every shorter block.
 TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
   std::mt19937 rng(11);
   for (int hd : {64, 40, 128}) {
-    for (int n : {16, 7, 33}) {
-      const int nq = 7;
+    for (const auto [n, nq] : {std::pair{16, 7}, {7, 8}, {33, 9}, {16, 10}, {33, 11}, {7, 5}}) {
       auto q = RandomRow(rng, int64_t{nq} * hd, 1.0f);
       auto k = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
       auto v = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
