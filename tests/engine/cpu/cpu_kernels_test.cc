@@ -407,7 +407,7 @@ TEST(KernelTableTest, SwiGluMatchesDefinition) {
 TEST(KernelTableTest, AttentionUpdateMatchesSoftmaxAndIsPerQuery) {
   std::mt19937 rng(11);
   for (int hd : {64, 40, 128}) {
-    for (const auto [n, nq] : {std::pair{16, 7}, {7, 8}, {33, 9}, {16, 10}, {33, 11}, {7, 5}}) {
+    for (const auto& [n, nq] : {std::pair{16, 7}, {7, 8}, {33, 9}, {16, 10}, {33, 11}, {7, 5}}) {
       auto q = RandomRow(rng, int64_t{nq} * hd, 1.0f);
       auto k = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
       auto v = RandomRow(rng, 2 * int64_t{n} * hd, 1.0f);
