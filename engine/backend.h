@@ -119,7 +119,8 @@ class Backend {
 
   // Called once with the model before the first forward pass: a backend may prepare copies of
   // its weights in the layout its kernels compute fastest from (the CPU backend's repacked
-  // Q4_K, engine/cpu/repack.h). Results must not depend on it beyond float rounding.
+  // F16 / BF16 and AVX2 Q4_K, engine/cpu/repack.h). Results must not depend on it beyond float
+  // rounding.
   virtual void PrepareWeights(const Model& /*model*/) {}
   // Bytes of the copies PrepareWeights made (0: the weights are used as the file has them).
   virtual size_t prepared_weight_bytes() const { return 0; }

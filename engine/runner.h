@@ -41,8 +41,9 @@ struct RunnerOptions {
   // rounding only; the split changes the rounding).
   int deltanet_chunk_tokens = 0;
   // CPU backend: compute from repacked copies of the weights its kernel table has a faster
-  // layout for (AVX2: Q4_K, engine/cpu/repack.h). Costs their size in memory again (the file's
-  // bytes stay for the embedding lookup); KVSTASH_CPU_REPACK=0 turns it off too.
+  // layout for (x86: F16 and BF16 rows by 4; AVX2: Q4_K rows by 8; engine/cpu/repack.h). The
+  // file's pages of each repacked matrix are given back as it is copied, so the process holds
+  // about one copy; KVSTASH_CPU_REPACK=0 turns it off too.
   bool repack_weights = true;
 };
 

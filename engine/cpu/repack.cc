@@ -1,5 +1,5 @@
-// The repacked Q4_K layout (engine/cpu/repack.h): the conversion both ways and the scalar
-// reference product the SIMD tiles are tested against bit for bit.
+// The repacked layouts (engine/cpu/repack.h): the conversions both ways, and the scalar reference
+// product the repacked Q4_K tiles are tested against bit for bit.
 #include "engine/cpu/repack.h"
 
 #include <cmath>
@@ -56,18 +56,48 @@ void UnrepackQ4Kx8(const BlockQ4Kx8& in, int r, BlockQ4_K* out) {
   }
 }
 
+void RepackHalfx4(const uint8_t* w, size_t w_stride, int64_t n, int64_t g0, int64_t g1,
+                  uint8_t* out) {
+  constexpr size_t kChunkBytes = kHalfx4Chunk * 2;
+  const int64_t nc = n / kHalfx4Chunk;
+  for (int64_t g = g0; g < g1; ++g) {
+    uint8_t* dst = out + static_cast<size_t>(g) * kHalfx4Rows * n * 2;
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int r = 0; r < kHalfx4Rows; ++r) {
+        std::memcpy(dst + (c * kHalfx4Rows + r) * kChunkBytes,
+                    w + (g * kHalfx4Rows + r) * w_stride + c * kChunkBytes, kChunkBytes);
+      }
+    }
+  }
+}
+
+namespace {
+bool IsHalf(GgmlType type) { return type == GgmlType::kF16 || type == GgmlType::kBF16; }
+}  // namespace
+
 size_t RepackedBytes(GgmlType type, int64_t n_rows, int64_t n) {
+  if (IsHalf(type)) return static_cast<size_t>(n_rows) * static_cast<size_t>(n) * 2;
   KV_CHECK(type == GgmlType::kQ4_K);
   return Q4Kx8Bytes(n_rows, n);
 }
 
 void RepackWeights(GgmlType type, const uint8_t* w, size_t w_stride, int64_t n, int64_t g0,
                    int64_t g1, uint8_t* dst) {
+  if (IsHalf(type)) return RepackHalfx4(w, w_stride, n, g0, g1, dst);
   KV_CHECK(type == GgmlType::kQ4_K);
   RepackQ4Kx8(w, w_stride, n / kQK_K, g0, g1, reinterpret_cast<BlockQ4Kx8*>(dst));
 }
 
 void UnrepackRow(GgmlType type, const uint8_t* packed, int64_t n, int64_t row, uint8_t* out) {
+  if (IsHalf(type)) {
+    constexpr size_t kChunkBytes = kHalfx4Chunk * 2;
+    const uint8_t* group = packed + static_cast<size_t>(row / kHalfx4Rows) * kHalfx4Rows * n * 2;
+    for (int64_t c = 0; c < n / kHalfx4Chunk; ++c) {
+      std::memcpy(out + c * kChunkBytes,
+                  group + (c * kHalfx4Rows + row % kHalfx4Rows) * kChunkBytes, kChunkBytes);
+    }
+    return;
+  }
   KV_CHECK(type == GgmlType::kQ4_K);
   const int64_t nb = n / kQK_K;
   const auto* group = reinterpret_cast<const BlockQ4Kx8*>(packed) + row / kQ4Kx8Rows * nb;

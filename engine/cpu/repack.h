@@ -41,6 +41,21 @@ void RepackQ4Kx8(const uint8_t* w, size_t w_stride, int64_t nb, int64_t g0, int6
 // The inverse for one block: row r's BlockQ4_K (bytes equal to the original).
 void UnrepackQ4Kx8(const BlockQ4Kx8& in, int r, BlockQ4_K* out);
 
+// 16-bit float rows (F16, BF16) repacked by 4: per group of 4 consecutive rows, the rows'
+// elements in chunks of 16, row by row within each chunk: chunk c of row r (elements 16c ..
+// 16c + 15) at bytes (4c + r) * 32 of the group. The 4 x 16 values a tile reads at one k step are
+// then one run of 128 bytes and a group is one sequential stream (decode reads it once per
+// token), where row-major rows are 4 streams a row apart. Only the order changes, so every
+// (row, token) dot product is the one the row-major tiles compute, bit for bit
+// (docs/engine.md "16-bit float rows repacked by 4").
+inline constexpr int kHalfx4Rows = 4;
+inline constexpr int kHalfx4Chunk = 16;
+// Repacks rows [g * 4, g * 4 + 4) for g in [g0, g1) of a row-major matrix of 2-byte elements
+// (w: row 0, w_stride bytes between rows, n elements per row, a multiple of 16) into out: group
+// g at out + g * 4 * n * 2.
+void RepackHalfx4(const uint8_t* w, size_t w_stride, int64_t n, int64_t g0, int64_t g1,
+                  uint8_t* out);
+
 // Any repacked type (KernelTable::repack_rows says which): bytes of n_rows repacked rows of n
 // elements, and the repacking of groups [g0, g1) of `rows_per_group` rows (independent
 // ranges may be repacked in parallel).

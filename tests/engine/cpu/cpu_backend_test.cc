@@ -87,62 +87,77 @@ TEST(CpuBackendTest, MatMulBatchEqualsMatMulPerJobBitForBit) {
   }
 }
 
-// A table with a repacked layout (AVX2: Q4_K by 8 rows, engine/cpu/repack.h) computes every
-// Q4_K matrix of a model from its copy: the same values as from the file's rows to float
-// rounding, a token's bits independent of the token count and of the batch, for 1-3 threads
-// (the row chunks of decode and prefill fall on other group boundaries).
+// A table with a repacked layout (engine/cpu/repack.h: F16 / BF16 rows by 4 on both x86 tables,
+// Q4_K by 8 rows on AVX2) computes every such matrix of a model from its copy: Q4_K the same
+// values as from the file's rows to float rounding, F16 / BF16 the same bits (only the order of
+// the bytes changes); a token's bits independent of the token count and of the batch, for 1-3
+// threads (the row chunks of decode and prefill fall on other group boundaries).
 TEST(CpuBackendTest, RepackedWeightsGiveTheRowMajorValuesAndStayBatchInvariant) {
   std::vector<const cpu::KernelTable*> tables;
   for (const cpu::KernelTable* t : {cpu::Avx2Kernels(), cpu::Avx512Kernels()}) {
     if (t != nullptr && t->repack_rows != nullptr) tables.push_back(t);
   }
   if (tables.empty()) GTEST_SKIP() << "no kernel table with a repacked layout on this CPU";
-  auto model = testutil::LoadOrDie(testutil::SyntheticModel("tiny-qwen3", "q4_k"));
-  ASSERT_NE(model, nullptr);
-  const LayerWeights& l = model->layers()[1];
   std::mt19937 rng(21);
   std::normal_distribution<float> nd;
-  for (const cpu::KernelTable* table : tables) {
-    for (int threads : {1, 2, 3}) {
-      SCOPED_TRACE(std::string(table->name) + ", threads " + std::to_string(threads));
-      auto packed = CreateCpuBackend(threads, true, table);
-      auto plain = CreateCpuBackend(threads, false, table);
-      packed->PrepareWeights(*model);
-      plain->PrepareWeights(*model);
-      EXPECT_GT(packed->prepared_weight_bytes(), 0u);
-      EXPECT_EQ(plain->prepared_weight_bytes(), 0u);
-      for (const WeightMatrix* w : {&l.wq, &l.wk, &l.wo, &l.w_gate, &l.w_down, &model->output()}) {
-        ASSERT_EQ(w->type, GgmlType::kQ4_K);
-        constexpr int kTok = 17;
-        std::vector<float> x(static_cast<size_t>(kTok) * w->n_in);
-        for (float& v : x) v = nd(rng);
-        std::vector<float> a(static_cast<size_t>(kTok) * w->n_out), b(a.size());
-        packed->MatMul(*w, x.data(), kTok, a.data());
-        plain->MatMul(*w, x.data(), kTok, b.data());
-        for (size_t i = 0; i < a.size(); ++i)
-          ASSERT_NEAR(a[i], b[i], 1e-4f * (1 + std::fabs(b[i]))) << "value " << i;
-        // Decode (one token) and a batch of two products give the same bits as the prefill.
-        for (int t : {0, 5, kTok - 1}) {
-          std::vector<float> one(w->n_out);
-          packed->MatMul(*w, x.data() + t * w->n_in, 1, one.data());
-          ASSERT_EQ(0, std::memcmp(one.data(), a.data() + t * w->n_out, one.size() * 4))
-              << "token " << t;
+  int checked = 0;
+  for (const char* type_name : {"q4_k", "f16", "bf16"}) {
+    auto model = testutil::LoadOrDie(testutil::SyntheticModel("tiny-qwen3", type_name));
+    ASSERT_NE(model, nullptr);
+    const LayerWeights& l = model->layers()[1];
+    const GgmlType type = l.wq.type;
+    const bool exact = type != GgmlType::kQ4_K;
+    for (const cpu::KernelTable* table : tables) {
+      if (table->repack_rows(type, l.wq.n_in) == 0) continue;
+      for (int threads : {1, 2, 3}) {
+        SCOPED_TRACE(std::string(table->name) + ", " + type_name + ", threads " +
+                     std::to_string(threads));
+        ++checked;
+        auto packed = CreateCpuBackend(threads, true, table);
+        auto plain = CreateCpuBackend(threads, false, table);
+        packed->PrepareWeights(*model);
+        plain->PrepareWeights(*model);
+        EXPECT_GT(packed->prepared_weight_bytes(), 0u);
+        EXPECT_EQ(plain->prepared_weight_bytes(), 0u);
+        for (const WeightMatrix* w :
+             {&l.wq, &l.wk, &l.wo, &l.w_gate, &l.w_down, &model->output()}) {
+          ASSERT_EQ(w->type, type);
+          constexpr int kTok = 17;
+          std::vector<float> x(static_cast<size_t>(kTok) * w->n_in);
+          for (float& v : x) v = nd(rng);
+          std::vector<float> a(static_cast<size_t>(kTok) * w->n_out), b(a.size());
+          packed->MatMul(*w, x.data(), kTok, a.data());
+          plain->MatMul(*w, x.data(), kTok, b.data());
+          if (exact) {
+            ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+          } else {
+            for (size_t i = 0; i < a.size(); ++i)
+              ASSERT_NEAR(a[i], b[i], 1e-4f * (1 + std::fabs(b[i]))) << "value " << i;
+          }
+          // Decode (one token) and a batch of two products give the same bits as the prefill.
+          for (int t : {0, 5, kTok - 1}) {
+            std::vector<float> one(w->n_out);
+            packed->MatMul(*w, x.data() + t * w->n_in, 1, one.data());
+            ASSERT_EQ(0, std::memcmp(one.data(), a.data() + t * w->n_out, one.size() * 4))
+                << "token " << t;
+          }
+          std::vector<float> y1(static_cast<size_t>(3) * w->n_out), y2(w->n_out);
+          const MatMulJob jobs[] = {{w, x.data() + 2 * w->n_in, 3, y1.data()},
+                                    {w, x.data() + 9 * w->n_in, 1, y2.data()}};
+          packed->MatMulBatch(jobs);
+          EXPECT_EQ(0, std::memcmp(y1.data(), a.data() + 2 * w->n_out, y1.size() * 4));
+          EXPECT_EQ(0, std::memcmp(y2.data(), a.data() + 9 * w->n_out, y2.size() * 4));
         }
-        std::vector<float> y1(static_cast<size_t>(3) * w->n_out), y2(w->n_out);
-        const MatMulJob jobs[] = {{w, x.data() + 2 * w->n_in, 3, y1.data()},
-                                  {w, x.data() + 9 * w->n_in, 1, y2.data()}};
-        packed->MatMulBatch(jobs);
-        EXPECT_EQ(0, std::memcmp(y1.data(), a.data() + 2 * w->n_out, y1.size() * 4));
-        EXPECT_EQ(0, std::memcmp(y2.data(), a.data() + 9 * w->n_out, y2.size() * 4));
+        // The embedding lookup of the tied output matrix reads the file's rows either way.
+        const int32_t tok[] = {0, 7, 4095};
+        std::vector<float> ea(3 * model->config().n_embd), eb(ea.size());
+        ASSERT_TRUE(packed->Embed(model->token_embd(), tok, ea.data()).ok());
+        ASSERT_TRUE(plain->Embed(model->token_embd(), tok, eb.data()).ok());
+        EXPECT_EQ(ea, eb);
       }
-      // The embedding lookup of the tied output matrix reads the file's rows either way.
-      const int32_t tok[] = {0, 7, 4095};
-      std::vector<float> ea(3 * model->config().n_embd), eb(ea.size());
-      ASSERT_TRUE(packed->Embed(model->token_embd(), tok, ea.data()).ok());
-      ASSERT_TRUE(plain->Embed(model->token_embd(), tok, eb.data()).ok());
-      EXPECT_EQ(ea, eb);
     }
   }
+  EXPECT_GT(checked, 0);
 }
 
 TEST(CpuBackendTest, AttentionBatchEqualsAttentionPerSequenceBitForBit) {

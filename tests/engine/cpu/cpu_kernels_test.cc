@@ -297,6 +297,64 @@ TEST(KernelTableTest, RepackedQ4KGivesTheReferenceBitsForEveryTileAndChunk) {
   if (repacking == 0) std::printf("no kernel table on this CPU repacks Q4_K: reference only\n");
 }
 
+// 16-bit float rows repacked by 4 (engine/cpu/repack.h): the layout round-trips to the file's
+// rows, and every x86 table computes from it exactly the bits of its own row-major gemm, for every
+// token count (the decode tile and each prefill tile width with its remainders), offset and first
+// group, at row lengths of one chunk and of many.
+TEST(KernelTableTest, RepackedHalfRowsGiveTheRowMajorBitsForEveryTileAndChunk) {
+  for (const GgmlType type : {GgmlType::kF16, GgmlType::kBF16}) {
+    for (const int64_t n : {int64_t{16}, int64_t{48}, int64_t{1024}}) {
+      SCOPED_TRACE(std::string(Traits(type).name) + ", n " + std::to_string(n));
+      const int rows = 12, toks = 14;
+      std::mt19937 rng(29);
+      const Rows wt =
+          RandomWeights(rng, type, rows, n, [](int r) { return r % 5 == 0 ? 2.0f : 0.1f; });
+      std::vector<uint8_t> packed(RepackedBytes(type, rows, n));
+      ASSERT_EQ(packed.size(), wt.bytes.size());
+      RepackWeights(type, wt.bytes.data(), wt.stride, n, 0, rows / kHalfx4Rows, packed.data());
+      std::vector<uint8_t> back(wt.stride);
+      for (int r = 0; r < rows; ++r) {
+        UnrepackRow(type, packed.data(), n, r, back.data());
+        ASSERT_EQ(0, std::memcmp(back.data(), wt.bytes.data() + r * wt.stride, wt.stride))
+            << "row " << r;
+      }
+      const Rows act = RandomActs(rng, type, toks, n, [](int t) { return 1.0f + t; });
+      int repacking = 0;
+      for (const KernelTable* k : Tables()) {
+        if (k->repack_rows == nullptr || k->repack_rows(type, n) == 0) continue;
+        SCOPED_TRACE(k->name);
+        ++repacking;
+        ASSERT_EQ(k->repack_rows(type, n), kHalfx4Rows);
+        EXPECT_EQ(k->repack_rows(type, n + 8), 0);  // not whole 16-element chunks
+        std::vector<float> ref(static_cast<size_t>(toks) * rows);
+        k->gemm(type, wt.bytes.data(), wt.stride, rows, act.bytes.data(), act.stride, toks, n,
+                ref.data(), rows);
+        for (int g0 = 0; g0 < 2; ++g0) {
+          const int n_rows = rows - kHalfx4Rows * g0;
+          for (int t0 = 0; t0 < 2; ++t0) {
+            for (int nt = 1; t0 + nt <= toks; ++nt) {
+              std::vector<float> y(static_cast<size_t>(nt) * n_rows, NAN);
+              k->gemm_repacked(type, packed.data() + g0 * kHalfx4Rows * wt.stride, n_rows,
+                               act.bytes.data() + t0 * act.stride, act.stride, nt, n, y.data(),
+                               n_rows);
+              for (int t = 0; t < nt; ++t) {
+                for (int r = 0; r < n_rows; ++r) {
+                  ASSERT_EQ(y[t * n_rows + r], ref[(t0 + t) * rows + kHalfx4Rows * g0 + r])
+                      << "first group " << g0 << " tokens [" << t0 << ", " << t0 + nt << ") row "
+                      << r;
+                }
+              }
+            }
+          }
+        }
+      }
+      // Both x86 tables repack them; the scalar table computes from the file's rows.
+      const int simd = (Avx2Kernels() != nullptr) + (Avx512Kernels() != nullptr);
+      EXPECT_EQ(repacking, simd);
+    }
+  }
+}
+
 TEST(KernelTableTest, SimdTablesQuantizeActivationsExactlyAsScalar) {
   std::mt19937 rng(7);
   const int64_t n = 1024;
