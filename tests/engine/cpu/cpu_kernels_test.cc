@@ -212,33 +212,39 @@ TEST_P(KernelTest, DecodeRowTilesGiveTheSameBitsAsOneRowAndPrefill) {
   }
 }
 
-// The AVX2 Q8_0 prefill tile takes the four tokens' activation scales from a buffer gathered per
-// call for rows of up to 32K elements, and falls back to the plain tile beyond. Rows past that
-// limit (and an odd row count, so the one-row tail runs too) give each table the same bits in a
-// 4-token prefill as token by token, and the dot products within rounding.
-TEST(KernelTableTest, Q8_0RowsLongerThanTheGatheredScalesGiveTheDecodeBits) {
-  const int64_t n = 33 * 1024;  // 1056 blocks
-  const int rows = 3, toks = 4;
-  std::mt19937 rng(23);
-  const Rows wt = RandomWeights(rng, GgmlType::kQ8_0, rows, n, [](int) { return 0.05f; });
-  const Rows act = RandomActs(rng, GgmlType::kQ8_0, toks, n, [](int) { return 1.0f; });
-  for (const KernelTable* k : Tables()) {
-    SCOPED_TRACE(k->name);
-    std::vector<float> prefill(static_cast<size_t>(toks) * rows, NAN);
-    k->gemm(GgmlType::kQ8_0, wt.bytes.data(), wt.stride, rows, act.bytes.data(), act.stride, toks,
-            n, prefill.data(), rows);
-    for (int t = 0; t < toks; ++t) {
-      std::vector<float> decode(rows, NAN);
-      k->gemm(GgmlType::kQ8_0, wt.bytes.data(), wt.stride, rows, act.bytes.data() + t * act.stride,
-              act.stride, 1, n, decode.data(), rows);
-      for (int r = 0; r < rows; ++r) {
-        double ref = 0, mag = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          ref += double{wt.f[r][i]} * act.f[t][i];
-          mag += std::fabs(double{wt.f[r][i]} * act.f[t][i]);
+// The AVX2 Q8_0 prefill tile takes the four tokens' activation scales from a buffer gathered once
+// per token group, for rows of up to 1024 blocks (32K elements, GemmQ8_0's kMaxBlocks), and
+// falls back to the plain tile beyond. Rows of exactly 1024 blocks (the largest gathered) and of
+// 1025 (the smallest that falls back), 3 of them so the one-row tail runs too, and 5 tokens so
+// a 1-token tail follows the gathered group: each table gives the same bits in the 5-token
+// prefill as token by token, and the dot products within rounding. Tokens differ in scale by 30x,
+// so a product taken from the wrong token's scale fails.
+TEST(KernelTableTest, Q8_0RowsAtAndPastTheGatheredScaleLimitGiveTheDecodeBits) {
+  const int rows = 3, toks = 5;
+  for (const int64_t n : {int64_t{32 * 1024}, int64_t{32 * 1024 + 32}}) {
+    SCOPED_TRACE(n);
+    std::mt19937 rng(23);
+    const Rows wt = RandomWeights(rng, GgmlType::kQ8_0, rows, n, [](int) { return 0.05f; });
+    const Rows act =
+        RandomActs(rng, GgmlType::kQ8_0, toks, n, [](int t) { return t % 2 ? 30.0f : 1.0f; });
+    for (const KernelTable* k : Tables()) {
+      SCOPED_TRACE(k->name);
+      std::vector<float> prefill(static_cast<size_t>(toks) * rows, NAN);
+      k->gemm(GgmlType::kQ8_0, wt.bytes.data(), wt.stride, rows, act.bytes.data(), act.stride, toks,
+              n, prefill.data(), rows);
+      for (int t = 0; t < toks; ++t) {
+        std::vector<float> decode(rows, NAN);
+        k->gemm(GgmlType::kQ8_0, wt.bytes.data(), wt.stride, rows,
+                act.bytes.data() + t * act.stride, act.stride, 1, n, decode.data(), rows);
+        for (int r = 0; r < rows; ++r) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            ref += double{wt.f[r][i]} * act.f[t][i];
+            mag += std::fabs(double{wt.f[r][i]} * act.f[t][i]);
+          }
+          EXPECT_NEAR(prefill[t * rows + r], ref, 1e-5 * mag + 1e-6) << "row " << r << " tok " << t;
+          ASSERT_EQ(prefill[t * rows + r], decode[r]) << "row " << r << " tok " << t;
         }
-        EXPECT_NEAR(prefill[t * rows + r], ref, 1e-5 * mag + 1e-6) << "row " << r << " tok " << t;
-        ASSERT_EQ(prefill[t * rows + r], decode[r]) << "row " << r << " tok " << t;
       }
     }
   }
