@@ -10,6 +10,14 @@
 // attention over --tokens positions, walked as CpuBackend::AttentionTile walks it (query tiles of
 // 64 positions x --group query heads, key blocks of 64, f16 value rows), in GFLOP/s of the
 // useful work (4 * head_dim per visible (query, key) pair).
+//
+// With --stream it also reads the weight bytes once as one sequential stream with nothing else to
+// do, and prints each row's weight bytes per second beside that read's: how close a one-token
+// (memory-bound) product comes to what this core can read, measured in the same run.
+//
+//   gemm_bench --type f16 --rows 151936 --cols 1024 --tokens 1 --tables avx512-vnni --stream
+#include <immintrin.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -34,6 +42,8 @@
 
 namespace kvstash::bench {
 namespace {
+
+volatile uint64_t g_sink = 0;  // keeps the --stream reads from being optimized away
 
 std::vector<std::string> Split(const std::string& s) {
   std::vector<std::string> out;
@@ -106,6 +116,29 @@ void BenchAttention(const std::vector<const engine::cpu::KernelTable*>& tables,
   }
 }
 
+// --stream: the ceiling a one-token product of these weights can reach on this core, one sequential
+// read of the same bytes with nothing else to do (32-byte loads summed into four chains).
+__attribute__((target("avx2"))) double StreamReadSeconds(const uint8_t* p, size_t bytes, int reps,
+                                                         bool cpu_time) {
+  double best = 1e30;
+  for (int rep = 0; rep < reps; ++rep) {
+    const double t0 = NowSeconds(cpu_time);
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+    for (size_t off = 0; off + 128 <= bytes; off += 128) {
+      for (int j = 0; j < 4; ++j) {
+        acc[j] = _mm256_add_epi64(
+            acc[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + off + 32 * j)));
+      }
+    }
+    const __m256i s =
+        _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+    best = std::min(best, NowSeconds(cpu_time) - t0);
+    g_sink = g_sink + static_cast<uint64_t>(_mm256_extract_epi64(s, 0));
+  }
+  return best;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"gemm_bench: one kernel table's matrix-matrix product, one thread"};
   std::string type_name = "q4_k", tables = "avx2,avx512-vnni", tokens = "1,2,4,8,16,128,512";
@@ -128,6 +161,11 @@ int Main(int argc, char** argv) {
                "--tokens positions instead of a matrix product");
   app.add_option("--head-dim", head_dim, "--attention: head dimension");
   app.add_option("--group", group, "--attention: query heads per KV head");
+  bool stream = false;
+  app.add_flag("--stream", stream,
+               "also time one sequential read of the weight bytes (row-major, then the repacked "
+               "copy where a table has one), with nothing else done: the memory ceiling of a "
+               "one-token product on this core, printed below the table with each row's share");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<const engine::cpu::KernelTable*> picked;
@@ -185,6 +223,12 @@ int Main(int argc, char** argv) {
       "| table | type | rows x cols | tokens | ms/call | GMAC/s |\n|---|---|---|---:|---:|---:|\n");
   engine::HugePages packed;
   size_t packed_bytes = 0;
+  struct Timed {
+    std::string label;
+    int tokens;
+    double seconds;
+  };
+  std::vector<Timed> timed;  // for --stream
   for (const engine::cpu::KernelTable* k : picked) {
     for (const std::string& ts : Split(tokens)) {
       const int nt = std::stoi(ts);
@@ -205,6 +249,7 @@ int Main(int argc, char** argv) {
         std::printf("| %s | %s | %d x %d | %d | %.3f | %.2f |\n", label.c_str(), type_name.c_str(),
                     rows, cols, nt, best * 1e3,
                     static_cast<double>(rows) * cols * nt / best * 1e-9);
+        timed.push_back({label, nt, best});
       };
       report(k->name, [&](int r0, int n) {
         k->gemm(type, w.data() + r0 * row_bytes, row_bytes, n, x.data(), xs, nt, cols,
@@ -225,6 +270,22 @@ int Main(int argc, char** argv) {
                            y.data() + r0, rows);
         });
       }
+    }
+  }
+  if (stream && !__builtin_cpu_supports("avx2")) {
+    std::fprintf(stderr, "gemm_bench: --stream needs AVX2; not measured on this CPU\n");
+  } else if (stream) {
+    const double row_major = StreamReadSeconds(w.data(), w_bytes, reps, cpu_time);
+    std::printf("\none sequential read of the %.1f MiB of weights: %.3f ms, %.2f GB/s",
+                w_bytes / 1048576.0, row_major * 1e3, w_bytes / row_major * 1e-9);
+    if (packed) {
+      const double p = StreamReadSeconds(packed.get(), packed_bytes, reps, cpu_time);
+      std::printf(" (the repacked copy: %.3f ms, %.2f GB/s)", p * 1e3, packed_bytes / p * 1e-9);
+    }
+    std::printf("\n\n| row | tokens | weight GB/s | of the read |\n|---|---:|---:|---:|\n");
+    for (const Timed& t : timed) {
+      std::printf("| %s | %d | %.2f | %.2f |\n", t.label.c_str(), t.tokens,
+                  w_bytes / t.seconds * 1e-9, row_major / t.seconds);
     }
   }
   return 0;
